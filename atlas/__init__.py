@@ -1,0 +1,14 @@
+"""ViT Atlas data: the atlas format, its manifest, the reader API and the site renderer.
+
+    import atlas
+    a = atlas.open("atlas-demo")
+    u = a.unit("vit_atlas_demo", layer=3, index=42)     # site="ffn" by default
+    u.image, u.activation, u.map, u.id
+"""
+__version__ = "0.1.0"
+
+from .format import FORMAT_VERSION, SITES, AtlasError, parse_unit_id, unit_id  # noqa: E402
+from .reader import Atlas, Dataset, TopImage, Unit, UnitStats, open  # noqa: E402,A004
+
+__all__ = ["FORMAT_VERSION", "SITES", "Atlas", "AtlasError", "Dataset", "TopImage", "Unit", "UnitStats",
+           "open", "parse_unit_id", "unit_id", "__version__"]

@@ -1,0 +1,68 @@
+"""The atlas format: folder layout, names and unit ids (docs/FORMAT.md is the specification).
+
+An atlas is a folder::
+
+    manifest.json                      what the atlas holds, with sizes and sha256
+    dataset.h5                         the probe's image index (once probed)
+    shards/<model>/<site>/L<ll>/U<start>-<stop>.h5
+
+A shard holds one contiguous unit range of one (model, site, layer); row r is unit
+``unit_start + r``. Its parts (``viz``, ``probe``) may be written at different times.
+"""
+from __future__ import annotations
+
+import re
+
+FORMAT_VERSION = "1.0"
+MANIFEST = "manifest.json"
+DATASET = "dataset.h5"
+SHARDS = "shards"
+CITATION = "CITATION.cff"
+
+SITES = ("ffn", "q", "k", "v", "attn", "block")
+
+# The datasets each shard part holds; a part is present when all of its datasets are.
+PARTS = {
+    "viz": ("viz/image", "viz/activation", "viz/map", "viz/seed", "viz/loss"),
+    "probe": ("topk/index", "topk/score", "topk/map",
+              "stats/mean", "stats/max", "stats/positive", "stats/hist", "stats/hist_edges"),
+}
+
+# Datasets read one unit at a time are chunked one row per chunk.
+ROW_CHUNKED = ("viz/image", "viz/map", "topk/map")
+
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+UNIT_ID = re.compile(r"^(?P<model>[A-Za-z0-9][A-Za-z0-9_.\-]*)/(?P<site>[a-z]+)/L(?P<layer>\d{2,})/U(?P<unit>\d{4,})$")
+
+
+class AtlasError(Exception):
+    """A problem the user can fix; the message says how."""
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if it can name a model in an atlas (it becomes a folder and part of unit ids)."""
+    if not MODEL_NAME.match(name):
+        raise AtlasError(
+            f"model name {name!r} cannot be used in an atlas: use letters, digits, '_', '.' and '-' "
+            "(start with a letter or digit); pass --name to choose another")
+    return name
+
+
+def unit_id(model: str, site: str, layer: int, unit: int) -> str:
+    """The stable id of a unit: ``<model>/<site>/L<ll>/U<uuuu>`` (zero-padded, wider when needed)."""
+    return f"{model}/{site}/L{layer:02d}/U{unit:04d}"
+
+
+def parse_unit_id(text: str) -> tuple[str, str, int, int]:
+    """Split a unit id into (model, site, layer, unit); raises AtlasError on a malformed id."""
+    m = UNIT_ID.match(text.strip())
+    if not m or m["site"] not in SITES:
+        raise AtlasError(f"{text!r} is not a unit id; expected <model>/<site>/L<ll>/U<uuuu>, "
+                         "e.g. vit_atlas_demo/ffn/L03/U0042")
+    return m["model"], m["site"], int(m["layer"]), int(m["unit"])
+
+
+def shard_path(model: str, site: str, layer: int, unit_start: int, unit_stop: int) -> str:
+    """Relative path of the shard for units [unit_start, unit_stop) of one (model, site, layer)."""
+    return f"{SHARDS}/{model}/{site}/L{layer:02d}/U{unit_start:05d}-{unit_stop:05d}.h5"

@@ -1,0 +1,169 @@
+"""manifest.json: what an atlas holds, with the size and sha256 of every file (docs/FORMAT.md)."""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from pathlib import Path
+
+import h5py
+
+from . import __version__
+from .format import DATASET, FORMAT_VERSION, MANIFEST, SHARDS, AtlasError
+from .shard import parts_of, read_attrs, replace_atomically, temp_name
+
+_HASH_CACHE = ".cache/sha256.json"
+# Files other than shards that the manifest covers, relative to the atlas root.
+DATA_FILES = (DATASET, "analyses")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _HashCache:
+    """sha256 by (size, mtime); a manifest rewrite rehashes only files that changed."""
+
+    def __init__(self, root: Path):
+        self.path = root / _HASH_CACHE
+        try:
+            self.entries = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+
+    def sha256(self, root: Path, rel: str) -> tuple[int, str]:
+        st = (root / rel).stat()
+        key = [st.st_size, st.st_mtime_ns]
+        hit = self.entries.get(rel)
+        if hit and hit[:2] == key:
+            return st.st_size, hit[2]
+        digest = sha256_file(root / rel)
+        self.entries[rel] = [*key, digest]
+        return st.st_size, digest
+
+    def save(self, keep: set[str]) -> None:
+        self.entries = {k: v for k, v in self.entries.items() if k in keep}
+        self.path.parent.mkdir(exist_ok=True)
+        write_json(self.path, self.entries)
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    tmp = temp_name(Path(path))
+    try:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+        replace_atomically(tmp, Path(path))
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def shard_files(root: Path) -> list[str]:
+    """Relative paths of the complete shards under an atlas, sorted."""
+    base = root / SHARDS
+    if not base.is_dir():
+        return []
+    return sorted(p.relative_to(root).as_posix() for p in base.rglob("*.h5"))
+
+
+def data_files(root: Path) -> list[str]:
+    """Relative paths of the atlas's non-shard data files (dataset index, analyses), sorted."""
+    found = []
+    for name in DATA_FILES:
+        p = root / name
+        if p.is_file():
+            found.append(name)
+        elif p.is_dir():
+            found += [q.relative_to(root).as_posix() for q in p.rglob("*")
+                      if q.is_file() and ".tmp-" not in q.name]
+    return sorted(found)
+
+
+def scan_shards(root: Path) -> list[dict]:
+    """Attributes and parts of every complete shard under an atlas (no hashing), sorted by path."""
+    found = []
+    for rel in shard_files(root):
+        with h5py.File(root / rel, "r") as f:
+            found.append({"path": rel, "attrs": read_attrs(f), "parts": parts_of(f)})
+    return found
+
+
+def describe_shards(root: Path, cache: _HashCache | None = None) -> tuple[list[dict], dict]:
+    """One manifest entry per shard, and the models section gathered from their attributes."""
+    cache = cache or _HashCache(root)
+    entries, models = [], {}
+    for shard in scan_shards(root):
+        attrs, parts, rel = shard["attrs"], shard["parts"], shard["path"]
+        size, digest = cache.sha256(root, rel)
+        entries.append({
+            "path": rel, "model": attrs["model"], "site": attrs["site"], "layer": int(attrs["layer"]),
+            "unit_start": int(attrs["unit_start"]), "unit_stop": int(attrs["unit_stop"]),
+            "parts": parts, "bytes": size, "sha256": digest,
+        })
+        model = models.setdefault(attrs["model"], {
+            "arch": attrs.get("arch"), "weights": attrs.get("weights"),
+            "image_size": attrs.get("image_size"), "sites": {}})
+        layer = model["sites"].setdefault(attrs["site"], {}).setdefault(f"{int(attrs['layer']):02d}", {
+            "units": attrs.get("layer_units"), "grid": attrs.get("grid"), "module": attrs.get("module"),
+            "parts": []})
+        layer["parts"] = sorted(set(layer["parts"]) | set(parts))
+    for model in models.values():
+        model["sites"] = {s: dict(sorted(layers.items())) for s, layers in sorted(model["sites"].items())}
+    return entries, models
+
+
+def read_manifest(root: Path) -> dict | None:
+    """The atlas's manifest, or None when it has none yet."""
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise AtlasError(f"{path} is not valid JSON ({e}); rebuild it with `python build.py finalize {root}`")
+    if str(data.get("format_version", "")).split(".")[0] != FORMAT_VERSION.split(".")[0]:
+        raise AtlasError(f"{path} has format version {data.get('format_version')}; "
+                         f"this reader understands {FORMAT_VERSION}")
+    return data
+
+
+def write_manifest(root: Path, command: str | None = None, info: dict | None = None) -> dict:
+    """Rescan the atlas and write manifest.json; ``command`` is appended to the build history.
+
+    ``info`` merges extra top-level entries (atlas name/version, spec, dataset summary).
+    """
+    root = Path(root)
+    previous = read_manifest(root) or {}
+    cache = _HashCache(root)
+    shards, models = describe_shards(root, cache)
+    files = []
+    for rel in data_files(root):
+        size, digest = cache.sha256(root, rel)
+        files.append({"path": rel, "bytes": size, "sha256": digest})
+    cache.save({e["path"] for e in shards} | {e["path"] for e in files})
+    history = list(previous.get("history", []))
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    if command:
+        history.append({"time": now, "command": command})
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "builder_version": __version__,
+        "created": previous.get("created", now),
+        "updated": now,
+        "command": history[-1]["command"] if history else None,
+        "history": history,
+    }
+    for key in ("atlas", "spec", "dataset", "analyses"):
+        if key in previous:
+            manifest[key] = previous[key]
+    manifest.update(info or {})
+    manifest["models"] = models
+    manifest["shards"] = shards
+    manifest["files"] = files
+    write_json(root / MANIFEST, manifest)
+    return manifest
+

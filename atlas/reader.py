@@ -1,0 +1,236 @@
+"""Reading an atlas: ``atlas.open(DIR).unit(model, layer, index)`` reads only that unit's rows."""
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import NamedTuple
+
+import h5py
+import numpy as np
+
+from .format import DATASET, AtlasError, parse_unit_id, unit_id
+from .manifest import describe_shards, read_manifest
+from .shard import read_attrs
+
+
+class TopImage(NamedTuple):
+    """One of a unit's most activating dataset images."""
+    index: int          # row of dataset.h5
+    score: float        # mean over patch tokens of the unit's activation
+    map: np.ndarray     # float16 [h, w] activation on the patch grid
+
+
+@dataclass(frozen=True)
+class UnitStats:
+    """A unit's activation statistics over the whole probed dataset."""
+    mean: float
+    max: float
+    positive: float          # fraction of images with a positive score
+    hist: np.ndarray         # counts per bin
+    hist_edges: np.ndarray   # bin edges (len(hist) + 1)
+
+    @property
+    def dead(self) -> bool:
+        """No image of the dataset gives the unit a positive score."""
+        return self.positive == 0
+
+
+@dataclass(frozen=True)
+class _ShardRef:
+    path: str
+    unit_start: int
+    unit_stop: int
+    parts: tuple[str, ...]
+
+
+class Unit:
+    """One unit of an atlas; each property reads its own rows from the shard on first use."""
+
+    def __init__(self, atlas: "Atlas", model: str, site: str, layer: int, index: int, shard: _ShardRef):
+        self.atlas, self.model, self.site, self.layer, self.index = atlas, model, site, layer, index
+        self.shard = shard.path
+        self.row = index - shard.unit_start
+        self.parts = shard.parts
+
+    def __repr__(self) -> str:
+        return f"<Unit {self.id}>"
+
+    @property
+    def id(self) -> str:
+        """Stable id ``<model>/<site>/L<ll>/U<uuuu>``."""
+        return unit_id(self.model, self.site, self.layer, self.index)
+
+    def _read(self, name: str, part: str):
+        if part not in self.parts:
+            raise AtlasError(f"{self.id}: shard {self.shard} has no {part!r} part yet "
+                             f"(run `python build.py {'visualize' if part == 'viz' else 'probe'}`)")
+        return self.atlas._file(self.shard)[name][self.row]
+
+    @cached_property
+    def image(self) -> np.ndarray:
+        """The optimized image, uint8 [H, W, 3]."""
+        return self._read("viz/image", "viz")
+
+    @cached_property
+    def activation(self) -> float:
+        """The unit's activation for the stored (uint8, unaugmented) image."""
+        return float(self._read("viz/activation", "viz"))
+
+    @cached_property
+    def map(self) -> np.ndarray:
+        """The optimized image's activation map, float16 [h, w] on the patch grid."""
+        return self._read("viz/map", "viz")
+
+    @cached_property
+    def seed(self) -> int:
+        """The unit's own random seed (docs/FORMAT.md: derived from model, site, layer, unit, seed)."""
+        return int(self._read("viz/seed", "viz"))
+
+    @cached_property
+    def loss(self) -> np.ndarray:
+        """The loss at the steps listed in the shard's ``viz`` attribute ``loss_steps``."""
+        return self._read("viz/loss", "viz")
+
+    @cached_property
+    def topk(self) -> list[TopImage]:
+        """The most activating dataset images, best first."""
+        index = self._read("topk/index", "probe")
+        score = self._read("topk/score", "probe")
+        maps = self._read("topk/map", "probe")
+        return [TopImage(int(i), float(s), m) for i, s, m in zip(index, score, maps) if i >= 0]
+
+    @cached_property
+    def stats(self) -> UnitStats:
+        """Activation statistics over the whole probed dataset."""
+        f = self.atlas._file(self.shard)
+        row = lambda name: self._read(name, "probe")  # noqa: E731
+        return UnitStats(float(row("stats/mean")), float(row("stats/max")), float(row("stats/positive")),
+                         row("stats/hist"), f["stats/hist_edges"][()])
+
+
+class Dataset:
+    """The probe's image index (dataset.h5): paths, labels and class names."""
+
+    def __init__(self, path: Path):
+        self.file = path
+        with h5py.File(path, "r") as f:
+            self.paths = [p.decode() if isinstance(p, bytes) else p for p in f["path"][()]]
+            self.labels = f["label"][()]
+            self.attrs = read_attrs(f)
+            self.skipped = [(p.decode(), r.decode()) for p, r in f["skipped"][()]] if "skipped" in f else []
+        self.root = Path(self.attrs.get("root", ""))
+        names = self.attrs.get("class_names", [])
+        self.class_names = json.loads(names) if isinstance(names, str) else list(names)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def class_name(self, label: int) -> str | None:
+        """The name of a label, or None for an unknown label (-1)."""
+        return self.class_names[label] if 0 <= label < len(self.class_names) else None
+
+
+class Atlas:
+    """An atlas folder opened for reading. Use ``atlas.open(DIR)``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise AtlasError(f"{self.root} is not an atlas folder (it does not exist)")
+        self.manifest = read_manifest(self.root)
+        if self.manifest is not None:
+            shards, self.models_info = self.manifest["shards"], self.manifest.get("models", {})
+        else:  # an atlas still being built: read the shards themselves
+            shards, self.models_info = describe_shards(self.root)
+        self._index: dict[tuple[str, str, int], list[_ShardRef]] = {}
+        for e in shards:
+            key = (e["model"], e["site"], int(e["layer"]))
+            self._index.setdefault(key, []).append(
+                _ShardRef(e["path"], int(e["unit_start"]), int(e["unit_stop"]), tuple(e["parts"])))
+        for refs in self._index.values():
+            refs.sort(key=lambda r: r.unit_start)
+        self._files: dict[str, h5py.File] = {}
+
+    def __enter__(self) -> "Atlas":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the shard files this atlas has opened."""
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def _file(self, rel: str) -> h5py.File:
+        f = self._files.get(rel)
+        if f is None:
+            if len(self._files) >= 64:
+                self._files.pop(next(iter(self._files))).close()
+            f = self._files[rel] = h5py.File(self.root / rel, "r")
+        return f
+
+    @property
+    def models(self) -> list[str]:
+        """Names of the models in the atlas."""
+        return sorted({m for m, _, _ in self._index})
+
+    def sites(self, model: str) -> list[str]:
+        """Sites of ``model`` that the atlas holds."""
+        return sorted({s for m, s, _ in self._index if m == model})
+
+    def layers(self, model: str, site: str = "ffn") -> list[int]:
+        """Layers of (model, site) that the atlas holds."""
+        return sorted(layer for m, s, layer in self._index if m == model and s == site)
+
+    def units(self, model: str, layer: int, site: str = "ffn") -> range:
+        """The unit indices of a layer that the atlas holds (assumes its shards are contiguous)."""
+        refs = self._refs(model, site, layer)
+        return range(refs[0].unit_start, refs[-1].unit_stop)
+
+    def _refs(self, model: str, site: str, layer: int) -> list[_ShardRef]:
+        refs = self._index.get((model, site, layer))
+        if not refs:
+            have = ", ".join(f"{m}/{s}/L{layer_:02d}" for m, s, layer_ in sorted(self._index)[:8]) or "nothing"
+            raise AtlasError(f"the atlas at {self.root} has no {model}/{site}/L{layer:02d} (it has {have})")
+        return refs
+
+    def unit(self, model: str, layer: int, index: int, site: str = "ffn") -> Unit:
+        """The unit ``index`` of ``layer``; raises AtlasError if the atlas does not hold it."""
+        refs = self._refs(model, site, layer)
+        i = bisect.bisect_right([r.unit_start for r in refs], index) - 1
+        if i < 0 or index >= refs[i].unit_stop:
+            raise AtlasError(f"{unit_id(model, site, layer, index)} is not in the atlas "
+                             f"(units {refs[0].unit_start}..{refs[-1].unit_stop - 1} are)")
+        return Unit(self, model, site, layer, index, refs[i])
+
+    def unit_by_id(self, text: str) -> Unit:
+        """The unit with id ``<model>/<site>/L<ll>/U<uuuu>``."""
+        model, site, layer, index = parse_unit_id(text)
+        return self.unit(model, layer, index, site=site)
+
+    def shard_attrs(self, model: str, layer: int, site: str = "ffn") -> dict:
+        """Attributes of the first shard of a layer (recipe, seed, grid, ...)."""
+        f = self._file(self._refs(model, site, layer)[0].path)
+        attrs = read_attrs(f)
+        for part in ("viz", "probe"):
+            if part in f:
+                attrs[part] = read_attrs(f[part])
+        return attrs
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        """The probe's image index; raises AtlasError before any probe ran."""
+        path = self.root / DATASET
+        if not path.exists():
+            raise AtlasError(f"{self.root} has no {DATASET} yet: run `python build.py probe ... --out {self.root}`")
+        return Dataset(path)
+
+
+def open(root: str | Path) -> Atlas:  # noqa: A001 - the API the project promises is atlas.open
+    """Open the atlas folder ``root`` for reading."""
+    return Atlas(root)

@@ -1,0 +1,117 @@
+"""Loading timm models: pretrained, from a local checkpoint, or randomly initialized."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import timm.data
+import torch
+from torch import nn
+
+from atlas.format import AtlasError
+from atlas.manifest import sha256_file
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights come from."""
+    name: str                      # timm name, optionally with a weights tag: vit_base_patch16_224.augreg_in1k
+    checkpoint: str | None = None  # .safetensors or .pth state dict for the named architecture
+    random_init: bool = False
+    init_seed: int = 0             # seeds random initialization
+
+    @property
+    def arch(self) -> str:
+        """The architecture part of the name (before the weights tag)."""
+        return self.name.split(".", 1)[0]
+
+
+@dataclass
+class LoadedModel:
+    """A frozen eval-mode model with what the builder needs to feed it."""
+    model: nn.Module
+    source: ModelSource
+    weights: str           # human-readable provenance: pretrained tag, checkpoint sha256, or random-init seed
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    data_config: dict
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Map [0,1] pixels to the model's input space (its own mean/std)."""
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def eval_transform(self):
+        """timm's eval transform for this model (resize, center crop, normalize)."""
+        return timm.data.create_transform(**self.data_config, is_training=False)
+
+
+def check_model_name(name: str) -> None:
+    """Raise AtlasError with close matches when timm does not know ``name`` (arch or weights tag)."""
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise AtlasError(f"timm has no model named {arch!r}{hint} "
+                         "(python -c \"import timm; print(timm.list_models('*vit*'))\" lists them)")
+    if tag:
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+        if tag not in tags:
+            close = difflib.get_close_matches(tag, tags, n=5, cutoff=0.4)
+            known = ", ".join(close or tags[:8]) or "none"
+            raise AtlasError(f"timm has no weights {tag!r} for {arch} (known tags: {known})")
+
+
+def load_model(source: ModelSource, **timm_kwargs) -> LoadedModel:
+    """Create the model, load its weights, freeze it, and resolve its input size and normalization.
+
+    ``timm_kwargs`` go to ``timm.create_model`` (tests use them to shrink architectures).
+    """
+    check_model_name(source.name)
+    if source.checkpoint and source.random_init:
+        raise AtlasError("pass either --checkpoint or --random-init, not both")
+    if source.checkpoint:
+        path = Path(source.checkpoint)
+        if not path.is_file():
+            raise AtlasError(f"checkpoint {path} does not exist")
+        try:
+            model = timm.create_model(source.arch, pretrained=True,
+                                      pretrained_cfg_overlay=dict(file=str(path.resolve())), **timm_kwargs)
+        except (RuntimeError, KeyError, ValueError, OSError) as e:
+            raise AtlasError(f"could not load {path} into {source.arch}: {str(e).splitlines()[0][:300]} "
+                             "(the checkpoint must be a state dict of this architecture, .safetensors or .pth)")
+        weights = f"checkpoint:{path.name} sha256:{sha256_file(path)}"
+    elif source.random_init:
+        torch.manual_seed(source.init_seed)
+        model = timm.create_model(source.arch, pretrained=False, **timm_kwargs)
+        weights = f"random-init seed:{source.init_seed}"
+    else:
+        try:
+            model = timm.create_model(source.name, pretrained=True, **timm_kwargs)
+        except Exception as e:  # hub errors come in many classes (OSError, HTTP, LocalEntryNotFound, ...)
+            raise AtlasError(
+                f"could not get pretrained weights for {source.name} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200]}). Without network access, download them elsewhere and "
+                "pass --checkpoint FILE (a .safetensors or .pth state dict), or use --random-init")
+        weights = f"pretrained:{model.pretrained_cfg.get('tag') or source.name}"
+    model.eval().requires_grad_(False)
+    config = timm.data.resolve_data_config(model=model)
+    size = model_input_size(model) or tuple(config["input_size"][1:])
+    config["input_size"] = (3, *size)
+    return LoadedModel(model, source, weights, size, tuple(config["mean"]), tuple(config["std"]), config)
+
+
+def model_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The image size the model was built for, read off its first patch embedding, else None.
+
+    The pretrained config may disagree with a model built with another ``img_size``.
+    """
+    for module in model.modules():
+        size = getattr(module, "img_size", None)
+        if size is not None:
+            return (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+    return None

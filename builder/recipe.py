@@ -1,0 +1,92 @@
+"""The feature-visualization recipe (paper section 3 and appendix B) in one dataclass, and its presets."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+
+from atlas.format import AtlasError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides a unit's optimized image besides the model and the seeds.
+
+    Each step optimizes ``batch_copies`` augmented copies A(x) = GS(CS(Jitter(x))) of the image x:
+    Jitter rolls the image circularly by integers in [-jitter, jitter] per axis (``jitter`` is given
+    for a ``jitter_reference``-pixel side and scaled with the image), CS(x) = sigma*x + mu with
+    mu ~ U(-color_shift_mean, color_shift_mean) and sigma = exp(U(-color_shift_log_std, ...)) per copy
+    and channel, and GS adds Gaussian noise whose std falls linearly from ``noise_start`` to
+    ``noise_end`` over the run (per pixel as in the paper, or per copy and channel as in the
+    authors' code with ``noise="channel"``). The loss is
+    -mean over copies and patch tokens of the unit's activation + ``tv`` * TV(A(x)).
+    """
+    preset: str = "paper"
+    steps: int = 400
+    batch_copies: int = 8
+    lr: float = 0.1
+    betas: tuple[float, float] = (0.5, 0.99)
+    tv: float = 5e-5
+    jitter: int = 32
+    jitter_reference: int = 224
+    color_shift_mean: float = 1.0
+    color_shift_log_std: float = 1.0
+    noise_start: float = 0.5
+    noise_end: float = 0.0
+    noise: str = "pixel"
+    loss_points: int = 16
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_copies < 1:
+            raise AtlasError("--steps and --batch-copies must be at least 1")
+        if self.lr <= 0 or self.tv < 0:
+            raise AtlasError("--lr must be positive and --tv not negative")
+        if self.noise not in ("pixel", "channel"):
+            raise AtlasError(f"noise must be 'pixel' or 'channel', not {self.noise!r}")
+
+    def jitter_pixels(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The largest shift, in pixels, for an image of ``size`` (H, W)."""
+        return tuple(round(self.jitter * s / self.jitter_reference) for s in size)
+
+    def noise_std(self, step: int) -> float:
+        """Std of the Gaussian noise at ``step`` (linear from noise_start to noise_end)."""
+        frac = step / (self.steps - 1) if self.steps > 1 else 1.0
+        return self.noise_start + (self.noise_end - self.noise_start) * frac
+
+    def loss_steps(self) -> list[int]:
+        """The steps at which the stored loss curve samples the loss."""
+        n = min(self.loss_points, self.steps)
+        return sorted({round(i * (self.steps - 1) / max(n - 1, 1)) for i in range(n)})
+
+    def to_dict(self) -> dict:
+        """The recipe as plain JSON-able values (stored in every shard)."""
+        return dataclasses.asdict(self)
+
+
+PRESETS = {
+    "paper": Recipe(),
+    # CPU-sized: fewer copies and steps, a larger step size to get there; for the demo and tests.
+    "quick": Recipe(preset="quick", steps=48, batch_copies=4, lr=0.2),
+}
+
+
+def resolve_recipe(preset: str = "paper", **overrides) -> Recipe:
+    """The preset's recipe with ``overrides`` (None values ignored) applied."""
+    if preset not in PRESETS:
+        raise AtlasError(f"unknown preset {preset!r}; presets are {', '.join(PRESETS)}")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(changes) - {f.name for f in dataclasses.fields(Recipe)}
+    if unknown:
+        raise AtlasError(f"unknown recipe fields {sorted(unknown)}")
+    if "betas" in changes:
+        changes["betas"] = tuple(changes["betas"])
+    return dataclasses.replace(PRESETS[preset], **changes)
+
+
+def unit_seed(model: str, site: str, layer: int, unit: int, seed: int, retry: int = 0) -> int:
+    """A unit's own seed: the first 8 bytes (big-endian) of sha256("<model>/<site>/<layer>/<unit>/<seed>"),
+    top bit cleared; a retry after NaN/inf appends "/retry<n>". Independent of which units share a
+    batch, so results do not depend on batching."""
+    text = f"{model}/{site}/{layer}/{unit}/{seed}" + (f"/retry{retry}" if retry else "")
+    digest = hashlib.sha256(text.encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)

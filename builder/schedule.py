@@ -1,0 +1,267 @@
+"""Scheduling: which shards to write, in which batches, resuming what a killed run left."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from atlas.format import AtlasError, check_model_name, shard_path
+from atlas.log import append_log
+from atlas.manifest import scan_shards, write_manifest
+from atlas.shard import remove_stale_temps, write_part
+
+from .models import LoadedModel
+from .recipe import Recipe, unit_seed
+from .sites import Layer, find_layers, run_to
+from .visualize import optimize_units
+
+# Shard attributes that must agree between every part written into one atlas for a model.
+IDENTITY = ("arch", "weights", "image_size")
+
+
+def parse_spec(spec: str, valid: list[int], what: str) -> list[int]:
+    """Parse 'all', '5', '0-3' or '0,2,5-7' into sorted indices, all of which must be in ``valid``."""
+    spec = str(spec).strip()
+    if spec == "all":
+        return sorted(valid)
+    chosen = set()
+    try:
+        for part in spec.split(","):
+            lo, sep, hi = part.strip().partition("-")
+            lo, hi = int(lo), int(hi) if sep else int(lo)
+            if hi < lo:
+                raise ValueError
+            chosen.update(range(lo, hi + 1))
+    except ValueError:
+        raise AtlasError(f"--{what} {spec!r} is not a SPEC: use all, 5, 0-3 or 0,2,5-7") from None
+    outside = sorted(chosen - set(valid))
+    if outside:
+        shown = f"{min(valid)}-{max(valid)}" if valid == list(range(min(valid), max(valid) + 1)) else valid
+        raise AtlasError(f"--{what} {spec}: {outside[:10]} out of range (valid: {shown})")
+    return sorted(chosen)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' (cuda when present), 'cpu' or 'cuda'."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AtlasError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise AtlasError(f"--device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+def unit_runs(units: list[int]) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) runs of sorted unit indices."""
+    runs = []
+    for u in units:
+        if runs and runs[-1][1] == u:
+            runs[-1][1] = u + 1
+        else:
+            runs.append([u, u + 1])
+    return [tuple(r) for r in runs]
+
+
+def plan_ranges(existing: list[tuple[int, int, list[str]]], wanted: list[int], shard_units: int,
+                part: str) -> list[tuple[int, int]]:
+    """Unit ranges to write ``part`` into, for the ``wanted`` units of one layer.
+
+    Existing shards keep their ranges (a part is always written for a shard's whole range); units no
+    shard covers yet go into new shards cut on the grid of multiples of ``shard_units``.
+    """
+    todo, covered = [], set()
+    for start, stop, parts in sorted(existing):
+        if any(start <= u < stop for u in wanted) and part not in parts:
+            todo.append((start, stop))
+        covered.update(range(start, stop))
+    for start, stop in unit_runs([u for u in wanted if u not in covered]):
+        cut = start
+        while cut < stop:
+            end = min(stop, (cut // shard_units + 1) * shard_units)
+            todo.append((cut, end))
+            cut = end
+    return sorted(todo)
+
+
+def layer_attrs(name: str, lm: LoadedModel, layer: Layer) -> dict:
+    """The attributes every shard of this (model, site, layer) carries."""
+    return {"model": name, "arch": lm.source.arch, "weights": lm.weights, "site": layer.site,
+            "layer": layer.index, "layer_units": layer.units, "grid": list(layer.grid),
+            "module": layer.module, "module_call": layer.call, "image_size": list(lm.input_size),
+            "mean": list(lm.mean), "std": list(lm.std)}
+
+
+def existing_shards(out: Path, name: str, site: str, lm: LoadedModel) -> dict[int, list]:
+    """Shards already in the atlas for (name, site), by layer; rejects an atlas built from other weights."""
+    by_layer: dict[int, list] = {}
+    for shard in scan_shards(out):
+        attrs = shard["attrs"]
+        if attrs["model"] != name:
+            continue
+        mine = {"arch": lm.source.arch, "weights": lm.weights, "image_size": list(lm.input_size)}
+        for key in IDENTITY:
+            if key in attrs and attrs[key] != mine[key]:
+                raise AtlasError(
+                    f"{out} already holds {name} with {key}={attrs[key]!r}, but this run has {mine[key]!r}; "
+                    "pass --name to store this model under another name, or use another --out")
+        if attrs["site"] == site:
+            by_layer.setdefault(int(attrs["layer"]), []).append(
+                (int(attrs["unit_start"]), int(attrs["unit_stop"]), shard["parts"]))
+    return by_layer
+
+
+def select_layers(lm: LoadedModel, site: str, layer_spec: str, unit_spec: str) -> list[tuple[Layer, list[int]]]:
+    """The chosen layers of ``site`` with the chosen units of each; out-of-range SPECs are rejected."""
+    layers = {layer.index: layer for layer in find_layers(lm.model, site, lm.input_size)}
+    chosen = []
+    for index in parse_spec(layer_spec, list(layers), "layers"):
+        layer = layers[index]
+        chosen.append((layer, parse_spec(unit_spec, list(range(layer.units)), "units")))
+    return chosen
+
+
+def bytes_per_image(lm: LoadedModel, layer: Layer, device: torch.device) -> int:
+    """Bytes of module outputs one image produces on its way to ``layer`` (what backward keeps)."""
+    total = 0
+
+    def count(_module, _inputs, output):
+        nonlocal total
+        if torch.is_tensor(output):
+            total += output.numel() * output.element_size()
+
+    leaves = [m for m in lm.model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            run_to(lm.model, torch.rand(1, 3, *lm.input_size, device=device), [layer])
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def auto_batch_units(lm: LoadedModel, layer: Layer, recipe: Recipe, device: torch.device) -> int:
+    """Units per batch: half the free GPU memory, or 384 MiB on CPU (larger CPU batches fall out of
+    cache and run slower per image), over an estimate of what one unit needs (its copies' saved
+    activations, gradients and temporaries: 4x the module outputs)."""
+    per_unit = 4 * recipe.batch_copies * bytes_per_image(lm, layer, device)
+    if device.type == "cuda":
+        budget = 0.5 * torch.cuda.mem_get_info(device)[0]
+    else:
+        budget = 384 * 2**20
+    return max(1, int(budget // max(per_unit, 1)))
+
+
+@dataclass
+class VisualizeJob:
+    """What ``build.py visualize`` asks for."""
+    out: Path
+    name: str
+    recipe: Recipe
+    site: str = "ffn"
+    layers: str = "all"
+    units: str = "all"
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_units: int | None = None
+    shard_units: int = 256
+    max_retries: int = 2
+    progress: bool = True
+    stats: dict = field(default_factory=dict)
+
+
+def _optimize_with_retries(job: VisualizeJob, lm: LoadedModel, layer: Layer, units: list[int],
+                           device: torch.device):
+    """Optimize ``units``; units whose run hit NaN/inf are rerun with a derived seed (up to
+    ``job.max_retries`` times) and flagged ``failed`` if it persists."""
+    seeds = [unit_seed(job.name, layer.site, layer.index, u, job.seed) for u in units]
+    result = optimize_units(lm, layer, units, seeds, job.recipe, device, job.precision)
+    retries = np.zeros(len(units), np.uint8)
+    for attempt in range(1, job.max_retries + 1):
+        bad = np.flatnonzero(~result.finite)
+        if not len(bad):
+            break
+        again = [units[i] for i in bad]
+        new_seeds = [unit_seed(job.name, layer.site, layer.index, u, job.seed, attempt) for u in again]
+        redo = optimize_units(lm, layer, again, new_seeds, job.recipe, device, job.precision)
+        for j, i in enumerate(bad):
+            for name in ("image", "activation", "map", "loss", "finite"):
+                getattr(result, name)[i] = getattr(redo, name)[j]
+            seeds[i], retries[i] = new_seeds[j], attempt
+    return result, np.asarray(seeds, np.int64), retries
+
+
+def _run_shard(job: VisualizeJob, lm: LoadedModel, layer: Layer, start: int, stop: int,
+               device: torch.device, batch: int, bar) -> tuple[dict, int]:
+    """Optimize units [start, stop) in batches (halving the batch on CUDA out-of-memory)."""
+    units = list(range(start, stop))
+    parts, i = [], 0
+    while i < len(units):
+        chunk = units[i:i + batch]
+        try:
+            parts.append(_optimize_with_retries(job, lm, layer, chunk, device))
+        except torch.OutOfMemoryError:
+            if batch == 1:
+                raise
+            batch = max(1, batch // 2)
+            torch.cuda.empty_cache()
+            tqdm.write(f"CUDA out of memory: continuing with {batch} units per batch")
+            continue
+        i += len(chunk)
+        bar.update(len(chunk))
+    result = {
+        "viz/image": np.concatenate([p[0].image for p in parts]),
+        "viz/activation": np.concatenate([p[0].activation for p in parts]).astype(np.float32),
+        "viz/map": np.concatenate([p[0].map for p in parts]),
+        "viz/seed": np.concatenate([p[1] for p in parts]),
+        "viz/loss": np.concatenate([p[0].loss for p in parts]).astype(np.float32),
+        "viz/retries": np.concatenate([p[2] for p in parts]),
+        "viz/failed": ~np.concatenate([p[0].finite for p in parts]),
+    }
+    return result, batch
+
+
+def run_visualize(lm: LoadedModel, job: VisualizeJob, command: str | None = None) -> dict:
+    """Visualize the chosen units into ``job.out``: complete shards are skipped, so a killed run resumes."""
+    check_model_name(job.name)
+    device = resolve_device(job.device)
+    if job.precision not in ("fp32", "bf16"):
+        raise AtlasError(f"--precision must be fp32 or bf16, not {job.precision!r}")
+    selected = select_layers(lm, job.site, job.layers, job.units)
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
+    existing = existing_shards(out, job.name, job.site, lm)
+    plan = [(layer, start, stop) for layer, units in selected
+            for start, stop in plan_ranges(existing.get(layer.index, []), units, job.shard_units, "viz")]
+    total = sum(stop - start for _, start, stop in plan)
+    done = sum(1 for layer, units in selected for u in units
+               if any(s <= u < e and "viz" in parts for s, e, parts in existing.get(layer.index, [])))
+    lm.model.to(device)
+    job.stats.update(units=total, shards=len(plan), already_done=done, device=str(device))
+    bar = tqdm(total=total, unit="unit", desc=f"visualize {job.name}/{job.site}", disable=not job.progress,
+               dynamic_ncols=True, smoothing=0.05)
+    batches: dict[int, int] = {}
+    for layer, start, stop in plan:
+        if layer.index not in batches:
+            batches[layer.index] = job.batch_units or auto_batch_units(lm, layer, job.recipe, device)
+        t0 = time.time()
+        bar.set_postfix_str(f"L{layer.index:02d} U{start}-{stop}")
+        data, batches[layer.index] = _run_shard(job, lm, layer, start, stop, device, batches[layer.index], bar)
+        attrs = {**layer_attrs(job.name, lm, layer), "unit_start": start, "unit_stop": stop,
+                 "recipe": job.recipe.to_dict(), "seed": job.seed}
+        write_part(out / shard_path(job.name, layer.site, layer.index, start, stop), attrs, "viz", data,
+                   {"loss_steps": job.recipe.loss_steps(), "device": device.type, "precision": job.precision})
+        seconds = time.time() - t0
+        append_log(out, {"stage": "visualize", "shard": shard_path(job.name, layer.site, layer.index, start, stop),
+                         "device": str(device), "units": stop - start, "seconds": round(seconds, 3),
+                         "units_per_s": round((stop - start) / max(seconds, 1e-9), 3)})
+    bar.close()
+    write_manifest(out, command)
+    return job.stats
