@@ -48,6 +48,24 @@ def cmd_visualize(args, command: str) -> None:
           f"({stats['already_done']} were already done) into {args.out}")
 
 
+def cmd_probe(args, command: str) -> None:
+    from builder.dataset import scan_images
+    from builder.probe import ProbeJob, run_probe
+    index = scan_images(args.images, args.labels)  # before loading the model: bad folders fail fast
+    print(f"{len(index.paths)} images in {index.root} (layout: {index.layout}, "
+          f"{len(index.class_names)} classes{f', {index.ignored} other files ignored' if index.ignored else ''})")
+    lm = _load(args)
+    job = ProbeJob(out=args.out, name=args.name or args.model, site=args.site, layers=args.layers, k=args.k,
+                   batch_size=args.batch_size, device=args.device, precision=args.precision,
+                   shard_units=args.shard_units, checkpoint_seconds=args.checkpoint_every, **({"workers": args.workers} if args.workers is not None else {}))
+    stats = run_probe(lm, index, job, command)
+    print(f"probed {stats['layers']} layers ({stats['shards']} shards) on {stats['images']} images into {args.out}")
+    if stats.get("skipped"):
+        print(f"skipped {stats['skipped']} files that could not be decoded (listed in dataset.h5 'skipped'):")
+        for path, reason in stats["skipped_files"][:20]:
+            print(f"  {path}: {reason}")
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line's parser (subcommands and flags)."""
     p = argparse.ArgumentParser(prog="build.py", description=__doc__,
@@ -72,6 +90,23 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--shard-units", type=int, default=256, help="units per shard file (default 256)")
     v.add_argument("--out", required=True, help="atlas folder")
     v.set_defaults(run=cmd_visualize)
+
+    pr = sub.add_parser("probe", help="top-k dataset images, patch maps and statistics of every unit")
+    _model_args(pr)
+    pr.add_argument("--images", required=True, metavar="DIR", help="image folder (ImageNet, ImageFolder or plain)")
+    pr.add_argument("--labels", metavar="FILE", help="CSV relative_path,label (overrides the folder's labels)")
+    pr.add_argument("--site", default="ffn", help="ffn (default), q, k, v, attn or block")
+    pr.add_argument("--layers", default="all", metavar="SPEC", help="all, 5, 0-3, 0,2,5-7")
+    pr.add_argument("--k", type=int, default=16, help="images kept per unit (default 16)")
+    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--workers", type=int, help="decoding processes (default: min(8, CPUs))")
+    pr.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    pr.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    pr.add_argument("--shard-units", type=int, default=256, help="units per new shard file (default 256)")
+    pr.add_argument("--checkpoint-every", type=float, default=300, metavar="SECONDS",
+                    help="save the running state this often, so a killed pass resumes (default 300)")
+    pr.add_argument("--out", required=True, help="atlas folder")
+    pr.set_defaults(run=cmd_probe)
     return p
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import bisect
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import NamedTuple
 import h5py
 import numpy as np
 
+from .dataset import Dataset
 from .format import DATASET, AtlasError, parse_unit_id, unit_id
 from .manifest import describe_shards, read_manifest
 from .shard import read_attrs
@@ -109,28 +109,6 @@ class Unit:
         row = lambda name: self._read(name, "probe")  # noqa: E731
         return UnitStats(float(row("stats/mean")), float(row("stats/max")), float(row("stats/positive")),
                          row("stats/hist"), f["stats/hist_edges"][()])
-
-
-class Dataset:
-    """The probe's image index (dataset.h5): paths, labels and class names."""
-
-    def __init__(self, path: Path):
-        self.file = path
-        with h5py.File(path, "r") as f:
-            self.paths = [p.decode() if isinstance(p, bytes) else p for p in f["path"][()]]
-            self.labels = f["label"][()]
-            self.attrs = read_attrs(f)
-            self.skipped = [(p.decode(), r.decode()) for p, r in f["skipped"][()]] if "skipped" in f else []
-        self.root = Path(self.attrs.get("root", ""))
-        names = self.attrs.get("class_names", [])
-        self.class_names = json.loads(names) if isinstance(names, str) else list(names)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def class_name(self, label: int) -> str | None:
-        """The name of a label, or None for an unknown label (-1)."""
-        return self.class_names[label] if 0 <= label < len(self.class_names) else None
 
 
 class Atlas:

@@ -1,0 +1,223 @@
+"""The dataset probe: one pass over an image folder scores every unit of every chosen layer.
+
+Score of an image for a unit = mean over the patch grid of the unit's activation (what the engine
+maximizes). Each layer keeps, on the device, a running top-k per unit (score, image index, patch
+map) and running statistics. Ties go to the lower image index: batches arrive in index order and
+the merge is a stable sort, so results do not depend on batch size or worker count. The running
+state is saved every few minutes, so a killed pass resumes where it was.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from atlas.dataset import Dataset, paths_sha256, write_dataset
+from atlas.format import DATASET, AtlasError, check_model_name, shard_path
+from atlas.log import append_log
+from atlas.manifest import write_manifest
+from atlas.shard import remove_stale_temps, replace_atomically, temp_name, write_part
+
+from .dataset import ImageDataset, ImageIndex, collate
+from .models import LoadedModel
+from .schedule import existing_shards, layer_attrs, plan_ranges, resolve_device, select_layers
+from .sites import Layer, run_to
+from .visualize import autocast
+
+
+def hist_edges() -> np.ndarray:
+    """Fixed histogram edges: 0 and +-10^(i/8) for i in -24..24 (1e-3 to 1e3, 8 bins a decade).
+    Scores below the first edge count in the first bin, above the last in the last."""
+    pos = 10.0 ** (np.arange(-24, 25) / 8)
+    return np.concatenate([-pos[::-1], [0.0], pos])
+
+
+class LayerProbe:
+    """Running top-k and statistics of every unit of one layer."""
+
+    def __init__(self, units: int, grid: tuple[int, int], k: int, device: torch.device):
+        self.k = k
+        self.edges = torch.tensor(hist_edges(), device=device)
+        self.score = torch.full((units, k), -torch.inf, device=device)
+        self.index = torch.full((units, k), -1, dtype=torch.long, device=device)
+        self.map = torch.zeros((units, k, *grid), device=device)
+        self.sum = torch.zeros(units, dtype=torch.float64, device=device)
+        self.max = torch.full((units,), -torch.inf, device=device)
+        self.positive = torch.zeros(units, dtype=torch.long, device=device)
+        self.hist = torch.zeros((units, len(self.edges) - 1), dtype=torch.long, device=device)
+        self.count = 0
+
+    def update(self, grid: torch.Tensor, index: torch.Tensor) -> None:
+        """Fold in a batch: grid [B, h, w, units] (float), index [B] (ascending, after all seen so far)."""
+        B, units, k = grid.shape[0], self.score.shape[0], self.k
+        scores = grid.mean(dim=(1, 2)).T.contiguous()                          # [units, B]
+        self.sum += scores.sum(1, dtype=torch.float64)
+        self.max = torch.maximum(self.max, scores.max(1).values)
+        self.positive += (scores > 0).sum(1)
+        bins = (torch.bucketize(scores, self.edges, right=True) - 1).clamp(0, self.hist.shape[1] - 1)
+        self.hist.scatter_add_(1, bins, torch.ones_like(bins))
+        self.count += B
+        candidates = torch.cat([self.score, scores.nan_to_num(nan=-torch.inf)], dim=1)  # [units, k + B]
+        order = candidates.sort(dim=1, descending=True, stable=True).indices[:, :k]
+        from_batch = order >= k
+        rows = torch.arange(units, device=grid.device)[:, None].expand(units, k)
+        batch_maps = grid.permute(3, 0, 1, 2)[rows, (order - k).clamp(min=0)]   # [units, k, h, w]
+        kept_maps = self.map[rows, order.clamp(max=k - 1)]
+        self.map = torch.where(from_batch[..., None, None], batch_maps, kept_maps)
+        self.index = torch.where(from_batch, index[(order - k).clamp(min=0)], self.index.gather(1, order.clamp(max=k - 1)))
+        self.score = candidates.gather(1, order)
+
+    def rows(self, start: int, stop: int, new_row: np.ndarray) -> dict[str, np.ndarray]:
+        """The probe part's datasets for units [start, stop); image indices mapped to dataset rows."""
+        index = self.index[start:stop].cpu().numpy()
+        n = max(self.count, 1)
+        return {
+            "topk/index": np.where(index >= 0, new_row[np.maximum(index, 0)], -1).astype(np.int64),
+            "topk/score": self.score[start:stop].cpu().numpy().astype(np.float32),
+            "topk/map": self.map[start:stop].cpu().numpy().astype(np.float16),
+            "stats/mean": (self.sum[start:stop] / n).cpu().numpy().astype(np.float32),
+            "stats/max": self.max[start:stop].cpu().numpy().astype(np.float32),
+            "stats/positive": (self.positive[start:stop].double() / n).cpu().numpy().astype(np.float32),
+            "stats/hist": self.hist[start:stop].cpu().numpy(),
+            "stats/hist_edges": self.edges.cpu().numpy(),
+        }
+
+    def state(self) -> dict:
+        """Everything needed to continue the pass (for a checkpoint)."""
+        return {name: getattr(self, name).cpu() if torch.is_tensor(getattr(self, name)) else getattr(self, name)
+                for name in ("score", "index", "map", "sum", "max", "positive", "hist", "count")}
+
+    def load(self, state: dict) -> None:
+        """Continue from a checkpointed ``state``."""
+        for name, value in state.items():
+            setattr(self, name, value.to(self.score.device) if torch.is_tensor(value) else value)
+
+
+@dataclass
+class ProbeJob:
+    """What ``build.py probe`` asks for."""
+    out: Path
+    name: str
+    site: str = "ffn"
+    layers: str = "all"
+    k: int = 16
+    batch_size: int = 64
+    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    device: str = "auto"
+    precision: str = "fp32"
+    shard_units: int = 256
+    checkpoint_seconds: float = 300.0
+    progress: bool = True
+    stats: dict = field(default_factory=dict)
+
+
+def _check_dataset(out: Path, index: ImageIndex) -> None:
+    path = out / DATASET
+    if path.exists():
+        existing = Dataset(path)
+        if existing.attrs.get("candidates_sha256") != paths_sha256(index.paths):
+            raise AtlasError(f"{out} was probed on another image set ({existing.attrs.get('root')}, "
+                             f"{len(existing)} images); an atlas holds one dataset: use another --out")
+
+
+def _fingerprint(job: ProbeJob, lm: LoadedModel, layers: list[Layer], index: ImageIndex) -> str:
+    what = [job.name, lm.weights, job.site, [layer.index for layer in layers], job.k, job.precision,
+            paths_sha256(index.paths), repr(lm.eval_transform())]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()
+
+
+def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | None = None) -> dict:
+    """Probe every unit of the chosen layers on the images of ``index`` and write the probe parts."""
+    check_model_name(job.name)
+    if job.k < 1 or job.batch_size < 1 or job.workers < 0:
+        raise AtlasError("--k and --batch-size must be at least 1, --workers at least 0")
+    device = resolve_device(job.device)
+    layers = [layer for layer, _ in select_layers(lm, job.site, job.layers, "all")]
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
+    _check_dataset(out, index)
+    existing = existing_shards(out, job.name, job.site, lm)
+    plan = {layer.index: plan_ranges(existing.get(layer.index, []), list(range(layer.units)), job.shard_units, "probe")
+            for layer in layers}
+    layers = [layer for layer in layers if plan[layer.index]]
+    job.stats.update(images=len(index.paths), layers=len(layers), shards=sum(len(v) for v in plan.values()))
+    if not layers:
+        write_manifest(out, command)
+        job.stats.update(skipped=0)
+        return job.stats
+
+    lm.model.to(device)
+    probes = [LayerProbe(layer.units, layer.grid, job.k, device) for layer in layers]
+    state_path = out / ".probe" / f"{job.name}-{job.site}.pt"
+    fingerprint = _fingerprint(job, lm, layers, index)
+    start, skipped = 0, {}
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        if state["fingerprint"] == fingerprint:
+            start, skipped = state["position"], state["skipped"]
+            for probe, s in zip(probes, state["layers"]):
+                probe.load(s)
+
+    def save_state(position: int) -> None:
+        state_path.parent.mkdir(exist_ok=True)
+        tmp = temp_name(state_path)
+        torch.save({"fingerprint": fingerprint, "position": position, "skipped": skipped,
+                    "layers": [p.state() for p in probes]}, tmp)
+        replace_atomically(tmp, state_path)
+
+    transform = lm.eval_transform()
+    loader = torch.utils.data.DataLoader(
+        ImageDataset(index, transform, start), batch_size=job.batch_size, num_workers=job.workers,
+        collate_fn=collate, pin_memory=device.type == "cuda")
+    bar = tqdm(total=len(index.paths), initial=start, unit="img", desc=f"probe {job.name}/{job.site}",
+               disable=not job.progress, dynamic_ncols=True, smoothing=0.05)
+    t0 = last_save = time.time()
+    position = start
+    for ids, x, bad in loader:
+        skipped.update(bad)
+        if x is not None:
+            ids_device = ids.to(device)
+
+            def fold(i, grid):
+                probes[i].update(grid.float(), ids_device)
+            with torch.no_grad(), autocast(device, job.precision):
+                run_to(lm.model, x.to(device, non_blocking=True), layers, on_capture=fold)
+        position += len(ids) + len(bad)
+        bar.update(len(ids) + len(bad))
+        if time.time() - last_save > job.checkpoint_seconds:
+            save_state(position)
+            last_save = time.time()
+    bar.close()
+    seconds = time.time() - t0
+
+    good = [i for i in range(len(index.paths)) if i not in skipped]
+    new_row = np.full(len(index.paths), -1, np.int64)
+    new_row[good] = np.arange(len(good))
+    if not (out / DATASET).exists():
+        write_dataset(out / DATASET, index.root, [index.paths[i] for i in good], index.labels[good],
+                      index.class_names, [(index.paths[i], skipped[i]) for i in sorted(skipped)],
+                      {"layout": index.layout, "class_ids": index.class_ids,
+                       "candidates_sha256": paths_sha256(index.paths)})
+    for layer, probe in zip(layers, probes):
+        for start_unit, stop_unit in plan[layer.index]:
+            attrs = {**layer_attrs(job.name, lm, layer), "unit_start": start_unit, "unit_stop": stop_unit}
+            write_part(out / shard_path(job.name, job.site, layer.index, start_unit, stop_unit), attrs, "probe",
+                       probe.rows(start_unit, stop_unit, new_row),
+                       {"k": job.k, "images": len(good), "transform": repr(transform),
+                        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in lm.data_config.items()},
+                        "precision": job.precision, "dataset_paths_sha256": paths_sha256([index.paths[i] for i in good])})
+    append_log(out, {"stage": "probe", "model": job.name, "site": job.site, "device": str(device),
+                     "images": len(index.paths), "seconds": round(seconds, 3),
+                     "images_per_s": round((len(index.paths) - start) / max(seconds, 1e-9), 3)})
+    state_path.unlink(missing_ok=True)
+    write_manifest(out, command)
+    job.stats.update(skipped=len(skipped), skipped_files=[(index.paths[i], r) for i, r in sorted(skipped.items())])
+    return job.stats
