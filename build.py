@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """ViT Atlas command line. `python build.py` with no arguments builds the offline demo atlas.
 
+    python build.py                      the demo: dataset, visualize, probe, site in ./atlas-demo
     python build.py visualize --model NAME [--random-init | --checkpoint FILE] --out DIR
+    python build.py probe --model NAME [...] --images DIR --out DIR
+    python build.py make-dataset --out DIR [--n N] [--seed S]
+    python build.py train-demo [--out DIR]
 """
 from __future__ import annotations
 
@@ -66,6 +70,50 @@ def cmd_probe(args, command: str) -> None:
             print(f"  {path}: {reason}")
 
 
+def cmd_make_dataset(args, command: str) -> None:
+    from builder.demo.shapes import make_dataset
+    out = make_dataset(args.out, args.n, args.seed)
+    print(f"{args.n} images (seed {args.seed}) in {out}, boxes in {out / 'boxes.csv'}")
+
+
+def cmd_train_demo(args, command: str) -> None:
+    from builder.demo.models import CNN, VIT
+    from builder.demo.train import TrainConfig, train_demo
+    cfg = TrainConfig(seed=args.seed, n_train=args.n_train, epochs=args.epochs)
+    names = {"vit": VIT, "cnn": CNN}
+    record = train_demo(args.out, cfg, [names[m] for m in args.models.split(",")], command)
+    for name, info in record.items():
+        print(f"{name}: held-out accuracy {info['held_out_accuracy']:.2%}, "
+              f"train loss {info['train_loss_first_50']:.3f} -> {info['train_loss_last_50']:.3f}")
+
+
+def cmd_render(args, command: str) -> None:
+    from atlas.site import render
+    index = render(args.dir, out=args.site, workers=args.workers, base_url=args.base_url, images=args.images)
+    print(f"site written to {index.parent}; open {index}")
+
+
+def cmd_serve(args, command: str) -> None:
+    import functools
+    import http.server
+    from pathlib import Path
+    root = Path(args.dir)
+    if not (root / "site" / "index.html").exists():
+        raise AtlasError(f"{root} has no rendered site: run `python build.py render {root}` first")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler) as server:
+        print(f"serving {root} at http://127.0.0.1:{server.server_address[1]}/site/index.html (Ctrl-C stops)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+
+
+def cmd_demo(args, command: str) -> None:
+    from builder.demo.build import build_demo
+    build_demo(args.out, command)
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line's parser (subcommands and flags)."""
     p = argparse.ArgumentParser(prog="build.py", description=__doc__,
@@ -107,6 +155,37 @@ def parser() -> argparse.ArgumentParser:
                     help="save the running state this often, so a killed pass resumes (default 300)")
     pr.add_argument("--out", required=True, help="atlas folder")
     pr.set_defaults(run=cmd_probe)
+
+    r = sub.add_parser("render", help="render an atlas folder into a static site (DIR/site)")
+    r.add_argument("dir", help="atlas folder")
+    r.add_argument("--site", help="output folder (default DIR/site)")
+    r.add_argument("--workers", type=int, help="processes (default: min(8, CPUs))")
+    r.add_argument("--base-url", default="", help="where the site will be hosted (absolute permalinks)")
+    r.add_argument("--images", help="the dataset's image folder, if it moved since the probe")
+    r.set_defaults(run=cmd_render)
+
+    sv = sub.add_parser("serve", help="serve an atlas's site on localhost for preview")
+    sv.add_argument("dir", help="atlas folder")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.set_defaults(run=cmd_serve)
+
+    d = sub.add_parser("demo", help="build the offline demo atlas (what `python build.py` does)")
+    d.add_argument("--out", default="atlas-demo", help="atlas folder (default ./atlas-demo)")
+    d.set_defaults(run=cmd_demo)
+
+    m = sub.add_parser("make-dataset", help="generate the demo's shapes dataset (ImageFolder + boxes.csv)")
+    m.add_argument("--out", required=True)
+    m.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
+    m.add_argument("--seed", type=int, default=1, help="seed (default 1: the demo's held-out set)")
+    m.set_defaults(run=cmd_make_dataset)
+
+    t = sub.add_parser("train-demo", help="train the demo ViT and CNN on generated shapes (CPU)")
+    t.add_argument("--out", default=None, help="weights folder (default: builder/demo/weights, the committed ones)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--n-train", type=int, default=24000)
+    t.add_argument("--models", default="vit,cnn", help="vit, cnn or vit,cnn")
+    t.set_defaults(run=cmd_train_demo)
     return p
 
 
@@ -116,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     command = "python build.py " + shlex.join(argv)
     try:
-        if args.command is None:
-            parser().print_help()
-            return 0
+        if args.command is None:  # the default: the demo atlas
+            args = parser().parse_args(["demo"])
+            command = "python build.py"
         args.run(args, command)
     except AtlasError as e:
         print(f"error: {e}", file=sys.stderr)

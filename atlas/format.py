@@ -66,3 +66,14 @@ def parse_unit_id(text: str) -> tuple[str, str, int, int]:
 def shard_path(model: str, site: str, layer: int, unit_start: int, unit_stop: int) -> str:
     """Relative path of the shard for units [unit_start, unit_stop) of one (model, site, layer)."""
     return f"{SHARDS}/{model}/{site}/L{layer:02d}/U{unit_start:05d}-{unit_stop:05d}.h5"
+
+
+def unit_runs(units: list[int]) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) runs of sorted unit indices."""
+    runs = []
+    for u in units:
+        if runs and runs[-1][1] == u:
+            runs[-1][1] = u + 1
+        else:
+            runs.append([u, u + 1])
+    return [tuple(r) for r in runs]

@@ -13,6 +13,8 @@ from torch import nn
 from atlas.format import AtlasError
 from atlas.manifest import sha256_file
 
+from .demo import models as _demo_models  # noqa: F401  (registers vit_atlas_demo, resnet_atlas_demo)
+
 
 @dataclass(frozen=True)
 class ModelSource:

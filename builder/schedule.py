@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from atlas.format import AtlasError, check_model_name, shard_path
+from atlas.format import AtlasError, check_model_name, shard_path, unit_runs
 from atlas.log import append_log
 from atlas.manifest import scan_shards, write_manifest
 from atlas.shard import remove_stale_temps, write_part
@@ -54,17 +54,6 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise AtlasError(f"--device must be auto, cpu or cuda, not {name!r}")
     return torch.device(name)
-
-
-def unit_runs(units: list[int]) -> list[tuple[int, int]]:
-    """Contiguous [start, stop) runs of sorted unit indices."""
-    runs = []
-    for u in units:
-        if runs and runs[-1][1] == u:
-            runs[-1][1] = u + 1
-        else:
-            runs.append([u, u + 1])
-    return [tuple(r) for r in runs]
 
 
 def plan_ranges(existing: list[tuple[int, int, list[str]]], wanted: list[int], shard_units: int,

@@ -1,12 +1,15 @@
 """Shared fixtures: tiny random-init timm models (no weights, no network) and temporary atlases."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -15,6 +18,43 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 # A ViT small enough for CPU tests: 32 px, 4x4 patch grid + CLS, 3 blocks of 128 FFN units.
 TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=5)
+
+
+TINY_MODEL = ["--model", "vit_tiny_patch16_224", "--random-init", "--model-args", json.dumps(TINY_VIT)]
+EVIL = '<script>alert("x")</script> & \'quotes\''
+
+
+def make_tricky_folder(root: Path) -> tuple[Path, Path]:
+    """Images whose file and class names need escaping, and a labels file naming evil classes."""
+    rng = np.random.default_rng(0)
+    folder = root / "imgs"
+    rows = []
+    for c, cls in enumerate(["shopping cart", EVIL, "a&b"]):
+        sub = folder / f"dir{c} <&>"
+        sub.mkdir(parents=True)
+        for i in range(8):
+            name = f'"img" {i} <b>.png' if c == 1 else f"{i}.png"
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(sub / name)
+            rows.append(f'"{sub.name}/{name.replace(chr(34), chr(34) * 2)}","{cls.replace(chr(34), chr(34) * 2)}"')
+    labels = root / "labels.csv"
+    labels.write_text("relative_path,label\n" + "\n".join(rows) + "\n")
+    return folder, labels
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory):
+    """A small rendered atlas whose dataset has names that need escaping: (atlas folder, index.html)."""
+    import build
+    from atlas.site import render
+    base = tmp_path_factory.mktemp("site")
+    folder, labels = make_tricky_folder(base)
+    out = base / 'atlas & "co" <x>'
+    assert build.main(["visualize", *TINY_MODEL, "--preset", "quick", "--steps", "3", "--layers", "0-1",
+                       "--units", "0-39", "--shard-units", "16", "--out", str(out)]) == 0
+    assert build.main(["probe", *TINY_MODEL, "--images", str(folder), "--labels", str(labels), "--layers", "0-1",
+                       "--k", "5", "--workers", "0", "--shard-units", "16", "--out", str(out)]) == 0
+    index = render(out, workers=2, progress=False)
+    return out, index
 
 
 @pytest.fixture(scope="session")

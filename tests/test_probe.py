@@ -21,9 +21,9 @@ from atlas.images import load_rgb
 from builder.dataset import imagenet_classes, scan_images
 from builder.probe import LayerProbe, hist_edges
 from builder.sites import find_layers
-from tests.conftest import ROOT, TINY_VIT
+from tests.conftest import ROOT, TINY_MODEL
 
-MODEL = ["--model", "vit_tiny_patch16_224", "--random-init", "--model-args", json.dumps(TINY_VIT)]
+MODEL = TINY_MODEL
 
 
 def make_folder(root, n_per_class=15, classes=("apple", "boat", "cat"), seed=0):

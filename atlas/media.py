@@ -1,0 +1,66 @@
+"""Images for the site: WebP encodings, the model's view of a dataset image, and activation maps.
+
+Maps are drawn from the stored grids as tiny PNGs (one pixel per patch; the browser scales them),
+coloured on a transparent-to-yellow ramp, and embedded as data URIs: no copy of a photo is baked.
+"""
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from PIL import Image
+
+_RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+             "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+
+# The map colour ramp: activation 0 -> transparent, rising through red to yellow (opaque-ish).
+_RAMP = np.array([[0, 0, 0, 0], [120, 0, 80, 90], [220, 40, 40, 150], [255, 160, 0, 190], [255, 255, 80, 215]], float)
+
+
+def webp(image: Image.Image | np.ndarray, size: int | None = None, quality: int = 82) -> bytes:
+    """WebP bytes of an RGB image, downscaled (never upscaled) so its longer side is at most ``size``."""
+    img = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    if size and max(img.size) > size:
+        scale = size / max(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, "WEBP", quality=quality, method=6)
+    return buf.getvalue()
+
+
+def model_view(img: Image.Image, data_config: dict) -> Image.Image:
+    """The part of a dataset image the model saw: timm's eval resize and center crop (no normalize),
+    so activation maps on the patch grid line up with it."""
+    _, th, tw = data_config["input_size"]
+    crop_pct = data_config.get("crop_pct") or 1.0
+    resample = _RESAMPLE.get(data_config.get("interpolation", "bicubic"), Image.BICUBIC)
+    if data_config.get("crop_mode", "center") == "squash":
+        scaled = (round(tw / crop_pct), round(th / crop_pct))
+        img = img.resize(scaled, resample)
+    else:  # torchvision Resize(int): the shorter side to floor(size / crop_pct)
+        short = int(np.floor(min(th, tw) / crop_pct))
+        w, h = img.size
+        new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+        img = img.resize(new, resample)
+    w, h = img.size
+    left, top = int(round((w - tw) / 2.0)), int(round((h - th) / 2.0))
+    return img.crop((left, top, left + tw, top + th))
+
+
+def map_png(values: np.ndarray, scale: float) -> bytes:
+    """PNG (RGBA, one pixel per patch) of an activation map: values / scale through the colour ramp;
+    values <= 0 are transparent."""
+    v = np.nan_to_num(np.asarray(values, np.float64) / scale if scale > 0 else np.zeros_like(values, float))
+    t = np.clip(v, 0, 1) * (len(_RAMP) - 1)
+    lo = np.floor(t).astype(int).clip(0, len(_RAMP) - 2)
+    frac = (t - lo)[..., None]
+    rgba = (_RAMP[lo] * (1 - frac) + _RAMP[lo + 1] * frac).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    """A data: URI for PNG bytes."""
+    return "data:image/png;base64," + base64.b64encode(png).decode()

@@ -1,0 +1,191 @@
+"""The demo dataset: coloured shapes on textured backgrounds, deterministic from a seed.
+
+Each image (64x64 RGB) has one main object whose shape is its class, drawn over a textured
+background (stripes at an angle, checkers, dots, a gradient, smooth noise or a plain colour) with
+up to three small distractors (dots, bars, squares). The main object's bounding box is known
+exactly: pixels that differ between the image drawn with and without the object all lie inside
+it. Image ``i`` of a dataset with seed ``s`` comes from ``numpy.random.default_rng([s, i])``, so any
+image can be regenerated alone.
+
+``make_dataset`` writes an ordinary ImageFolder (``<class>/<i>.png``) plus ``boxes.csv``
+(``relative_path,x0,y0,x1,y1`` in pixels, x1/y1 exclusive, ``label``), so it flows through the
+normal probe code.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SIZE = 64
+CLASSES = ("circle", "square", "triangle", "star", "ring", "cross", "crescent", "heart")
+TEXTURES = ("stripes", "checkers", "dots", "gradient", "noise", "plain")
+GENERATOR_VERSION = 1
+_SCALE = 2  # drawn at twice the size, then downsampled: smooth edges
+
+# Saturated colours for objects; backgrounds are drawn from the muted versions of random hues.
+COLOURS = {
+    "red": (220, 40, 40), "orange": (240, 140, 20), "yellow": (240, 220, 40), "green": (40, 180, 60),
+    "cyan": (40, 200, 220), "blue": (40, 70, 220), "purple": (150, 60, 200), "magenta": (230, 60, 180),
+    "white": (245, 245, 245), "black": (20, 20, 20),
+}
+
+
+@dataclass
+class Sample:
+    """One generated image with its class and the main object's box."""
+    image: np.ndarray            # uint8 [64, 64, 3]
+    label: int
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
+    colour: str
+    texture: str
+
+
+def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    def rotate(points):
+        c, s = math.cos(angle), math.sin(angle)
+        return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in points]
+    if shape == "square":
+        return rotate([(-r * 0.8, -r * 0.8), (r * 0.8, -r * 0.8), (r * 0.8, r * 0.8), (-r * 0.8, r * 0.8)])
+    if shape == "triangle":
+        return rotate([(r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)])
+    if shape == "star":
+        return rotate([((r if i % 2 == 0 else r * 0.42) * math.cos(-math.pi / 2 + i * math.pi / 5),
+                        (r if i % 2 == 0 else r * 0.42) * math.sin(-math.pi / 2 + i * math.pi / 5)) for i in range(10)])
+    if shape == "cross":
+        a, b = r, r * 0.33
+        return rotate([(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b),
+                       (-a, -b), (-b, -b)])
+    if shape == "heart":
+        pts = []
+        for i in range(48):
+            t = 2 * math.pi * i / 48
+            x = 16 * math.sin(t) ** 3
+            y = -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t))
+            pts.append((x * r / 17, (y + 2) * r / 17))
+        return rotate(pts)
+    raise ValueError(shape)
+
+
+def _draw_shape(mask: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, angle: float) -> None:
+    if shape == "circle":
+        mask.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    elif shape == "ring":
+        mask.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        mask.ellipse([cx - r * 0.55, cy - r * 0.55, cx + r * 0.55, cy + r * 0.55], fill=0)
+    elif shape == "crescent":
+        mask.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        ox, oy = r * 0.55 * math.cos(angle), r * 0.55 * math.sin(angle)
+        mask.ellipse([cx + ox - r * 0.85, cy + oy - r * 0.85, cx + ox + r * 0.85, cy + oy + r * 0.85], fill=0)
+    else:
+        mask.polygon(_shape_polygon(shape, cx, cy, r, angle), fill=255)
+
+
+def _texture(rng: np.random.Generator, kind: str, n: int) -> np.ndarray:
+    """A [n, n, 3] float background in [0, 255]."""
+    hues = rng.uniform(0, 1, 2)
+    base = [np.array(_hsv(h, rng.uniform(0.15, 0.55), rng.uniform(0.3, 0.85))) for h in hues]
+    yy, xx = np.mgrid[0:n, 0:n] / n
+    if kind == "stripes":
+        a = rng.uniform(0, math.pi)
+        t = (np.sin((xx * math.cos(a) + yy * math.sin(a)) * 2 * math.pi * rng.uniform(3, 9)) > 0)[..., None]
+    elif kind == "checkers":
+        k = rng.integers(3, 9)
+        t = (((xx * k).astype(int) + (yy * k).astype(int)) % 2)[..., None]
+    elif kind == "dots":
+        k = rng.uniform(4, 9)
+        t = ((np.sin(xx * k * 2 * math.pi) * np.sin(yy * k * 2 * math.pi)) > 0.6)[..., None]
+    elif kind == "gradient":
+        a = rng.uniform(0, 2 * math.pi)
+        t = np.clip(0.5 + (xx - 0.5) * math.cos(a) + (yy - 0.5) * math.sin(a), 0, 1)[..., None]
+    elif kind == "noise":
+        coarse = rng.uniform(0, 1, (6, 6))
+        t = np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize((n, n), Image.BICUBIC))[..., None] / 255
+    else:
+        t = np.zeros((n, n, 1))
+    return base[0] * (1 - t) + base[1] * t
+
+
+def _hsv(h: float, s: float, v: float) -> tuple[float, float, float]:
+    import colorsys
+    return tuple(255 * c for c in colorsys.hsv_to_rgb(h, s, v))
+
+
+def _distance(a, b) -> float:
+    return float(np.linalg.norm(np.asarray(a, float) - np.asarray(b, float)))
+
+
+def generate(seed: int, index: int, with_object: bool = True) -> Sample:
+    """Image ``index`` of the dataset with ``seed`` (``with_object=False``: the same scene without
+    its main object, for checking boxes)."""
+    rng = np.random.default_rng([seed, index])
+    label = index % len(CLASSES)
+    n = SIZE * _SCALE
+    texture = TEXTURES[rng.integers(len(TEXTURES))]
+    background = _texture(rng, texture, n)
+    mean_bg = background.reshape(-1, 3).mean(0)
+    names = [c for c in COLOURS if _distance(COLOURS[c], mean_bg) > 120] or list(COLOURS)
+    colour = names[rng.integers(len(names))]
+    r = rng.uniform(11, 22) * _SCALE
+    cx, cy = rng.uniform(r + 2, n - r - 2, 2)
+    angle = rng.uniform(0, 2 * math.pi)
+    canvas = Image.fromarray(background.astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(rng.integers(0, 4)):  # distractors: small dots, bars and squares
+        kind, dx, dy = rng.integers(3), *rng.uniform(0, n, 2)
+        s = rng.uniform(2, 5) * _SCALE
+        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+        if kind == 0:
+            draw.ellipse([dx - s, dy - s, dx + s, dy + s], fill=fill)
+        elif kind == 1:
+            draw.line([dx - 2 * s, dy, dx + 2 * s, dy + rng.uniform(-s, s)], fill=fill, width=int(_SCALE * 1.5))
+        else:
+            draw.rectangle([dx - s, dy - s, dx + s, dy + s], fill=fill)
+    mask = Image.new("L", (n, n))
+    _draw_shape(ImageDraw.Draw(mask), CLASSES[label], cx, cy, r, angle)
+    if with_object:
+        shade = np.clip(np.asarray(COLOURS[colour]) + rng.integers(-25, 26, 3), 0, 255)
+        canvas.paste(tuple(int(v) for v in shade), mask=mask)
+    image = np.asarray(canvas.resize((SIZE, SIZE), Image.BOX))
+    small = np.asarray(mask.resize((SIZE, SIZE), Image.BOX))
+    ys, xs = np.nonzero(small)
+    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    return Sample(image, label, box, colour, texture)
+
+
+def make_dataset(out: str | Path, n: int, seed: int) -> Path:
+    """Write ``n`` images as an ImageFolder under ``out`` with ``boxes.csv`` and ``dataset.json``.
+
+    Skips the work when ``out`` already holds the same dataset (same n, seed and generator version).
+    """
+    out = Path(out)
+    info = {"generator": "vit-atlas shapes", "version": GENERATOR_VERSION, "n": n, "seed": seed,
+            "size": SIZE, "classes": list(CLASSES)}
+    marker = out / "dataset.json"
+    if marker.exists() and json.loads(marker.read_text()) == info:
+        return out
+    rows = []
+    for i in range(n):
+        sample = generate(seed, i)
+        rel = f"{CLASSES[sample.label]}/{i:05d}.png"
+        (out / CLASSES[sample.label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(sample.image).save(out / rel)
+        rows.append([rel, *sample.box, sample.label])
+    with open(out / "boxes.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["relative_path", "x0", "y0", "x1", "y1", "label"])
+        writer.writerows(rows)
+    marker.write_text(json.dumps(info, indent=1) + "\n")
+    return out
+
+
+def read_boxes(path: str | Path) -> dict[str, tuple[int, int, int, int]]:
+    """``boxes.csv`` as {relative path: (x0, y0, x1, y1)}."""
+    with open(path, newline="") as f:
+        return {row["relative_path"]: tuple(int(row[k]) for k in ("x0", "y0", "x1", "y1"))
+                for row in csv.DictReader(f)}
