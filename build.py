@@ -4,6 +4,8 @@
     python build.py                      the demo: dataset, visualize, probe, site in ./atlas-demo
     python build.py visualize --model NAME [--random-init | --checkpoint FILE] --out DIR
     python build.py probe --model NAME [...] --images DIR --out DIR
+    python build.py analyze NAME --model NAME [...] --images DIR [--boxes FILE] --out DIR
+    python build.py render DIR            then: python build.py serve DIR
     python build.py make-dataset --out DIR [--n N] [--seed S]
     python build.py train-demo [--out DIR]
 """
@@ -87,6 +89,19 @@ def cmd_train_demo(args, command: str) -> None:
               f"train loss {info['train_loss_first_50']:.3f} -> {info['train_loss_last_50']:.3f}")
 
 
+def cmd_analyze(args, command: str) -> None:
+    from builder.analyses import AnalysisJob, run_analysis
+    from builder.dataset import scan_images
+    index = scan_images(args.images, args.labels) if args.images else None
+    lm = _load(args)
+    job = AnalysisJob(out=args.out, name=args.name or args.model, index=index, boxes=args.boxes,
+                      batch_size=args.batch_size, device=args.device, limit=args.limit, seed=args.seed,
+                      layers=args.layers, units=args.units, threshold=args.threshold, command=command,
+                      **({"workers": args.workers} if args.workers is not None else {}))
+    done = run_analysis(args.analysis, lm, job)
+    print(f"analyses {', '.join(done) or 'none'} of {job.name} written to {args.out}/analyses/")
+
+
 def cmd_render(args, command: str) -> None:
     from atlas.site import render
     index = render(args.dir, out=args.site, workers=args.workers, base_url=args.base_url, images=args.images)
@@ -155,6 +170,24 @@ def parser() -> argparse.ArgumentParser:
                     help="save the running state this often, so a killed pass resumes (default 300)")
     pr.add_argument("--out", required=True, help="atlas folder")
     pr.set_defaults(run=cmd_probe)
+
+    a = sub.add_parser("analyze", help="the paper's experiments: token-mixing, foreground-background, "
+                                       "frequency, spatial, sites, or all")
+    a.add_argument("analysis", help="token-mixing, foreground-background, frequency, spatial, sites or all")
+    _model_args(a)
+    a.add_argument("--images", metavar="DIR", help="labelled image folder (accuracy analyses)")
+    a.add_argument("--labels", metavar="FILE", help="CSV relative_path,label")
+    a.add_argument("--boxes", metavar="FILE", help="bounding boxes: CSV, LOC_val_solution.csv or a folder of XML")
+    a.add_argument("--limit", type=int, help="use at most this many images (the first ones)")
+    a.add_argument("--layers", metavar="SPEC", help="layers for spatial and sites (default: all / first, middle, last)")
+    a.add_argument("--units", metavar="SPEC", help="units for spatial and sites (default: 32 sampled / 0-3)")
+    a.add_argument("--threshold", type=float, default=0.5, help="spatial: active patch threshold (default 0.5)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--batch-size", type=int, default=64)
+    a.add_argument("--workers", type=int)
+    a.add_argument("--device", default="auto")
+    a.add_argument("--out", required=True, help="atlas folder")
+    a.set_defaults(run=cmd_analyze)
 
     r = sub.add_parser("render", help="render an atlas folder into a static site (DIR/site)")
     r.add_argument("dir", help="atlas folder")

@@ -121,7 +121,8 @@ def heatmap(values: np.ndarray, title: str = "", cell: int = 28, fmt: str = "{:.
     h, w = v.shape
     lo, hi = np.nanmin(v), np.nanmax(v)
     span = hi - lo if hi > lo else 1.0
-    out = [f'<svg class="chart heat" viewBox="0 0 {w * cell} {h * cell}" role="img" aria-label="{escape(title)}">',
+    out = [f'<svg class="chart heat" viewBox="0 0 {w * cell} {h * cell}" width="{w * cell}" height="{h * cell}" '
+           f'role="img" aria-label="{escape(title)}">',
            f"<title>{escape(title)}</title>"]
     for r in range(h):
         for c in range(w):

@@ -29,23 +29,27 @@ def webp(image: Image.Image | np.ndarray, size: int | None = None, quality: int 
     return buf.getvalue()
 
 
+def view_geometry(size: tuple[int, int], data_config: dict) -> tuple[tuple[int, int], tuple[int, int]]:
+    """timm's eval resize and center crop for an image of ``size`` (W, H): the resized (W, H) and the
+    crop's (left, top) offset; the crop is ``data_config["input_size"]``."""
+    _, th, tw = data_config["input_size"]
+    crop_pct = data_config.get("crop_pct") or 1.0
+    w, h = size
+    if data_config.get("crop_mode", "center") == "squash":
+        new = (round(tw / crop_pct), round(th / crop_pct))
+    else:  # torchvision Resize(int): the shorter side to floor(size / crop_pct)
+        short = int(np.floor(min(th, tw) / crop_pct))
+        new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    return new, (int(round((new[0] - tw) / 2.0)), int(round((new[1] - th) / 2.0)))
+
+
 def model_view(img: Image.Image, data_config: dict) -> Image.Image:
     """The part of a dataset image the model saw: timm's eval resize and center crop (no normalize),
     so activation maps on the patch grid line up with it."""
     _, th, tw = data_config["input_size"]
-    crop_pct = data_config.get("crop_pct") or 1.0
     resample = _RESAMPLE.get(data_config.get("interpolation", "bicubic"), Image.BICUBIC)
-    if data_config.get("crop_mode", "center") == "squash":
-        scaled = (round(tw / crop_pct), round(th / crop_pct))
-        img = img.resize(scaled, resample)
-    else:  # torchvision Resize(int): the shorter side to floor(size / crop_pct)
-        short = int(np.floor(min(th, tw) / crop_pct))
-        w, h = img.size
-        new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
-        img = img.resize(new, resample)
-    w, h = img.size
-    left, top = int(round((w - tw) / 2.0)), int(round((h - th) / 2.0))
-    return img.crop((left, top, left + tw, top + th))
+    new, (left, top) = view_geometry(img.size, data_config)
+    return img.resize(new, resample).crop((left, top, left + tw, top + th))
 
 
 def map_png(values: np.ndarray, scale: float) -> bytes:

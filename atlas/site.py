@@ -515,7 +515,19 @@ def _render_top_pages(r: _Renderer, summaries: dict) -> None:
            paper_bibtex=PAPER_BIBTEX, example=_example_unit(summaries))
     for name in analyses:
         data = json.loads((r.root / "analyses" / f"{name}.json").read_text())
-        r.page("analysis.html", f"analyses/{name}.html", name=name, analysis=data, charts=_analysis_charts(data))
+        figures = [{"title": fig["title"],
+                    "rows": [{"label": row["label"], "tiles": [_figure_tile(r, label, uid) for label, uid in row["units"]]}
+                             for row in fig["rows"]]} for fig in data.get("figures", [])]
+        r.page("analysis.html", f"analyses/{name}.html", name=name, analysis=data, charts=_analysis_charts(data),
+               figures=figures)
+
+
+def _figure_tile(r: _Renderer, label: str, uid: str) -> dict:
+    """A tile for a unit an analysis shows (its optimized image, linking to its page)."""
+    model = uid.split("/", 1)[0]
+    size = r.manifest.get("models", {}).get(model, {}).get("image_size") or [0]
+    return {"label": label, "href": f"{uid}.html", "src": viz_path(uid, tile=max(size) > TILE_SIZE),
+            "alt": f"Optimized image of unit {uid}"}
 
 
 def _example_unit(summaries: dict) -> dict:

@@ -1,0 +1,83 @@
+"""What the accuracy analyses share: a labelled loader, top-k counting, the job description."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atlas.format import AtlasError
+
+from ..dataset import ImageDataset, ImageIndex, collate
+
+
+@dataclass
+class AnalysisJob:
+    """What ``build.py analyze`` asks for."""
+    out: Path
+    name: str                     # the model's name in the atlas
+    index: ImageIndex | None = None
+    boxes: str | None = None
+    batch_size: int = 64
+    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    device: str = "auto"
+    limit: int | None = None      # at most this many images (the first ones, in order)
+    seed: int = 0
+    layers: str | None = None     # for sites / spatial
+    units: str | None = None
+    threshold: float = 0.5        # spatial: a patch is active above this activation (the paper's 0.5)
+    command: str = ""
+
+
+def missing_labels(index: ImageIndex | None) -> str | None:
+    """Why an accuracy analysis cannot use ``index`` (None when it has labels)."""
+    if index is None:
+        return "it needs --images DIR"
+    if (index.labels < 0).all():
+        return (f"it measures accuracy and needs labels, but {index.root} has none "
+                "(use an ImageNet or ImageFolder layout, or pass --labels FILE)")
+    return None
+
+
+def check(analysis: str, model: str, reason: str | None) -> None:
+    """Raise AtlasError when an analysis does not apply (``reason`` from its ``applies``)."""
+    if reason:
+        raise AtlasError(f"analysis {analysis} does not apply to {model}: {reason}")
+
+
+def limited(index: ImageIndex, limit: int | None) -> ImageIndex:
+    """The first ``limit`` labelled images of ``index`` (all of them when limit is None)."""
+    keep = np.flatnonzero(index.labels >= 0)
+    if limit:
+        keep = keep[:limit]
+    return ImageIndex(index.root, [index.paths[i] for i in keep], index.labels[keep], index.class_names,
+                      index.class_ids, index.layout)
+
+
+def loader(dataset: torch.utils.data.Dataset, job: AnalysisJob, collate_fn=collate) -> torch.utils.data.DataLoader:
+    """Batches in index order with the job's workers."""
+    return torch.utils.data.DataLoader(dataset, batch_size=job.batch_size, num_workers=job.workers,
+                                       collate_fn=collate_fn)
+
+
+def eval_loader(lm, index: ImageIndex, job: AnalysisJob) -> torch.utils.data.DataLoader:
+    """Labelled images through the model's eval transform."""
+    return loader(ImageDataset(index, lm.eval_transform()), job)
+
+
+def correct_topk(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[int, torch.Tensor]:
+    """For each k, a bool tensor: is the label among the k highest logits (over the last dim)?
+    ``logits`` [..., classes], ``labels`` broadcastable to logits.shape[:-1]."""
+    out = {}
+    for k in ks:
+        k_eff = min(k, logits.shape[-1])
+        top = logits.topk(k_eff, dim=-1).indices
+        out[k] = (top == labels.unsqueeze(-1)).any(-1)
+    return out
+
+
+def percent(x: float) -> str:
+    """0.7861 -> '78.61%'."""
+    return f"{100 * x:.2f}%"
