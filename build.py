@@ -6,6 +6,7 @@
     python build.py probe --model NAME [...] --images DIR --out DIR
     python build.py analyze NAME --model NAME [...] --images DIR [--boxes FILE] --out DIR
     python build.py render DIR            then: python build.py serve DIR
+    python build.py run SPEC.toml         a whole build from a spec (plan / finalize / verify too)
     python build.py make-dataset --out DIR [--n N] [--seed S]
     python build.py train-demo [--out DIR]
 """
@@ -61,7 +62,8 @@ def cmd_probe(args, command: str) -> None:
     print(f"{len(index.paths)} images in {index.root} (layout: {index.layout}, "
           f"{len(index.class_names)} classes{f', {index.ignored} other files ignored' if index.ignored else ''})")
     lm = _load(args)
-    job = ProbeJob(out=args.out, name=args.name or args.model, site=args.site, layers=args.layers, k=args.k,
+    job = ProbeJob(out=args.out, name=args.name or args.model, site=args.site, layers=args.layers, units=args.units,
+                   k=args.k,
                    batch_size=args.batch_size, device=args.device, precision=args.precision,
                    shard_units=args.shard_units, checkpoint_seconds=args.checkpoint_every, **({"workers": args.workers} if args.workers is not None else {}))
     stats = run_probe(lm, index, job, command)
@@ -124,6 +126,44 @@ def cmd_serve(args, command: str) -> None:
             pass
 
 
+def _part(args):
+    from builder.parts import detect_part
+    return detect_part(args.shard_index, args.num_shards)
+
+
+def cmd_run(args, command: str) -> None:
+    from builder.pipeline import run_spec
+    from builder.spec import load_spec
+    spec = load_spec(args.spec)
+    part = _part(args)
+    stats = run_spec(spec, part, command)
+    print(f"part {part.index + 1}/{part.count} ({part.source}): {stats['computed']} of its {stats['shards']} shards "
+          f"computed now; " + ("finalized: manifest written, site at " + str(spec.out / "site/index.html")
+                               if stats["finalized"] else "other parts are still running or finalizing"))
+
+
+def cmd_plan(args, command: str) -> None:
+    from builder.pipeline import plan_report
+    from builder.spec import load_spec
+    print(plan_report(load_spec(args.spec), parts=args.num_shards or _part(args).count, measure=not args.no_calibrate))
+
+
+def cmd_finalize(args, command: str) -> None:
+    from builder.pipeline import finalize, spec_of_atlas
+    index = finalize(spec_of_atlas(args.dir), command)
+    print(f"finalized {args.dir}: manifest written, site at {index}")
+
+
+def cmd_verify(args, command: str) -> None:
+    from atlas.verify import verify
+    problems = verify(args.dir)
+    for p in problems:
+        print(p)
+    if problems:
+        raise AtlasError(f"{len(problems)} problems in {args.dir}")
+    print(f"{args.dir}: every file matches the manifest; shards, schema, values and coverage are intact")
+
+
 def cmd_demo(args, command: str) -> None:
     from builder.demo.build import build_demo
     build_demo(args.out, command)
@@ -160,6 +200,7 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--labels", metavar="FILE", help="CSV relative_path,label (overrides the folder's labels)")
     pr.add_argument("--site", default="ffn", help="ffn (default), q, k, v, attn or block")
     pr.add_argument("--layers", default="all", metavar="SPEC", help="all, 5, 0-3, 0,2,5-7")
+    pr.add_argument("--units", default="all", metavar="SPEC", help="units of each layer to store (default all)")
     pr.add_argument("--k", type=int, default=16, help="images kept per unit (default 16)")
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--workers", type=int, help="decoding processes (default: min(8, CPUs))")
@@ -201,6 +242,23 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("dir", help="atlas folder")
     sv.add_argument("--port", type=int, default=8000)
     sv.set_defaults(run=cmd_serve)
+
+    ru = sub.add_parser("run", help="build everything a TOML spec asks for (this process's part of it)")
+    ru.add_argument("spec", help="build spec (TOML; see examples/)")
+    pl = sub.add_parser("plan", help="print the work of a spec: shards, units, FLOPs, hours on this device")
+    pl.add_argument("spec", help="build spec (TOML)")
+    pl.add_argument("--no-calibrate", action="store_true", help="skip the short measured calibration")
+    for p_ in (ru, pl):
+        p_.add_argument("--shard-index", type=int, help="this process's part (0-based); else Slurm or torchrun tell")
+        p_.add_argument("--num-shards", type=int, help="number of parts")
+    ru.set_defaults(run=cmd_run)
+    pl.set_defaults(run=cmd_plan)
+    fi = sub.add_parser("finalize", help="probe, analyses, manifest and site once every shard exists")
+    fi.add_argument("dir", help="atlas folder built with `run`")
+    fi.set_defaults(run=cmd_finalize)
+    ve = sub.add_parser("verify", help="check an atlas against its manifest: files, schema, values, coverage")
+    ve.add_argument("dir", help="atlas folder")
+    ve.set_defaults(run=cmd_verify)
 
     d = sub.add_parser("demo", help="build the offline demo atlas (what `python build.py` does)")
     d.add_argument("--out", default="atlas-demo", help="atlas folder (default ./atlas-demo)")

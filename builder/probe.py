@@ -107,6 +107,7 @@ class ProbeJob:
     name: str
     site: str = "ffn"
     layers: str = "all"
+    units: str = "all"            # which units get probe parts (the pass scores every unit anyway)
     k: int = 16
     batch_size: int = 64
     workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
@@ -139,15 +140,15 @@ def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | 
     if job.k < 1 or job.batch_size < 1 or job.workers < 0:
         raise AtlasError("--k and --batch-size must be at least 1, --workers at least 0")
     device = resolve_device(job.device)
-    layers = [layer for layer, _ in select_layers(lm, job.site, job.layers, "all")]
+    selected = select_layers(lm, job.site, job.layers, job.units)
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
     _check_dataset(out, index)
     existing = existing_shards(out, job.name, job.site, lm)
-    plan = {layer.index: plan_ranges(existing.get(layer.index, []), list(range(layer.units)), job.shard_units, "probe")
-            for layer in layers}
-    layers = [layer for layer in layers if plan[layer.index]]
+    plan = {layer.index: plan_ranges(existing.get(layer.index, []), units, job.shard_units, "probe")
+            for layer, units in selected}
+    layers = [layer for layer, _ in selected if plan[layer.index]]
     job.stats.update(images=len(index.paths), layers=len(layers), shards=sum(len(v) for v in plan.values()))
     if not layers:
         write_manifest(out, command)

@@ -46,13 +46,13 @@ def parse_spec(spec: str, valid: list[int], what: str) -> list[int]:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' (cuda when present), 'cpu' or 'cuda'."""
+    """'auto' (cuda when present), 'cpu', 'cuda' or 'cuda:N'."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise AtlasError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise AtlasError(f"--device must be auto, cpu or cuda, not {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AtlasError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
+    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise AtlasError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}")
     return torch.device(name)
 
 
@@ -216,6 +216,32 @@ def _run_shard(job: VisualizeJob, lm: LoadedModel, layer: Layer, start: int, sto
     return result, batch
 
 
+def visualize_shards(lm: LoadedModel, job: VisualizeJob, plan: list[tuple[Layer, int, int]],
+                     device: torch.device) -> None:
+    """Optimize and write the shards in ``plan`` ((layer, unit_start, unit_stop) each), with a progress
+    bar and one build-log line per shard."""
+    out = Path(job.out)
+    lm.model.to(device)
+    bar = tqdm(total=sum(stop - start for _, start, stop in plan), unit="unit", desc=f"visualize {job.name}/{job.site}",
+               disable=not job.progress, dynamic_ncols=True, smoothing=0.05)
+    batches: dict[int, int] = {}
+    for layer, start, stop in plan:
+        if layer.index not in batches:
+            batches[layer.index] = job.batch_units or auto_batch_units(lm, layer, job.recipe, device)
+        t0 = time.time()
+        bar.set_postfix_str(f"L{layer.index:02d} U{start}-{stop}")
+        data, batches[layer.index] = _run_shard(job, lm, layer, start, stop, device, batches[layer.index], bar)
+        attrs = {**layer_attrs(job.name, lm, layer), "unit_start": start, "unit_stop": stop,
+                 "recipe": job.recipe.to_dict(), "seed": job.seed}
+        path = shard_path(job.name, layer.site, layer.index, start, stop)
+        write_part(out / path, attrs, "viz", data,
+                   {"loss_steps": job.recipe.loss_steps(), "device": device.type, "precision": job.precision})
+        seconds = time.time() - t0
+        append_log(out, {"stage": "visualize", "shard": path, "device": str(device), "units": stop - start,
+                         "seconds": round(seconds, 3), "units_per_s": round((stop - start) / max(seconds, 1e-9), 3)})
+    bar.close()
+
+
 def run_visualize(lm: LoadedModel, job: VisualizeJob, command: str | None = None) -> dict:
     """Visualize the chosen units into ``job.out``: complete shards are skipped, so a killed run resumes."""
     check_model_name(job.name)
@@ -229,28 +255,10 @@ def run_visualize(lm: LoadedModel, job: VisualizeJob, command: str | None = None
     existing = existing_shards(out, job.name, job.site, lm)
     plan = [(layer, start, stop) for layer, units in selected
             for start, stop in plan_ranges(existing.get(layer.index, []), units, job.shard_units, "viz")]
-    total = sum(stop - start for _, start, stop in plan)
     done = sum(1 for layer, units in selected for u in units
                if any(s <= u < e and "viz" in parts for s, e, parts in existing.get(layer.index, [])))
-    lm.model.to(device)
-    job.stats.update(units=total, shards=len(plan), already_done=done, device=str(device))
-    bar = tqdm(total=total, unit="unit", desc=f"visualize {job.name}/{job.site}", disable=not job.progress,
-               dynamic_ncols=True, smoothing=0.05)
-    batches: dict[int, int] = {}
-    for layer, start, stop in plan:
-        if layer.index not in batches:
-            batches[layer.index] = job.batch_units or auto_batch_units(lm, layer, job.recipe, device)
-        t0 = time.time()
-        bar.set_postfix_str(f"L{layer.index:02d} U{start}-{stop}")
-        data, batches[layer.index] = _run_shard(job, lm, layer, start, stop, device, batches[layer.index], bar)
-        attrs = {**layer_attrs(job.name, lm, layer), "unit_start": start, "unit_stop": stop,
-                 "recipe": job.recipe.to_dict(), "seed": job.seed}
-        write_part(out / shard_path(job.name, layer.site, layer.index, start, stop), attrs, "viz", data,
-                   {"loss_steps": job.recipe.loss_steps(), "device": device.type, "precision": job.precision})
-        seconds = time.time() - t0
-        append_log(out, {"stage": "visualize", "shard": shard_path(job.name, layer.site, layer.index, start, stop),
-                         "device": str(device), "units": stop - start, "seconds": round(seconds, 3),
-                         "units_per_s": round((stop - start) / max(seconds, 1e-9), 3)})
-    bar.close()
+    job.stats.update(units=sum(stop - start for _, start, stop in plan), shards=len(plan), already_done=done,
+                     device=str(device))
+    visualize_shards(lm, job, plan, device)
     write_manifest(out, command)
     return job.stats

@@ -1,49 +1,34 @@
 """The embedded default: `python build.py` builds a complete atlas offline, on a CPU, in minutes.
 
-Stages (each also a command of its own): generate the shapes dataset (cached), visualize every
-FFN unit of the demo ViT with the ``quick`` preset, probe it on the dataset, run the analyses,
-render the site.
+It is `examples/demo.toml` run as a build spec — visualize every FFN unit of the demo ViT with the
+``quick`` preset, probe it on the generated shapes, run the analyses for the ViT and the CNN, write
+the manifest and render the site — after generating the dataset (cached) into the atlas folder.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from .models import VIT, weights_file
 from .shapes import make_dataset
 
+DEMO_SPEC = Path(__file__).resolve().parents[2] / "examples" / "demo.toml"
 DEMO_IMAGES = 2000
 DEMO_SEED = 1
 
 
 def build_demo(out: str | Path = "atlas-demo", command: str = "python build.py", progress: bool = True) -> Path:
     """Build the demo atlas in ``out``; returns the path of the site's index.html."""
-    from atlas.site import render
-    from builder.models import ModelSource, load_model
-    from builder.dataset import scan_images
-    from builder.probe import ProbeJob, run_probe
-    from builder.recipe import resolve_recipe
-    from builder.schedule import VisualizeJob, run_visualize
+    from builder.parts import Part
+    from builder.pipeline import run_spec
+    from builder.spec import load_spec
 
-    out = Path(out)
-    timings = {}
-    t = time.time()
-    images = make_dataset(out / "images", DEMO_IMAGES, DEMO_SEED)
-    timings["dataset"] = time.time() - t
-
-    t = time.time()
-    lm = load_model(ModelSource(VIT, checkpoint=str(weights_file(VIT))))
-    run_visualize(lm, VisualizeJob(out=out, name=VIT, recipe=resolve_recipe("quick"), progress=progress), command)
-    timings["visualize"] = time.time() - t
-
-    t = time.time()
-    run_probe(lm, scan_images(images), ProbeJob(out=out, name=VIT, progress=progress), command)
-    timings["probe"] = time.time() - t
-
-    t = time.time()
-    index = render(out, progress=progress)
-    timings["render"] = time.time() - t
-    print("demo stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-          + f"; total {sum(timings.values()):.0f} s")
-    print(f"the demo atlas is in {out}/; open {index} in a browser (or `python build.py serve {out}`)")
+    t0 = time.time()
+    spec = load_spec(DEMO_SPEC)
+    spec.out = Path(out).resolve()
+    spec.images, spec.boxes = spec.out / "images", spec.out / "images" / "boxes.csv"
+    make_dataset(spec.images, DEMO_IMAGES, DEMO_SEED)
+    run_spec(spec, Part(), command, progress)
+    index = spec.out / "site" / "index.html"
+    print(f"demo atlas built in {time.time() - t0:.0f} s: {spec.out}/")
+    print(f"open {index} in a browser (or run `python build.py serve {out}`)")
     return index

@@ -1,0 +1,141 @@
+"""`build.py verify DIR`: prove an atlas intact, or name every file and unit that is not.
+
+Checks every file the manifest lists (present, size, sha256) and that no shard is missing from it;
+the schema of every shard (attributes, each part's datasets with the right dtypes and shapes); no
+NaN or inf where values must be finite (and no unit flagged as failed); and, for atlases built
+from a spec, that every unit range the spec asked for is covered by shards holding the parts it
+asked for.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .format import FORMAT_VERSION, PARTS, unit_id
+from .manifest import read_manifest, sha256_file, shard_files
+
+REQUIRED_ATTRS = ("format_version", "model", "site", "layer", "unit_start", "unit_stop")
+DTYPES = {"viz/image": "u1", "viz/activation": "f4", "viz/map": "f2", "viz/seed": "i8", "viz/loss": "f4",
+          "topk/index": "i8", "topk/score": "f4", "topk/map": "f2", "stats/mean": "f4", "stats/max": "f4",
+          "stats/positive": "f4", "stats/hist": "i8", "stats/hist_edges": "f8"}
+MUST_BE_FINITE = ("viz/activation", "viz/map", "viz/loss", "topk/map", "stats/mean", "stats/positive", "stats/hist_edges")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an atlas: the file, the unit when it is about one, and what."""
+    file: str
+    message: str
+    unit: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.file}{f' [{self.unit}]' if self.unit else ''}: {self.message}"
+
+
+def _check_files(root: Path, manifest: dict) -> list[Problem]:
+    problems = []
+    for entry in manifest.get("shards", []) + manifest.get("files", []):
+        path = root / entry["path"]
+        if not path.exists():
+            problems.append(Problem(entry["path"], "missing (listed in the manifest)"))
+            continue
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            problems.append(Problem(entry["path"], f"size {size} bytes, manifest says {entry['bytes']}"))
+        elif sha256_file(path) != entry["sha256"]:
+            problems.append(Problem(entry["path"], "sha256 differs from the manifest (corrupted or changed)"))
+    listed = {e["path"] for e in manifest.get("shards", [])}
+    problems += [Problem(rel, "shard not in the manifest (rerun `build.py finalize`)")
+                 for rel in shard_files(root) if rel not in listed]
+    return problems
+
+
+def _check_shard(root: Path, rel: str) -> list[Problem]:
+    try:
+        f = h5py.File(root / rel, "r")
+    except OSError as e:
+        return [Problem(rel, f"not a readable HDF5 file ({str(e).splitlines()[0]})")]
+    problems = []
+    with f:
+        missing = [a for a in REQUIRED_ATTRS if a not in f.attrs]
+        if missing:
+            return [Problem(rel, f"lacks attributes {missing}")]
+        if str(f.attrs["format_version"]).split(".")[0] != FORMAT_VERSION.split(".")[0]:
+            problems.append(Problem(rel, f"format version {f.attrs['format_version']}"))
+        model, site, layer = str(f.attrs["model"]), str(f.attrs["site"]), int(f.attrs["layer"])
+        start, stop = int(f.attrs["unit_start"]), int(f.attrs["unit_stop"])
+        n = stop - start
+        present = [p for p, names in PARTS.items() if any(name in f for name in names)]
+        if not present:
+            problems.append(Problem(rel, "holds neither a viz nor a probe part"))
+        for part in present:
+            for name in PARTS[part]:
+                if name not in f:
+                    problems.append(Problem(rel, f"part {part} lacks {name}"))
+                    continue
+                ds = f[name]
+                if ds.dtype.str[1:] != DTYPES[name]:
+                    problems.append(Problem(rel, f"{name} has dtype {ds.dtype}, expected {DTYPES[name]}"))
+                if name != "stats/hist_edges" and ds.shape[:1] != (n,):
+                    problems.append(Problem(rel, f"{name} has {ds.shape[0] if ds.shape else 0} rows for {n} units"))
+                    continue
+                try:
+                    data = ds[()]
+                except OSError as e:
+                    problems.append(Problem(rel, f"{name} cannot be read ({str(e).splitlines()[0]})"))
+                    continue
+                if name in MUST_BE_FINITE:
+                    finite = np.isfinite(np.atleast_1d(data).astype(np.float64))
+                    bad = ~finite.reshape(len(finite), -1).all(1)
+                    problems += _units(rel, bad, model, site, layer, start, f"NaN/inf in {name}")
+                if name == "topk/score":
+                    index = f["topk/index"][()] if "topk/index" in f else np.zeros_like(data, np.int64)
+                    bad = (~np.isfinite(data) & (index >= 0)).any(1)
+                    problems += _units(rel, bad, model, site, layer, start, "NaN/inf score of a kept image")
+        if "viz/failed" in f:
+            problems += _units(rel, f["viz/failed"][()], model, site, layer, start,
+                               "optimization failed (NaN/inf after every retry)")
+    return problems
+
+
+def _units(rel, bad, model, site, layer, start, message) -> list[Problem]:
+    return [Problem(rel, message, unit_id(model, site, layer, start + int(r))) for r in np.flatnonzero(bad)]
+
+
+def _check_coverage(root: Path, manifest: dict) -> list[Problem]:
+    spec = manifest.get("spec") or {}
+    coverage, probed = spec.get("coverage", {}), set(spec.get("probe", []))
+    shards = [s for s in manifest.get("shards", []) if (root / s["path"]).exists()]
+    problems = []
+    for model, sites in coverage.items():
+        for site, layers in sites.items():
+            for ll, ranges in layers.items():
+                have = [s for s in shards if s["model"] == model and s["site"] == site and s["layer"] == int(ll)]
+                for need in ["viz"] + (["probe"] if model in probed and site == "ffn" else []):
+                    covered = set()
+                    for s in have:
+                        if need in s["parts"]:
+                            covered.update(range(s["unit_start"], s["unit_stop"]))
+                    for start, stop in ranges:
+                        gaps = [u for u in range(start, stop) if u not in covered]
+                        if gaps:
+                            problems.append(Problem(f"shards/{model}/{site}/L{int(ll):02d}",
+                                                    f"{len(gaps)} units the spec asks for have no {need} part "
+                                                    f"(first: U{gaps[0]:04d})", unit_id(model, site, int(ll), gaps[0])))
+    return problems
+
+
+def verify(root: str | Path) -> list[Problem]:
+    """Every problem found in the atlas at ``root`` (empty when it is intact)."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    if manifest is None:
+        return [Problem("manifest.json", "missing: nothing to check against (run `build.py finalize DIR`)")]
+    problems = _check_files(root, manifest)
+    for rel in sorted({e["path"] for e in manifest.get("shards", [])} | set(shard_files(root))):
+        if (root / rel).exists():
+            problems += _check_shard(root, rel)
+    return problems + _check_coverage(root, manifest)

@@ -1,0 +1,328 @@
+"""A whole atlas from a build spec: `build.py run SPEC.toml`, `plan SPEC.toml`, `finalize DIR`.
+
+Work is split by visualization shard. Every process derives the same list of shards from the spec
+alone (never from what is on disk, so processes that start at different times agree), balances it
+by estimated cost and takes its part; shards already complete are skipped, which is also how a
+killed build resumes. The process that finds every shard complete when it is done takes the
+finalize lock and runs the single-process rest: the probe, the analyses, the manifest and the site.
+No two processes ever write the same file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import torch
+
+from atlas.format import AtlasError, shard_path
+from atlas.manifest import write_manifest
+from atlas.shard import parts_of, remove_stale_temps
+
+from .models import LoadedModel, ModelSource, load_model
+from .parts import Part, partition
+from .recipe import Recipe
+from .schedule import VisualizeJob, plan_ranges, resolve_device, select_layers, visualize_shards
+from .sites import Layer, run_to
+from .spec import BuildSpec, ModelSpec, dump_spec, load_spec
+
+LOCK = ".finalize.lock"
+SPEC_COPY = "spec.toml"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One visualization shard of the build."""
+    model: int          # index into spec.models
+    site: str
+    layer: int
+    start: int
+    stop: int
+    cost: float         # estimated FLOPs
+    bytes: int          # estimated size of its data
+
+    def path(self, spec: BuildSpec) -> str:
+        return shard_path(spec.models[self.model].atlas_name, self.site, self.layer, self.start, self.stop)
+
+
+def load_spec_model(m: ModelSpec, weights: bool = True) -> LoadedModel:
+    """The spec's model, with its weights or (for planning) with random ones."""
+    if weights:
+        source = ModelSource(m.name, m.checkpoint, m.random_init, m.init_seed)
+    else:
+        source = ModelSource(m.name, random_init=True, init_seed=m.init_seed)
+    return load_model(source, **m.model_args)
+
+
+def recipe_of(spec: BuildSpec, m: ModelSpec) -> Recipe:
+    """The recipe a model's units are optimized with."""
+    return m.recipe or spec.recipe
+
+
+@torch.no_grad()
+def layer_flops(lm: LoadedModel, layers: list[Layer]) -> dict[int, float]:
+    """Forward FLOPs of one image up to each layer (one counted forward pass, read at every layer)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    at: dict[int, float] = {}
+    counter = FlopCounterMode(display=False)
+    handles = []
+    for layer in layers:
+        def mark(_m, _i, _o, index=layer.index):
+            at.setdefault(index, counter.get_total_flops())
+        handles.append(lm.model.get_submodule(layer.module).register_forward_hook(mark))
+    try:
+        with counter:
+            run_to(lm.model, torch.rand(1, 3, *lm.input_size), layers)
+    finally:
+        for h in handles:
+            h.remove()
+    return at
+
+
+def plan_tasks(spec: BuildSpec) -> list[Task]:
+    """Every visualization shard the spec asks for, with its estimated cost, in a fixed order."""
+    tasks = []
+    for i, m in enumerate(spec.models):
+        if not m.visualize:
+            continue
+        lm = load_spec_model(m, weights=False)
+        recipe = recipe_of(spec, m)
+        h, w = lm.input_size
+        for site in m.sites:
+            selected = select_layers(lm, site, m.layers, m.units)
+            flops = layer_flops(lm, [layer for layer, _ in selected])
+            for layer, units in selected:
+                per_unit = 3 * recipe.steps * recipe.batch_copies * flops[layer.index]
+                cells = layer.grid[0] * layer.grid[1]
+                unit_bytes = h * w * 3 + 2 * cells * (1 + spec.k) + 16 * spec.k + 64 * recipe.loss_points + 512
+                for start, stop in plan_ranges([], units, spec.shard_units, "viz"):
+                    n = stop - start
+                    tasks.append(Task(i, site, layer.index, start, stop, per_unit * n, unit_bytes * n))
+    return tasks
+
+
+def shard_done(out: Path, rel: str, part: str = "viz") -> bool:
+    """Whether the shard exists under its final name and holds ``part``."""
+    path = out / rel
+    if not path.exists():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return part in parts_of(f)
+    except OSError:
+        return False
+
+
+def check_room(out: Path, needed: int) -> None:
+    """The output folder must be writable and have room for ``needed`` bytes."""
+    probe = out / f".write-test-{socket.gethostname()}-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as e:
+        raise AtlasError(f"cannot write into {out} ({e}); choose another [atlas] out")
+    free = shutil.disk_usage(out).free
+    if free < needed:
+        raise AtlasError(f"{out} has {free / 1e9:.1f} GB free but the build needs about {needed / 1e9:.1f} GB; "
+                         "free some space or choose another [atlas] out")
+
+
+def _keep_spec_copy(spec: BuildSpec) -> None:
+    """Write the resolved spec into the atlas once (first process wins); refuse an atlas that was
+    built from another spec."""
+    text = dump_spec(spec)
+    copy = spec.out / SPEC_COPY
+    try:
+        fd = os.open(copy, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        if copy.read_text(encoding="utf-8") != text:
+            raise AtlasError(f"{spec.out} was built from another spec ({copy} differs from {spec.path}); "
+                             "use another [atlas] out, or delete the old atlas")
+        return
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def spec_of_atlas(out: str | Path) -> BuildSpec:
+    """The spec an atlas was built from (the resolved copy it keeps)."""
+    copy = Path(out) / SPEC_COPY
+    if not copy.exists():
+        raise AtlasError(f"{out} has no {SPEC_COPY}: it was not built with `build.py run SPEC`")
+    return load_spec(copy)
+
+
+def part_device(spec: BuildSpec, part: Part) -> torch.device:
+    """The device for this process: LOCAL_RANK picks the GPU when there are several."""
+    device = resolve_device(spec.device)
+    if device.type == "cuda" and part.local_rank is not None and device.index is None:
+        return torch.device("cuda", part.local_rank % torch.cuda.device_count())
+    return device
+
+
+def run_spec(spec: BuildSpec, part: Part, command: str, progress: bool = True) -> dict:
+    """This process's part of the build, then the finalize step if every shard is complete."""
+    tasks = plan_tasks(spec)
+    owner = partition([t.cost for t in tasks], part.count)
+    mine = [t for t, o in zip(tasks, owner) if o == part.index]
+    todo = [t for t in mine if not shard_done(spec.out, t.path(spec))]
+    check_room(spec.out, sum(t.bytes for t in todo))
+    _keep_spec_copy(spec)
+    remove_stale_temps(spec.out)
+    device = part_device(spec, part)
+    for i in sorted({t.model for t in todo}):
+        m = spec.models[i]
+        lm = load_spec_model(m)
+        for site in m.sites:
+            layers = {layer.index: layer for layer, _ in select_layers(lm, site, m.layers, m.units)}
+            plan = [(layers[t.layer], t.start, t.stop) for t in todo if t.model == i and t.site == site]
+            if plan:
+                job = VisualizeJob(out=spec.out, name=m.atlas_name, recipe=recipe_of(spec, m), site=site,
+                                   seed=spec.seed, device=str(device), precision=spec.precision,
+                                   batch_units=spec.batch_units, shard_units=spec.shard_units, progress=progress)
+                visualize_shards(lm, job, plan, device)
+    stats = {"part": part.index, "parts": part.count, "shards": len(mine), "computed": len(todo),
+             "finalized": False}
+    missing = [t for t in tasks if not shard_done(spec.out, t.path(spec))]
+    if not missing:
+        stats["finalized"] = finalize(spec, command, tasks, progress, wait=False) is not None
+    return stats
+
+
+def _lock(out: Path) -> bool:
+    """Take the finalize lock; a lock left by a dead process of this host is taken over."""
+    path = out / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = json.loads(path.read_text())
+            except (OSError, ValueError):
+                owner = {}
+            alive = True
+            if owner.get("host") == socket.gethostname():
+                try:
+                    os.kill(int(owner.get("pid", 0)), 0)
+                except ProcessLookupError:
+                    alive = False
+                except (PermissionError, ValueError):
+                    pass
+            if alive:
+                return False
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}, f)
+        return True
+    return False
+
+
+def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, progress: bool = True,
+             wait: bool = True) -> Path | None:
+    """Probe, analyses, manifest and site, once every visualization shard exists. Returns the site's
+    index page, or None when another process holds the finalize lock."""
+    from atlas.site import render
+    from builder.analyses import AnalysisJob, run_analysis
+    from builder.dataset import scan_images
+    from builder.probe import ProbeJob, run_probe
+
+    tasks = plan_tasks(spec) if tasks is None else tasks
+    missing = [t.path(spec) for t in tasks if not shard_done(spec.out, t.path(spec))]
+    if missing:
+        raise AtlasError(f"{len(missing)} shards are not complete yet (e.g. {missing[0]}); run `python build.py run "
+                         f"{spec.path}` (with the same parts) to finish them first")
+    if not _lock(spec.out):
+        if wait:
+            raise AtlasError(f"another process is finalizing {spec.out} ({spec.out / LOCK}); wait for it")
+        return None
+    try:
+        index = scan_images(spec.images, spec.labels) if spec.images else None
+        workers = {"workers": spec.workers} if spec.workers is not None else {}
+        for m in spec.models:
+            if not (m.probe or m.analyses):
+                continue
+            lm = load_spec_model(m)
+            if m.probe:
+                run_probe(lm, index, ProbeJob(out=spec.out, name=m.atlas_name, layers=m.layers, units=m.units,
+                                             k=spec.k, batch_size=spec.batch_size,
+                                             device=spec.device, shard_units=spec.shard_units, progress=progress,
+                                             **workers), command)
+            for analysis in m.analyses:
+                job = AnalysisJob(out=spec.out, name=m.atlas_name, index=index,
+                                  boxes=str(spec.boxes) if spec.boxes else None, batch_size=spec.batch_size,
+                                  device=spec.device, limit=spec.limit, seed=spec.seed, command=command, **workers)
+                run_analysis(analysis, lm, job)
+        coverage = {}
+        for t in tasks:
+            coverage.setdefault(spec.models[t.model].atlas_name, {}).setdefault(t.site, {}).setdefault(
+                f"{t.layer:02d}", []).append([t.start, t.stop])
+        write_manifest(spec.out, command, {
+            "atlas": spec.atlas_info(),
+            "spec": {"file": str(spec.path), "text": dump_spec(spec), "coverage": coverage,
+                     "probe": [m.atlas_name for m in spec.models if m.probe]}})
+        return render(spec.out, progress=progress, base_url=spec.url)
+    finally:
+        (spec.out / LOCK).unlink(missing_ok=True)
+
+
+def calibrate(spec: BuildSpec, tasks: list[Task]) -> tuple[float, str]:
+    """Measured FLOP/s of the engine on this machine's device: a few units of the first model's
+    middle layer, a few steps, timed after a warm-up."""
+    import dataclasses
+
+    from .visualize import optimize_units
+    device = resolve_device(spec.device)
+    first = tasks[0].model
+    m = spec.models[first]
+    lm = load_spec_model(m, weights=False)
+    lm.model.to(device)
+    layers = [layer for layer, _ in select_layers(lm, tasks[0].site, m.layers, m.units)]
+    layer = layers[len(layers) // 2]
+    recipe = dataclasses.replace(recipe_of(spec, m), steps=3)
+    units = list(range(min(8, layer.units)))
+    optimize_units(lm, layer, units[:1], [0], dataclasses.replace(recipe, steps=1), device, spec.precision)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    optimize_units(lm, layer, units, list(range(len(units))), recipe, device, spec.precision)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    flops = 3 * recipe.steps * recipe.batch_copies * len(units) * layer_flops(lm, [layer])[layer.index]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    return flops / seconds, name
+
+
+def plan_report(spec: BuildSpec, parts: int = 1, measure: bool = True) -> str:
+    """What `build.py plan` prints: shards, units, FLOPs, hours on this device, bytes, parts."""
+    tasks = plan_tasks(spec)
+    lines = [f"atlas {spec.name} v{spec.version} -> {spec.out}"]
+    for i, m in enumerate(spec.models):
+        mine = [t for t in tasks if t.model == i]
+        units = sum(t.stop - t.start for t in mine)
+        what = [w for w, on in (("visualize", m.visualize), ("probe", m.probe)) if on] + m.analyses
+        lines.append(f"  {m.atlas_name}: sites {','.join(m.sites)}; {len(mine)} shards, {units:,} units, "
+                     f"{sum(t.cost for t in mine):.3g} FLOPs; {', '.join(what) or 'nothing'}")
+    total_cost = sum(t.cost for t in tasks)
+    units = sum(t.stop - t.start for t in tasks)
+    done = sum(shard_done(spec.out, t.path(spec)) for t in tasks)
+    lines.append(f"total: {len(tasks)} shards ({done} already complete), {units:,} units, {total_cost:.3g} FLOPs, "
+                 f"about {sum(t.bytes for t in tasks) / 1e9:.2f} GB of shards")
+    if measure and tasks:
+        rate, device = calibrate(spec, tasks)
+        lines.append(f"calibration on {device}: {rate / 1e12:.3f} TFLOP/s achieved by the engine -> "
+                     f"{total_cost / rate / 3600:.2f} h of visualization on one such device"
+                     + (f", {total_cost / rate / 3600 / parts:.2f} h with {parts} parts" if parts > 1 else "")
+                     + " (the probe, analyses and site come on top)")
+    if parts > 1:
+        owner = partition([t.cost for t in tasks], parts)
+        loads = [sum(t.cost for t, o in zip(tasks, owner) if o == p) for p in range(parts)]
+        lines.append(f"{parts} parts: " + ", ".join(f"{load / max(total_cost, 1):.0%}" for load in loads)
+                     + " of the FLOPs each")
+    return "\n".join(lines)
