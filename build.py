@@ -83,12 +83,13 @@ def cmd_make_dataset(args, command: str) -> None:
 def cmd_train_demo(args, command: str) -> None:
     from builder.demo.models import CNN, VIT
     from builder.demo.train import TrainConfig, train_demo
-    cfg = TrainConfig(seed=args.seed, n_train=args.n_train, epochs=args.epochs)
+    cfg = TrainConfig(seed=args.seed, n_train=args.n_train,
+                      **{k: v for k, v in (("epochs_vit", args.epochs), ("epochs_cnn", args.epochs)) if v})
     names = {"vit": VIT, "cnn": CNN}
     record = train_demo(args.out, cfg, [names[m] for m in args.models.split(",")], command)
     for name, info in record.items():
         print(f"{name}: held-out accuracy {info['held_out_accuracy']:.2%}, "
-              f"train loss {info['train_loss_first_50']:.3f} -> {info['train_loss_last_50']:.3f}")
+              f"train loss {info['train_loss_first']:.3f} -> {info['train_loss_last']:.3f}")
 
 
 def cmd_analyze(args, command: str) -> None:
@@ -273,8 +274,8 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train-demo", help="train the demo ViT and CNN on generated shapes (CPU)")
     t.add_argument("--out", default=None, help="weights folder (default: builder/demo/weights, the committed ones)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--n-train", type=int, default=24000)
+    t.add_argument("--epochs", type=int, help="epochs for every model (default: 50 for the ViT, 15 for the CNN)")
+    t.add_argument("--n-train", type=int, default=40000, help="generated training images (default 40000)")
     t.add_argument("--models", default="vit,cnn", help="vit, cnn or vit,cnn")
     t.set_defaults(run=cmd_train_demo)
     return p

@@ -39,7 +39,8 @@ class UnitStats:
 
 
 @dataclass(frozen=True)
-class _ShardRef:
+class ShardInfo:
+    """A shard of an atlas: its path (relative to the atlas), unit range and parts."""
     path: str
     unit_start: int
     unit_stop: int
@@ -49,7 +50,7 @@ class _ShardRef:
 class Unit:
     """One unit of an atlas; each property reads its own rows from the shard on first use."""
 
-    def __init__(self, atlas: "Atlas", model: str, site: str, layer: int, index: int, shard: _ShardRef):
+    def __init__(self, atlas: "Atlas", model: str, site: str, layer: int, index: int, shard: ShardInfo):
         self.atlas, self.model, self.site, self.layer, self.index = atlas, model, site, layer, index
         self.shard = shard.path
         self.row = index - shard.unit_start
@@ -67,7 +68,7 @@ class Unit:
         if part not in self.parts:
             raise AtlasError(f"{self.id}: shard {self.shard} has no {part!r} part yet "
                              f"(run `python build.py {'visualize' if part == 'viz' else 'probe'}`)")
-        return self.atlas._file(self.shard)[name][self.row]
+        return self.atlas.file(self.shard)[name][self.row]
 
     @cached_property
     def image(self) -> np.ndarray:
@@ -105,10 +106,9 @@ class Unit:
     @cached_property
     def stats(self) -> UnitStats:
         """Activation statistics over the whole probed dataset."""
-        f = self.atlas._file(self.shard)
-        row = lambda name: self._read(name, "probe")  # noqa: E731
-        return UnitStats(float(row("stats/mean")), float(row("stats/max")), float(row("stats/positive")),
-                         row("stats/hist"), f["stats/hist_edges"][()])
+        return UnitStats(float(self._read("stats/mean", "probe")), float(self._read("stats/max", "probe")),
+                         float(self._read("stats/positive", "probe")), self._read("stats/hist", "probe"),
+                         self.atlas.file(self.shard)["stats/hist_edges"][()])
 
 
 class Atlas:
@@ -123,11 +123,11 @@ class Atlas:
             shards, self.models_info = self.manifest["shards"], self.manifest.get("models", {})
         else:  # an atlas still being built: read the shards themselves
             shards, self.models_info = describe_shards(self.root)
-        self._index: dict[tuple[str, str, int], list[_ShardRef]] = {}
+        self._index: dict[tuple[str, str, int], list[ShardInfo]] = {}
         for e in shards:
             key = (e["model"], e["site"], int(e["layer"]))
             self._index.setdefault(key, []).append(
-                _ShardRef(e["path"], int(e["unit_start"]), int(e["unit_stop"]), tuple(e["parts"])))
+                ShardInfo(e["path"], int(e["unit_start"]), int(e["unit_stop"]), tuple(e["parts"])))
         for refs in self._index.values():
             refs.sort(key=lambda r: r.unit_start)
         self._files: dict[str, h5py.File] = {}
@@ -144,7 +144,8 @@ class Atlas:
             f.close()
         self._files.clear()
 
-    def _file(self, rel: str) -> h5py.File:
+    def file(self, rel: str) -> h5py.File:
+        """The shard at ``rel`` opened read-only (kept open, up to 64 at a time)."""
         f = self._files.get(rel)
         if f is None:
             if len(self._files) >= 64:
@@ -167,10 +168,11 @@ class Atlas:
 
     def units(self, model: str, layer: int, site: str = "ffn") -> range:
         """The unit indices of a layer that the atlas holds (assumes its shards are contiguous)."""
-        refs = self._refs(model, site, layer)
+        refs = self.shards(model, site, layer)
         return range(refs[0].unit_start, refs[-1].unit_stop)
 
-    def _refs(self, model: str, site: str, layer: int) -> list[_ShardRef]:
+    def shards(self, model: str, site: str, layer: int) -> list[ShardInfo]:
+        """The shards of (model, site, layer), by unit range; AtlasError if there are none."""
         refs = self._index.get((model, site, layer))
         if not refs:
             have = ", ".join(f"{m}/{s}/L{layer_:02d}" for m, s, layer_ in sorted(self._index)[:8]) or "nothing"
@@ -179,7 +181,7 @@ class Atlas:
 
     def unit(self, model: str, layer: int, index: int, site: str = "ffn") -> Unit:
         """The unit ``index`` of ``layer``; raises AtlasError if the atlas does not hold it."""
-        refs = self._refs(model, site, layer)
+        refs = self.shards(model, site, layer)
         i = bisect.bisect_right([r.unit_start for r in refs], index) - 1
         if i < 0 or index >= refs[i].unit_stop:
             raise AtlasError(f"{unit_id(model, site, layer, index)} is not in the atlas "
@@ -193,7 +195,7 @@ class Atlas:
 
     def shard_attrs(self, model: str, layer: int, site: str = "ffn") -> dict:
         """Attributes of the first shard of a layer (recipe, seed, grid, ...)."""
-        f = self._file(self._refs(model, site, layer)[0].path)
+        f = self.file(self.shards(model, site, layer)[0].path)
         attrs = read_attrs(f)
         for part in ("viz", "probe"):
             if part in f:

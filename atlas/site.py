@@ -7,7 +7,7 @@ URL scheme (relative to the site root; stable for an atlas version, docs/FORMAT.
     <model>/<site>/L<ll>/index.html          a layer's units (page-2.html, ... past 256 units)
     <model>/<site>/L<ll>/U<uuuu>.html        a unit: the unit id + ".html"
     search.html, downloads.html, cite.html, analyses/<name>.html
-    img/viz/<model>/<site>/L<ll>/U<uuuu>.webp (and _t.webp tiles), img/data/<row>.webp
+    img/viz/<model>/<site>/L<ll>/U<uuuu>.webp (and _t.webp tiles), img/data/<view>/<row>.webp
     search/meta.js, search/classes-<n>.js    the static search index (script-loaded: works on file://)
 
 Pages are rendered in parallel processes; a file is written only when its bytes change.
@@ -15,6 +15,7 @@ Pages are rendered in parallel processes; a file is written only when its bytes 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -128,6 +129,12 @@ class LayerSummary:
     top_class: list            # (name, count, k) or None per unit
     shard_of: list             # (shard path, row) per unit
 
+    def beats_dataset(self) -> tuple[int, int]:
+        """(units whose optimized image activates them more than their best dataset image does,
+        live units having both numbers): how far the optimization got beyond the data."""
+        both = np.isfinite(self.activation) & np.isfinite(self.data_max) & ~self.dead
+        return int((self.activation[both] > self.data_max[both]).sum()), int(both.sum())
+
 
 def _top_classes(indices: np.ndarray, labels: np.ndarray, names: list[str]) -> list[tuple[str, int]]:
     valid = indices[indices >= 0]
@@ -139,11 +146,11 @@ def _top_classes(indices: np.ndarray, labels: np.ndarray, names: list[str]) -> l
 
 def summarize_layer(a: Atlas, model: str, site: str, layer: int) -> LayerSummary:
     """Bulk-read a layer's shards into a LayerSummary."""
-    refs = a._refs(model, site, layer)
+    refs = a.shards(model, site, layer)
     units, act, dmax, dead, top, where = [], [], [], [], [], []
     dataset = _dataset_or_none(a)
     for ref in refs:
-        f = a._file(ref.path)
+        f = a.file(ref.path)
         n = ref.unit_stop - ref.unit_start
         units.append(np.arange(ref.unit_start, ref.unit_stop))
         act.append(f["viz/activation"][()] if "viz" in ref.parts else np.full(n, np.nan))
@@ -233,7 +240,8 @@ class _Renderer:
     """Shared state of one render; workers rebuild it from (root, site, options)."""
 
     def __init__(self, root: Path, site: Path, base_url: str, images_root: Path | None):
-        self.root, self.site, self.base_url = root, site, base_url.rstrip("/") + "/" if base_url else ""
+        self.root, self.site = root, site
+        self.base_url = base_url.rstrip("/") + "/" if base_url else ""
         self.atlas = Atlas(root)
         self.manifest = self.atlas.manifest or {}
         self.info = atlas_info(self.atlas)
@@ -258,17 +266,18 @@ class _Renderer:
         return self._attrs[key]
 
     def permalink(self, path: str) -> str:
-        return self.base_url + path if self.base_url else path
+        """A page's permanent address: absolute under --base-url, else relative to the site root."""
+        return self.base_url + path
 
-    # -- unit pages -------------------------------------------------------------------------
-    def unit_context(self, model: str, site: str, layer: int, index: int, neighbours, summary_row) -> dict:
-        a = self.atlas
-        unit = a.unit(model, layer, index, site=site)
+    def unit_context(self, unit, neighbours: dict, layer_page: str) -> dict:
+        """Everything the unit page shows of ``unit``."""
+        model, site, layer, index = unit.model, unit.site, unit.layer, unit.index
         attrs = self.layer_attrs(model, site, layer)
         ctx = {"uid": unit.id, "model": model, "site": site, "layer": layer, "index": index,
                "shard": unit.shard, "row": unit.row, "grid": attrs.get("grid"), "viz": None, "topk": [],
                "top_classes": [], "stats": None, "recipe": attrs.get("recipe"), "seed": attrs.get("seed"),
-               "neighbours": neighbours, "layer_page": summary_row, "permalink": self.permalink(page_path(model, site, layer, index)),
+               "neighbours": neighbours, "layer_page": layer_page,
+               "permalink": self.permalink(page_path(model, site, layer, index)),
                "weights": attrs.get("weights"), "arch": attrs.get("arch"),
                "bibkey": self.key + "_" + "".join(ch if ch.isalnum() else "_" for ch in unit.id)}
         if "viz" in unit.parts:
@@ -282,9 +291,10 @@ class _Renderer:
             top = unit.topk
             scale = max((float(np.nanmax(t.map)) for t in top), default=0.0)
             rows = []
+            view = view_key(attrs["probe"]["data_config"])
             for rank, t in enumerate(top):
                 label = int(self.dataset.labels[t.index]) if self.dataset else -1
-                rows.append({"rank": rank + 1, "src": f"img/data/{t.index}.webp", "score": t.score,
+                rows.append({"rank": rank + 1, "src": f"img/data/{view}/{t.index}.webp", "score": t.score,
                              "path": self.dataset.paths[t.index] if self.dataset else str(t.index),
                              "class": self.dataset.class_name(label) if self.dataset else None,
                              "map": data_uri(map_png(t.map, scale))})
@@ -300,16 +310,15 @@ class _Renderer:
                                               title=f"scores of all dataset images for {unit.id}")}
         return ctx
 
-    def render_unit(self, model, site, layer, index, neighbours, layer_page) -> bool:
-        ctx = self.unit_context(model, site, layer, index, neighbours, layer_page)
-        wrote = False
+    def render_unit(self, model: str, site: str, layer: int, index: int, neighbours: dict, layer_page: str) -> None:
+        """Write a unit's page and its optimized image (and tile)."""
+        unit = self.atlas.unit(model, layer, index, site=site)
+        ctx = self.unit_context(unit, neighbours, layer_page)
         if ctx["viz"]:
-            image = self.atlas.unit(model, layer, index, site=site).image
-            wrote |= write_if_changed(self.site / viz_path(ctx["uid"]), webp(image, quality=88))
-            if max(image.shape[:2]) > TILE_SIZE:
-                wrote |= write_if_changed(self.site / viz_path(ctx["uid"], tile=True), webp(image, TILE_SIZE, 80))
-        wrote |= self.page("unit.html", page_path(model, site, layer, index), **ctx)
-        return wrote
+            write_if_changed(self.site / viz_path(unit.id), webp(unit.image, quality=88))
+            if max(unit.image.shape[:2]) > TILE_SIZE:
+                write_if_changed(self.site / viz_path(unit.id, tile=True), webp(unit.image, TILE_SIZE, 80))
+        self.page("unit.html", page_path(model, site, layer, index), **ctx)
 
 
 def _unit_job(args) -> int:
@@ -403,26 +412,34 @@ def render(root: str | Path, out: str | Path | None = None, workers: int | None 
     return site / "index.html"
 
 
+def view_key(data_config: dict) -> str:
+    """A short name for a model's view of the dataset (its eval resize and crop): thumbnails are
+    stored per view, so models with different transforms in one atlas each get aligned maps."""
+    keys = ("input_size", "crop_pct", "crop_mode", "interpolation")
+    text = json.dumps({k: data_config.get(k) for k in keys}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 def _thumbnail_jobs(r: _Renderer, site: Path) -> list:
+    """One job per (view, dataset row) that some unit of a probed model shows."""
     if not r.dataset:
         return []
-    used = set()
+    used: dict[str, set[int]] = {}
+    configs: dict[str, dict] = {}
     for m in r.atlas.models:
         for s in r.atlas.sites(m):
             for layer in r.atlas.layers(m, s):
-                for ref in r.atlas._refs(m, s, layer):
+                probe = r.layer_attrs(m, s, layer).get("probe")
+                if not probe:
+                    continue
+                key = view_key(probe["data_config"])
+                configs[key] = probe["data_config"]
+                for ref in r.atlas.shards(m, s, layer):
                     if "probe" in ref.parts:
-                        used.update(int(i) for i in np.unique(r.atlas._file(ref.path)["topk/index"][()]) if i >= 0)
-    config = None
-    for m in r.atlas.models:
-        attrs = r.atlas.shard_attrs(m, r.atlas.layers(m, r.atlas.sites(m)[0])[0], r.atlas.sites(m)[0])
-        if "probe" in attrs:
-            config = attrs["probe"]["data_config"]
-            break
-    if config is None:
-        return []
-    return [(row, str(r.images_root / r.dataset.paths[row]), str(site / f"img/data/{row}.webp"), config)
-            for row in sorted(used)]
+                        rows = np.unique(r.atlas.file(ref.path)["topk/index"][()])
+                        used.setdefault(key, set()).update(int(i) for i in rows if i >= 0)
+    return [(row, str(r.images_root / r.dataset.paths[row]), str(site / f"img/data/{key}/{row}.webp"), configs[key])
+            for key in sorted(used) for row in sorted(used[key])]
 
 
 def _tile(r: _Renderer, summ: LayerSummary, i: int) -> dict:
@@ -451,10 +468,11 @@ def _render_layers_and_models(r: _Renderer, summaries: dict) -> None:
         dead = int(summ.dead.sum())
         by_model.setdefault(m, []).append({"site": s, "layer": layer, "info": info, "units": len(tiles),
                                            "href": page_path(m, s, layer), "strip": [tiles[i] for i in order],
-                                           "dead": dead})
+                                           "dead": dead, "beats": summ.beats_dataset()})
     for m, layers in by_model.items():
         info = r.manifest.get("models", {}).get(m, {})
-        r.page("model.html", f"{m}/index.html", model=m, model_info=info,
+        beats = [sum(x["beats"][i] for x in layers) for i in (0, 1)]
+        r.page("model.html", f"{m}/index.html", model=m, model_info=info, beats=beats,
                layers=sorted(layers, key=lambda x: (x["site"] != "ffn", x["site"], x["layer"])))
 
 

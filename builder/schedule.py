@@ -63,6 +63,8 @@ def plan_ranges(existing: list[tuple[int, int, list[str]]], wanted: list[int], s
     Existing shards keep their ranges (a part is always written for a shard's whole range); units no
     shard covers yet go into new shards cut on the grid of multiples of ``shard_units``.
     """
+    if shard_units < 1:
+        raise AtlasError(f"--shard-units must be at least 1, not {shard_units}")
     todo, covered = [], set()
     for start, stop, parts in sorted(existing):
         if any(start <= u < stop for u in wanted) and part not in parts:
@@ -248,6 +250,8 @@ def run_visualize(lm: LoadedModel, job: VisualizeJob, command: str | None = None
     device = resolve_device(job.device)
     if job.precision not in ("fp32", "bf16"):
         raise AtlasError(f"--precision must be fp32 or bf16, not {job.precision!r}")
+    if job.batch_units is not None and job.batch_units < 1:
+        raise AtlasError(f"--batch-units must be at least 1, not {job.batch_units}")
     selected = select_layers(lm, job.site, job.layers, job.units)
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)

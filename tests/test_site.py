@@ -69,7 +69,7 @@ def test_unit_page_shows_what_the_atlas_holds(site):
         names = a.dataset.class_names
         page = (out / "site/vit_tiny_patch16_224/ffn/L01/U0007.html").read_text()
         for t in u.topk:
-            assert f'img/data/{t.index}.webp' in page
+            assert re.search(rf'img/data/[0-9a-f]{{8}}/{t.index}\.webp', page)
             assert f"{t.score:.3g}" in page
         assert f"{u.activation:.4g}" in page and "shards/vit_tiny_patch16_224/ffn/L01/U00000-00016.h5" in page
         assert 'atlas.open(' in page and '.unit("vit_tiny_patch16_224", 1, 7)' in page
