@@ -45,7 +45,7 @@ def cmd_visualize(args, command: str) -> None:
     from builder.recipe import resolve_recipe
     from builder.schedule import VisualizeJob, run_visualize
     recipe = resolve_recipe(args.preset, steps=args.steps, batch_copies=args.batch_copies, lr=args.lr,
-                            tv=args.tv, noise=args.noise)
+                            tv=args.tv, noise=args.noise, clean_steps=args.clean_steps)
     lm = _load(args)
     job = VisualizeJob(out=args.out, name=args.name or args.model, recipe=recipe, site=args.site,
                        layers=args.layers, units=args.units, seed=args.seed, device=args.device,
@@ -186,6 +186,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--batch-copies", type=int, help="override the augmented copies per step")
     v.add_argument("--lr", type=float, help="override the Adam learning rate")
     v.add_argument("--tv", type=float, help="override the total-variation weight")
+    v.add_argument("--clean-steps", type=int, help="override how many final steps optimize the unaugmented image")
     v.add_argument("--noise", choices=("pixel", "channel"), help="Gaussian noise per pixel (paper) or per channel")
     v.add_argument("--seed", type=int, default=0, help="seed from which each unit's seed is derived")
     v.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")

@@ -50,10 +50,14 @@ def optimize_units(lm: LoadedModel, layer: Layer, units: list[int], seeds: list[
     for step in range(recipe.steps):
         for group in optimizer.param_groups:  # cosine annealing from lr to 0
             group["lr"] = recipe.lr * 0.5 * (1 + math.cos(math.pi * step / recipe.steps))
-        copies = augment(images, draw(generators, recipe, (H, W), device), recipe.noise_std(step))
+        if step < recipe.steps - recipe.clean_steps:
+            n = recipe.batch_copies
+            copies = augment(images, draw(generators, recipe, (H, W), device), recipe.noise_std(step))
+        else:  # the recipe's last clean_steps: the stored image itself, unaugmented
+            copies, n = images, 1
         with autocast(device, precision):
             (grid,) = run_to(lm.model, lm.normalize(copies), [layer])
-        losses = unit_losses(grid, copies, channels, recipe.batch_copies, recipe.tv)
+        losses = unit_losses(grid, copies, channels, n, recipe.tv)
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
         optimizer.step()

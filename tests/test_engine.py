@@ -30,6 +30,11 @@ def test_overrides_and_bad_values():
         resolve_recipe("fast")
     with pytest.raises(AtlasError, match="at least 1"):
         resolve_recipe("paper", steps=0)
+    # overriding steps keeps the preset's share of clean steps; an explicit count wins
+    assert PRESETS["paper"].clean_steps == 0 and resolve_recipe("quick", steps=8).clean_steps == 2
+    assert resolve_recipe("quick", steps=8, clean_steps=0).clean_steps == 0
+    with pytest.raises(AtlasError, match="--clean-steps"):
+        resolve_recipe("paper", steps=4, clean_steps=5)
 
 
 def test_unit_seed_is_the_documented_sha256_derivation():
@@ -116,6 +121,18 @@ def test_optimization_raises_the_units_activation(tiny_vit):
     full = optimize_units(tiny_vit, layer, units, seeds, resolve_recipe("quick", steps=40), torch.device("cpu"))
     assert (full.loss[:, -4:].mean(1) < full.loss[:, :4].mean(1)).mean() >= 0.8
     assert full.finite.all() and full.map.dtype == np.float16 and full.map.shape == (16, 4, 4)
+
+
+def test_clean_steps_optimize_the_unaugmented_image_alone(tiny_vit):
+    layer = find_layers(tiny_vit.model, "ffn", tiny_vit.input_size)[1]
+    units, seeds = [5, 6], [11, 12]
+    clean = optimize_units(tiny_vit, layer, units, seeds, resolve_recipe("quick", steps=6, clean_steps=6),
+                           torch.device("cpu"))
+    # the same as one copy with identity augmentations (no shift, σ = 1, μ = 0, no noise)
+    identity = resolve_recipe("quick", steps=6, clean_steps=0, batch_copies=1, jitter=0, color_shift_mean=0.0,
+                              color_shift_log_std=0.0, noise_start=0.0)
+    plain = optimize_units(tiny_vit, layer, units, seeds, identity, torch.device("cpu"))
+    np.testing.assert_allclose(clean.pixels.numpy(), plain.pixels.numpy(), atol=1e-6)
 
 
 def test_stored_activation_is_the_plain_forward_of_the_uint8_image(tiny_vit):
