@@ -13,6 +13,7 @@ from torch import nn
 import build
 from atlas.format import AtlasError
 from builder.analyses import ANALYSES, AnalysisJob, run_analysis
+from builder.analyses.common import labelled
 from builder.analyses.foreground import crop_boxes, foreground_mask, read_boxes
 from builder.analyses.frequency import filtered
 from builder.analyses.spatial import FRACTIONS, blackout, linear_fit
@@ -45,6 +46,23 @@ def images(tmp_path_factory):
 
 def job(tmp_path, index=None, **kw):
     return AnalysisJob(out=tmp_path / "atlas", name="vit_tiny_patch16_224", index=index, workers=0, batch_size=8, **kw)
+
+
+# -- labels ---------------------------------------------------------------------------------------
+
+def test_labels_follow_the_models_class_names_and_limit_spans_every_class(images):
+    lm = tiny()
+    assert (labelled(lm, images).labels == images.labels).all()  # no names: the folder's index
+    lm.model.pretrained_cfg = {**lm.model.pretrained_cfg, "label_names": ["c", "x", "a"], "label_offset": 1}
+    mapped = labelled(lm, images)
+    assert len(mapped.paths) == 24 and all(p.split("/")[0] != "b" for p in mapped.paths)  # b: not a class
+    assert {p.split("/")[0]: int(y) for p, y in zip(mapped.paths, mapped.labels)} == {"a": 3, "c": 1}
+    # a limit takes evenly spaced images, so every class is represented
+    few = labelled(tiny(), images, limit=6)
+    assert len(few.paths) == 6 and sorted(set(few.labels.tolist())) == [0, 1, 2]
+    lm.model.pretrained_cfg["label_names"] = ["dog", "cat"]
+    with pytest.raises(AtlasError, match="--labels"):
+        labelled(lm, images)
 
 
 # -- token mixing --------------------------------------------------------------------------------
@@ -226,8 +244,10 @@ def test_sites_visualizes_every_site_for_the_same_units_and_the_page_shows_them(
     assert (out / "site/vit_tiny_patch16_224/q/L02/U0001.html").exists()
 
 
-def test_analyze_all_runs_what_applies_and_says_what_it_skips(tmp_path, images, capsys):
+def test_analyze_all_runs_what_applies_and_says_what_it_skips(tmp_path, capsys):
     out = tmp_path / "atlas"
+    # the demo CNN names its classes, so the folder's classes must be among them
+    images = scan_images(labelled_folder(tmp_path / "shapes", n=4, classes=("circle", "heart", "star")))
     assert build.main(["analyze", "all", "--model", "resnet_atlas_demo", "--random-init", "--images",
                        str(images.root), "--workers", "0", "--limit", "9", "--out", str(out)]) == 0
     printed = capsys.readouterr().out

@@ -23,7 +23,7 @@ class AnalysisJob:
     batch_size: int = 64
     workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
     device: str = "auto"
-    limit: int | None = None      # at most this many images (the first ones, in order)
+    limit: int | None = None      # at most this many images, evenly spaced in index order
     seed: int = 0
     layers: str | None = None     # for sites / spatial
     units: str | None = None
@@ -47,12 +47,32 @@ def check(analysis: str, model: str, reason: str | None) -> None:
         raise AtlasError(f"analysis {analysis} does not apply to {model}: {reason}")
 
 
-def limited(index: ImageIndex, limit: int | None) -> ImageIndex:
-    """The first ``limit`` labelled images of ``index`` (all of them when limit is None)."""
-    keep = np.flatnonzero(index.labels >= 0)
-    if limit:
-        keep = keep[:limit]
-    return ImageIndex(index.root, [index.paths[i] for i in keep], index.labels[keep], index.class_names,
+def labelled(lm, index: ImageIndex, limit: int | None = None) -> ImageIndex:
+    """The labelled images of ``index`` with labels in the model's class indices, at most ``limit`` of
+    them, evenly spaced in index order (sorted paths group images by class, so the first ``limit``
+    would cover only the first classes).
+
+    When the model names its classes (timm ``pretrained_cfg["label_names"]``), dataset classes are
+    matched to them by id (ImageNet wnids) or name and images of unmatched classes are left out;
+    ``label_offset`` (a background class at 0) is added. Otherwise the dataset's label is taken to
+    be the model's class index, as for ImageNet synset folders and an ImageNet model."""
+    cfg = getattr(lm.model, "pretrained_cfg", None) or {}
+    labels = index.labels.copy()
+    names = cfg.get("label_names")
+    if names:
+        position = {n: i for i, n in enumerate(names)}
+        ours = index.class_ids or index.class_names
+        mapping = np.array([position.get(n, -1) for n in ours] + [-1], dtype=np.int64)
+        labels = np.where(labels >= 0, mapping[labels], -1)
+        if (index.labels >= 0).any() and not (labels >= 0).any():
+            raise AtlasError(f"none of the classes of {index.root} ({', '.join(ours[:5])}, ...) is among the "
+                             f"model's classes ({', '.join(names[:5])}, ...); pass --labels FILE with the "
+                             "model's class indices")
+    labels = np.where(labels >= 0, labels + (cfg.get("label_offset") or 0), -1)
+    keep = np.flatnonzero(labels >= 0)
+    if limit and limit < len(keep):
+        keep = keep[np.arange(limit) * len(keep) // limit]
+    return ImageIndex(index.root, [index.paths[i] for i in keep], labels[keep], index.class_names,
                       index.class_ids, index.layout)
 
 

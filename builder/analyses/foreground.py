@@ -23,7 +23,7 @@ from atlas.images import ImageError, load_rgb
 from atlas.media import view_geometry
 
 from ..dataset import ImageDataset
-from .common import AnalysisJob, check, correct_topk, limited, loader, missing_labels, percent
+from .common import AnalysisJob, check, correct_topk, labelled, loader, missing_labels, percent
 
 NAME = "foreground-background"
 Box = tuple[float, float, float, float]
@@ -121,7 +121,7 @@ def run(lm, job: AnalysisJob, device: torch.device) -> dict:
     keep = [i for i, p in enumerate(index.paths) if boxes.get(p) and index.labels[i] >= 0]
     if not keep:
         raise AtlasError(f"{NAME}: no labelled image of {index.root} has a box in {job.boxes}")
-    index = limited(type(index)(index.root, [index.paths[i] for i in keep], index.labels[keep],
+    index = labelled(lm, type(index)(index.root, [index.paths[i] for i in keep], index.labels[keep],
                                 index.class_names, index.class_ids, index.layout), job.limit)
     data = BoxedDataset(index, lm.eval_transform(), boxes, lm.data_config)
     model = lm.model.to(device)

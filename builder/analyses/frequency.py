@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .common import AnalysisJob, check, correct_topk, eval_loader, limited, missing_labels, percent
+from .common import AnalysisJob, check, correct_topk, eval_loader, labelled, missing_labels, percent
 
 NAME = "frequency"
 LOW_PASS = (math.sqrt(2), 0.75, 0.5, 0.35, 0.25, 0.15, 0.1)
@@ -44,7 +44,7 @@ def applies(lm, job: AnalysisJob) -> str | None:
 def run(lm, job: AnalysisJob, device: torch.device) -> dict:
     """Top-1 accuracy for each low-pass and high-pass cutoff."""
     check(NAME, job.name, applies(lm, job))
-    index = limited(job.index, job.limit)
+    index = labelled(lm, job.index, job.limit)
     model = lm.model.to(device)
     settings = [("low", c) for c in LOW_PASS] + [("high", c) for c in HIGH_PASS]
     hits = {s: 0 for s in settings}

@@ -17,7 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from atlas.format import AtlasError
 
-from .common import AnalysisJob, check, eval_loader, limited, missing_labels, percent
+from .common import AnalysisJob, check, eval_loader, labelled, missing_labels, percent
 
 NAME = "token-mixing"
 
@@ -57,7 +57,7 @@ def isolated_cls_logits(m: VisionTransformer, tokens: torch.Tensor) -> torch.Ten
 def run(lm, job: AnalysisJob, device: torch.device) -> dict:
     """Accuracies of CLS, isolated CLS and each patch position after every block."""
     check(NAME, job.name, applies(lm, job))
-    index = limited(job.index, job.limit)
+    index = labelled(lm, job.index, job.limit)
     m = lm.model.to(device)
     prefix, depth = m.num_prefix_tokens, len(m.blocks)
     grid = m.patch_embed.grid_size

@@ -30,7 +30,7 @@ def _cfg(name: str) -> dict:
     return {"file": str(weights_file(name)), "num_classes": len(CLASSES), "input_size": (3, SIZE, SIZE),
             "crop_pct": 1.0, "interpolation": "bilinear", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
             "first_conv": "patch_embed.proj" if name == VIT else "conv1",
-            "classifier": "head" if name == VIT else "fc", "license": "mit"}
+            "classifier": "head" if name == VIT else "fc", "license": "mit", "label_names": list(CLASSES)}
 
 
 default_cfgs = generate_default_cfgs({f"{VIT}.shapes": _cfg(VIT), f"{CNN}.shapes": _cfg(CNN)})
