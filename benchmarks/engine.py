@@ -101,7 +101,7 @@ def main():
     done = 0
     for layer in layers:
         units = list(range(args.units_per_layer))
-        batch = args.batch_units or auto_batch_units(lm, layer, recipe, device)
+        batch = args.batch_units or auto_batch_units(lm, layer, recipe, device, args.precision)
         for i in range(0, len(units), batch):
             chunk = units[i:i + batch]
             optimize_units(lm, layer, chunk, [unit_seed("bench", "ffn", layer.index, u, 0) for u in chunk],

@@ -1,6 +1,7 @@
 """Scheduling: which shards to write, in which batches, resuming what a killed run left."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,16 +137,24 @@ def bytes_per_image(lm: LoadedModel, layer: Layer, device: torch.device) -> int:
     return total
 
 
-def auto_batch_units(lm: LoadedModel, layer: Layer, recipe: Recipe, device: torch.device) -> int:
-    """Units per batch: half the free GPU memory, or 384 MiB on CPU (larger CPU batches fall out of
-    cache and run slower per image), over an estimate of what one unit needs (its copies' saved
-    activations, gradients and temporaries: 4x the module outputs)."""
-    per_unit = 4 * recipe.batch_copies * bytes_per_image(lm, layer, device)
+def auto_batch_units(lm: LoadedModel, layer: Layer, recipe: Recipe, device: torch.device,
+                     precision: str = "fp32") -> int:
+    """Units per batch. On CUDA: 80% of the available memory over the peak one unit needed in a
+    measured one-step trial. On CPU: a 768 MiB budget (much larger CPU batches fall out of cache and
+    run slower per image) over an estimate of 4x the module outputs of the unit's copies."""
     if device.type == "cuda":
-        budget = 0.5 * torch.cuda.mem_get_info(device)[0]
-    else:
-        budget = 384 * 2**20
-    return max(1, int(budget // max(per_unit, 1)))
+        trial = dataclasses.replace(recipe, steps=1)
+        units = list(range(min(2, layer.units)))
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        optimize_units(lm, layer, units, units, trial, device, precision)
+        per_unit = (torch.cuda.max_memory_allocated(device) - base) / len(units)
+        available = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) \
+            - torch.cuda.memory_allocated(device)
+        return max(1, int(0.8 * available // max(per_unit, 1)))
+    per_unit = 4 * recipe.batch_copies * bytes_per_image(lm, layer, device)
+    return max(1, int(768 * 2**20 // max(per_unit, 1)))
 
 
 @dataclass
@@ -229,7 +238,7 @@ def visualize_shards(lm: LoadedModel, job: VisualizeJob, plan: list[tuple[Layer,
     batches: dict[int, int] = {}
     for layer, start, stop in plan:
         if layer.index not in batches:
-            batches[layer.index] = job.batch_units or auto_batch_units(lm, layer, job.recipe, device)
+            batches[layer.index] = job.batch_units or auto_batch_units(lm, layer, job.recipe, device, job.precision)
         t0 = time.time()
         bar.set_postfix_str(f"L{layer.index:02d} U{start}-{stop}")
         data, batches[layer.index] = _run_shard(job, lm, layer, start, stop, device, batches[layer.index], bar)

@@ -155,3 +155,32 @@ def test_killed_run_resumes_without_recomputing_finished_shards(tmp_path):
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in finished.items())
     logs = [json.loads(line) for f in (out / "logs").glob("*.jsonl") for line in f.read_text().splitlines()]
     assert len(logs) == 6  # each shard computed exactly once across the two runs
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_results(tmp_path, monkeypatch):
+    from builder import schedule
+    from builder.models import ModelSource, load_model
+    from builder.recipe import resolve_recipe
+    from builder.schedule import VisualizeJob, run_visualize
+    lm = load_model(ModelSource("vit_tiny_patch16_224", random_init=True), **TINY_VIT)
+    real = schedule.optimize_units
+    sizes = []
+
+    def small_memory(lm_, layer, units, *args):
+        sizes.append(len(units))
+        if len(units) > 3:                      # a card that fits at most 3 units at a time
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(lm_, layer, units, *args)
+
+    monkeypatch.setattr(schedule, "optimize_units", small_memory)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    recipe = resolve_recipe("quick", steps=3)
+    run_visualize(lm, VisualizeJob(out=tmp_path / "oom", name="m", recipe=recipe, layers="1", units="0-9",
+                                   batch_units=12, progress=False))
+    assert sizes == [10, 6, 3, 3, 3, 1]     # halved twice, then the rest of the shard at 3
+    monkeypatch.setattr(schedule, "optimize_units", real)
+    run_visualize(lm, VisualizeJob(out=tmp_path / "plain", name="m", recipe=recipe, layers="1", units="0-9",
+                                   batch_units=10, progress=False))
+    a, b = viz_arrays(tmp_path / "oom"), viz_arrays(tmp_path / "plain")
+    for shard in a:
+        np.testing.assert_array_equal(a[shard]["image"], b[shard]["image"])
