@@ -453,6 +453,22 @@ def _tile(r: _Renderer, summ: LayerSummary, i: int) -> dict:
             "dead": bool(summ.dead[i])}
 
 
+def _strongest(summ: LayerSummary) -> np.ndarray:
+    """A layer's units, strongest first: by the optimized image's activation, else the dataset max."""
+    strength = np.where(np.isfinite(summ.activation), summ.activation, summ.data_max)
+    return np.argsort(-np.nan_to_num(strength, nan=-np.inf), kind="stable")
+
+
+def _featured(r: _Renderer, summaries: dict) -> list[dict]:
+    """For the index page: each model's strongest unit of every FFN layer, shallow to deep."""
+    featured = []
+    for (m, s, layer), summ in sorted(summaries.items()):
+        if s == "ffn" and np.isfinite(summ.activation).any():
+            tile = _tile(r, summ, int(_strongest(summ)[0]))
+            featured.append({**tile, "label": f"{m} L{layer:02d}"})
+    return featured
+
+
 def _render_layers_and_models(r: _Renderer, summaries: dict) -> None:
     by_model: dict[str, list] = {}
     for (m, s, layer), summ in summaries.items():
@@ -463,8 +479,7 @@ def _render_layers_and_models(r: _Renderer, summaries: dict) -> None:
             r.page("layer.html", page_path(m, s, layer, page=p), model=m, site=s, layer=layer, info=info,
                    tiles=tiles[(p - 1) * PAGE_UNITS:p * PAGE_UNITS], page=p, pages=pages,
                    page_links=[(q, page_path(m, s, layer, page=q)) for q in range(1, pages + 1)])
-        strength = np.where(np.isfinite(summ.activation), summ.activation, summ.data_max)
-        order = np.argsort(-np.nan_to_num(strength, nan=-np.inf), kind="stable")[:STRIP_UNITS]
+        order = _strongest(summ)[:STRIP_UNITS]
         dead = int(summ.dead.sum())
         by_model.setdefault(m, []).append({"site": s, "layer": layer, "info": info, "units": len(tiles),
                                            "href": page_path(m, s, layer), "strip": [tiles[i] for i in order],
@@ -526,6 +541,7 @@ def _render_top_pages(r: _Renderer, summaries: dict) -> None:
                        "layers": max(sites.values()) if sites else 0})
     total_bytes = sum(s["bytes"] for s in shards) + sum(f["bytes"] for f in files)
     r.page("index.html", "index.html", model_rows=models, dataset=dataset, analyses=analyses,
+           featured=_featured(r, summaries),
            history=m.get("history", []), total_bytes=total_bytes, shard_count=len(shards))
     r.page("downloads.html", "downloads.html", shards=shards, files=files, dataset=dataset,
            example=_example_unit(summaries), total_bytes=total_bytes)
