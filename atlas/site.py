@@ -315,7 +315,7 @@ class _Renderer:
         unit = self.atlas.unit(model, layer, index, site=site)
         ctx = self.unit_context(unit, neighbours, layer_page)
         if ctx["viz"]:
-            write_if_changed(self.site / viz_path(unit.id), webp(unit.image, quality=88))
+            write_if_changed(self.site / viz_path(unit.id), webp(unit.image, quality=80))
             if max(unit.image.shape[:2]) > TILE_SIZE:
                 write_if_changed(self.site / viz_path(unit.id, tile=True), webp(unit.image, TILE_SIZE, 80))
         self.page("unit.html", page_path(model, site, layer, index), **ctx)

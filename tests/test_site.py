@@ -1,7 +1,9 @@
 """The static site: pages, escaping, validity, links, search index, incremental rendering."""
 from __future__ import annotations
 
+import base64
 import html.parser
+import io
 import json
 import re
 import shutil
@@ -13,7 +15,9 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import atlas
 import build
@@ -42,10 +46,14 @@ class _Links(html.parser.HTMLParser):
             self.inline.append((tag, attrs))
 
 
-def parse(path: Path) -> _Links:
+def parse_text(text: str) -> _Links:
     p = _Links()
-    p.feed(path.read_text(encoding="utf-8"))
+    p.feed(text)
     return p
+
+
+def parse(path: Path) -> _Links:
+    return parse_text(path.read_text(encoding="utf-8"))
 
 
 def test_every_page_type_is_rendered_at_its_documented_url(site):
@@ -60,6 +68,19 @@ def test_every_page_type_is_rendered_at_its_documented_url(site):
     # units with a probe but no optimized image (40-127) still get pages, without a broken image
     page = (s / "vit_tiny_patch16_224/ffn/L01/U0100.html").read_text()
     assert "no optimized image yet" in page and "img/viz" not in page
+
+
+def test_index_features_the_strongest_unit_of_each_layer(site):
+    out, index = site
+    featured = index.read_text().split('class="tiles featured"')[1].split("</ul>")[0]
+    hrefs = [h for tag, h in parse_text(featured).links if tag == "a"]
+    with atlas.open(out) as a:
+        expected = []
+        for layer in a.layers("vit_tiny_patch16_224"):
+            units = [a.unit("vit_tiny_patch16_224", layer, u) for u in range(40)]   # 0-39 were visualized
+            best = max(units, key=lambda u: u.activation)
+            expected.append(f"{best.id}.html")
+    assert hrefs == expected
 
 
 def test_unit_page_shows_what_the_atlas_holds(site):
@@ -78,6 +99,15 @@ def test_unit_page_shows_what_the_atlas_holds(site):
         assert top.replace("&", "&amp;").replace("<", "&lt;").split(" ")[0] in page
         assert 'rel="prev"' in page and 'rel="next"' in page and 'rel="up"' in page
         assert page.count('class="overlay"') == len(u.topk) + 1
+        # the optimized image's overlay is its stored map: transparent exactly where the map is <= 0,
+        # more opaque where it is higher
+        uri = re.search(r'<img class="overlay" src="data:image/png;base64,([^"]+)"', page).group(1)
+        drawn = np.array(Image.open(io.BytesIO(base64.b64decode(uri))).convert("RGBA"))
+        assert drawn.shape[:2] == u.map.shape
+        np.testing.assert_array_equal(drawn[..., 3] == 0, u.map <= 0)
+        alpha, values = drawn[..., 3].ravel(), u.map.ravel().astype(float)
+        order = np.argsort(values, kind="stable")
+        assert (np.diff(alpha[order].astype(int)) >= 0).all()
 
 
 def test_text_from_data_is_escaped_everywhere(site):
