@@ -221,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--images", metavar="DIR", help="labelled image folder (accuracy analyses)")
     a.add_argument("--labels", metavar="FILE", help="CSV relative_path,label")
     a.add_argument("--boxes", metavar="FILE", help="bounding boxes: CSV, LOC_val_solution.csv or a folder of XML")
-    a.add_argument("--limit", type=int, help="use at most this many images (the first ones)")
+    a.add_argument("--limit", type=int, help="use at most this many labelled images, evenly spaced in path order")
     a.add_argument("--layers", metavar="SPEC", help="layers for spatial and sites (default: all / first, middle, last)")
     a.add_argument("--units", metavar="SPEC", help="units for spatial and sites (default: 32 sampled / 0-3)")
     a.add_argument("--threshold", type=float, default=0.5, help="spatial: active patch threshold (default 0.5)")
