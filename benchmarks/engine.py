@@ -87,14 +87,15 @@ def main():
     args = p.parse_args()
 
     device = resolve_device(args.device)
-    recipe = resolve_recipe(args.preset, steps=args.steps)
+    # augmented steps only on both sides (the naive loop is the authors', which has no clean steps)
+    recipe = resolve_recipe(args.preset, steps=args.steps, clean_steps=0)
     lm = load_model(ModelSource(args.model, random_init=True), **json.loads(args.model_args))
     lm.model.to(device)
     layers = find_layers(lm.model, "ffn", lm.input_size)
     total_units = sum(layer.units for layer in layers)
 
     # warm-up (allocator, kernels)
-    optimize_units(lm, layers[0], [0], [1], resolve_recipe(args.preset, steps=2), device, args.precision)
+    optimize_units(lm, layers[0], [0], [1], resolve_recipe(args.preset, steps=2, clean_steps=0), device, args.precision)
 
     sync(device)
     t0 = time.perf_counter()
