@@ -22,14 +22,17 @@ def read_analysis(root: str | Path, name: str) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-def write_analysis(root: str | Path, name: str, model: str, results: dict, describe, command: str = "") -> dict:
-    """Store ``model``'s ``results`` for analysis ``name`` next to other models' results, and rebuild
-    the views: ``describe(all_results)`` returns the title, summary, method, tables and charts."""
+def write_analysis(root: str | Path, name: str, model: str, results: dict, describe, command: str = "",
+                   inputs: dict | None = None) -> dict:
+    """Store ``model``'s ``results`` for analysis ``name`` next to other models' results, with the
+    ``inputs`` they came from, and rebuild the views: ``describe(all_results)`` returns the title,
+    summary, method, tables and charts."""
     path = Path(root) / ANALYSES / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     data = read_analysis(root, name) or {"name": name, "format_version": FORMAT_VERSION, "results": {}, "commands": {}}
     data["results"][model] = results
     data["commands"][model] = command
+    data.setdefault("inputs", {})[model] = inputs or {}
     data["command"] = command
     data["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     data.update(describe(data["results"]))

@@ -257,7 +257,7 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
                 job = AnalysisJob(out=spec.out, name=m.atlas_name, index=index,
                                   boxes=str(spec.boxes) if spec.boxes else None, batch_size=spec.batch_size,
                                   device=spec.device, limit=spec.limit, seed=spec.seed, command=command, **workers)
-                run_analysis(analysis, lm, job)
+                run_analysis(analysis, lm, job, resume=True)
         coverage = {}
         for t in tasks:
             coverage.setdefault(spec.models[t.model].atlas_name, {}).setdefault(t.site, {}).setdefault(

@@ -244,6 +244,22 @@ def test_sites_visualizes_every_site_for_the_same_units_and_the_page_shows_them(
     assert (out / "site/vit_tiny_patch16_224/q/L02/U0001.html").exists()
 
 
+def test_a_resumed_build_keeps_results_with_the_same_inputs_and_redoes_changed_ones(tmp_path, images, capsys):
+    lm = tiny()
+    path = tmp_path / "atlas/analyses/frequency.json"
+    run_analysis("frequency", lm, job(tmp_path, images, limit=6), resume=True)
+    stamp, first = path.stat().st_mtime_ns, json.loads(path.read_text())
+    assert first["inputs"]["vit_tiny_patch16_224"]["limit"] == 6
+    again = run_analysis("frequency", lm, job(tmp_path, images, limit=6), resume=True)
+    assert "kept for vit_tiny_patch16_224" in capsys.readouterr().out
+    assert path.stat().st_mtime_ns == stamp and again["frequency"] == first["results"]["vit_tiny_patch16_224"]
+    run_analysis("frequency", lm, job(tmp_path, images, limit=9), resume=True)   # other inputs: computed
+    assert json.loads(path.read_text())["results"]["vit_tiny_patch16_224"]["images"] == 9
+    stamp = path.stat().st_mtime_ns
+    run_analysis("frequency", lm, job(tmp_path, images, limit=9))                # `analyze` always computes
+    assert path.stat().st_mtime_ns != stamp
+
+
 def test_analyze_all_runs_what_applies_and_says_what_it_skips(tmp_path, capsys):
     out = tmp_path / "atlas"
     # the demo CNN names its classes, so the folder's classes must be among them

@@ -5,8 +5,12 @@ Each analysis module has ``NAME``, ``applies(lm, job) -> None or why not``, ``ru
 """
 from __future__ import annotations
 
-from atlas.analyses import write_analysis
+import hashlib
+from pathlib import Path
+
+from atlas.analyses import read_analysis, write_analysis
 from atlas.format import AtlasError
+from atlas.manifest import sha256_file
 
 from ..schedule import resolve_device
 from . import foreground, frequency, sites, spatial, token_mixing
@@ -15,20 +19,41 @@ from .common import AnalysisJob
 ANALYSES = {m.NAME: m for m in (token_mixing, foreground, frequency, spatial, sites)}
 
 
-def run_analysis(name: str, lm, job: AnalysisJob) -> dict:
-    """Run one analysis (or every applicable one for "all") and store the results in the atlas."""
+def inputs_of(lm, job: AnalysisJob) -> dict:
+    """What an analysis's results depend on: the weights, the images and labels, the boxes file and
+    the job's settings. A rerun with the same inputs gives the same results."""
+    index = job.index
+    images = None
+    if index is not None:
+        digest = hashlib.sha256("\n".join(index.paths).encode())
+        digest.update(index.labels.astype("<i8").tobytes())
+        images = digest.hexdigest()
+    boxes = sha256_file(job.boxes) if job.boxes and Path(job.boxes).is_file() else job.boxes
+    return {"weights": lm.weights, "images": images, "boxes": boxes, "limit": job.limit, "seed": job.seed,
+            "layers": job.layers, "units": job.units, "threshold": job.threshold}
+
+
+def run_analysis(name: str, lm, job: AnalysisJob, resume: bool = False) -> dict:
+    """Run one analysis (or every applicable one for "all") and store the results in the atlas. With
+    ``resume``, an analysis whose stored results for this model came from the same inputs is kept."""
     if name != "all" and name not in ANALYSES:
         raise AtlasError(f"unknown analysis {name!r}; analyses are {', '.join(ANALYSES)} or all")
     device = resolve_device(job.device)
     names = list(ANALYSES) if name == "all" else [name]
+    inputs = inputs_of(lm, job)
     done = {}
     for n in names:
         reason = ANALYSES[n].applies(lm, job) if name == "all" else None
         if reason:
             print(f"analysis {n}: skipped for {job.name} ({reason})")
             continue
+        stored = read_analysis(job.out, n) if resume else None
+        if stored and stored.get("inputs", {}).get(job.name) == inputs and job.name in stored["results"]:
+            print(f"analysis {n}: kept for {job.name} (stored results, same inputs)")
+            done[n] = stored["results"][job.name]
+            continue
         module = ANALYSES[n]
         results = module.run(lm, job, device)
-        write_analysis(job.out, n, job.name, results, module.describe, job.command)
+        write_analysis(job.out, n, job.name, results, module.describe, job.command, inputs)
         done[n] = results
     return done
