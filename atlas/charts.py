@@ -11,11 +11,12 @@ import numpy as np
 from markupsafe import Markup, escape
 
 
-def _fmt(x: float) -> str:
+def _fmt(x: float, digits: int = 1) -> str:
+    """A short number: ``digits`` significant digits in e-notation outside [0.01, 100)."""
     if x == 0:
         return "0"
     if abs(x) >= 100 or abs(x) < 0.01:
-        return f"{x:.0e}".replace("e+0", "e").replace("e-0", "e-")
+        return f"{x:.{digits - 1}e}".replace("e+0", "e").replace("e-0", "e-")
     return f"{x:g}"
 
 
@@ -56,7 +57,7 @@ def histogram(counts: np.ndarray, edges: np.ndarray, marker: float | None = None
             h = max(1.0, plot_h * counts[i] / top)
             x = pad_l + (i - lo) * step
             parts.append(f'<rect class="bar" x="{x:.1f}" y="{pad_t + plot_h - h:.1f}" width="{max(step - 1, 1):.1f}" '
-                         f'height="{h:.1f}"><title>{_fmt(edges[i])} to {_fmt(edges[i + 1])}: {int(counts[i])}</title></rect>')
+                         f'height="{h:.1f}"><title>{_fmt(edges[i], 2)} to {_fmt(edges[i + 1], 2)}: {int(counts[i])}</title></rect>')
     parts.append(f'<line class="axis" x1="{pad_l}" y1="{pad_t + plot_h}" x2="{width - pad_l}" y2="{pad_t + plot_h}"/>')
     labelled = [i for i in range(lo, hi + 1) if edges[i] == 0 or abs(math.log10(abs(edges[i])) % 1) < 1e-9]
     for i in labelled[:: max(1, len(labelled) // 8)]:
