@@ -565,7 +565,8 @@ def _figure_tile(r: _Renderer, label: str, uid: str) -> dict:
 
 
 def _example_unit(summaries: dict) -> dict:
-    (m, s, layer), summ = next(iter(summaries.items()))
+    """The unit the downloads page's snippet loads: the first FFN unit when there is one."""
+    (m, s, layer), summ = min(summaries.items(), key=lambda kv: (kv[0][1] != "ffn", kv[0]))
     return {"model": m, "site": s, "layer": layer, "index": int(summ.units[0]),
             "uid": unit_id(m, s, layer, int(summ.units[0]))}
 

@@ -1,7 +1,9 @@
 """`python build.py`, end to end: the demo atlas with every stage, every analysis, and its site."""
 from __future__ import annotations
 
+import html
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -31,6 +33,13 @@ def test_the_demo_builds_a_complete_verified_atlas_and_site(demo):
     for name in ("token-mixing", "foreground-background", "frequency", "spatial", "sites"):
         assert (site / f"analyses/{name}.html").exists(), name
         assert name in (site / "index.html").read_text()
+
+
+def test_the_downloads_snippet_loads_the_unit_it_names(demo):
+    page = (demo / "site/downloads.html").read_text()
+    line = re.search(r"^u = (a\.unit\(.*?\))\s+# (\S+)$", html.unescape(page), re.M)
+    with atlas.open(demo) as a:
+        assert eval(line.group(1), {"a": a}).id == line.group(2)
 
 
 def test_optimized_images_beat_the_best_dataset_image_for_most_live_units(demo):
