@@ -97,7 +97,7 @@ def plan_tasks(spec: BuildSpec) -> list[Task]:
             selected = select_layers(lm, site, m.layers, m.units)
             flops = layer_flops(lm, [layer for layer, _ in selected])
             for layer, units in selected:
-                per_unit = 3 * recipe.steps * recipe.batch_copies * flops[layer.index]
+                per_unit = 3 * recipe.images_per_unit() * flops[layer.index]
                 cells = layer.grid[0] * layer.grid[1]
                 unit_bytes = h * w * 3 + 2 * cells * (1 + spec.k) + 16 * spec.k + 64 * recipe.loss_points + 512
                 for start, stop in plan_ranges([], units, spec.shard_units, "viz"):
@@ -274,8 +274,6 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
 def calibrate(spec: BuildSpec, tasks: list[Task]) -> tuple[float, str]:
     """Measured FLOP/s of the engine on this machine's device: a few units of the first model's
     middle layer, a few steps, timed after a warm-up."""
-    import dataclasses
-
     from .visualize import optimize_units
     device = resolve_device(spec.device)
     first = tasks[0].model
@@ -284,9 +282,9 @@ def calibrate(spec: BuildSpec, tasks: list[Task]) -> tuple[float, str]:
     lm.model.to(device)
     layers = [layer for layer, _ in select_layers(lm, tasks[0].site, m.layers, m.units)]
     layer = layers[len(layers) // 2]
-    recipe = dataclasses.replace(recipe_of(spec, m), steps=3)
+    recipe = recipe_of(spec, m).shortened(3)
     units = list(range(min(8, layer.units)))
-    optimize_units(lm, layer, units[:1], [0], dataclasses.replace(recipe, steps=1), device, spec.precision)
+    optimize_units(lm, layer, units[:1], [0], recipe.shortened(1), device, spec.precision)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -294,7 +292,7 @@ def calibrate(spec: BuildSpec, tasks: list[Task]) -> tuple[float, str]:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    flops = 3 * recipe.steps * recipe.batch_copies * len(units) * layer_flops(lm, [layer])[layer.index]
+    flops = 3 * recipe.images_per_unit() * len(units) * layer_flops(lm, [layer])[layer.index]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     return flops / seconds, name
 

@@ -66,6 +66,15 @@ class Recipe:
         """The recipe as plain JSON-able values (stored in every shard)."""
         return dataclasses.asdict(self)
 
+    def images_per_unit(self) -> int:
+        """Image passes (forward to the layer and backward) one unit's optimization costs: the copies
+        of every augmented step, one image per clean step."""
+        return (self.steps - self.clean_steps) * self.batch_copies + self.clean_steps
+
+    def shortened(self, steps: int) -> "Recipe":
+        """The same recipe over ``steps`` steps (trials, calibration) with the same share of clean steps."""
+        return dataclasses.replace(self, steps=steps, clean_steps=self.clean_steps * steps // self.steps)
+
 
 PRESETS = {
     "paper": Recipe(),
@@ -86,7 +95,7 @@ def resolve_recipe(preset: str = "paper", **overrides) -> Recipe:
         raise AtlasError(f"unknown recipe fields {sorted(unknown)}")
     base = PRESETS[preset]
     if "steps" in changes and "clean_steps" not in changes:
-        changes["clean_steps"] = base.clean_steps * changes["steps"] // base.steps
+        base = base.shortened(changes.pop("steps"))
     if "betas" in changes:
         changes["betas"] = tuple(changes["betas"])
     return dataclasses.replace(base, **changes)

@@ -1,7 +1,6 @@
 """Scheduling: which shards to write, in which batches, resuming what a killed run left."""
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,7 +142,7 @@ def auto_batch_units(lm: LoadedModel, layer: Layer, recipe: Recipe, device: torc
     measured one-step trial. On CPU: a 768 MiB budget (much larger CPU batches fall out of cache and
     run slower per image) over an estimate of 4x the module outputs of the unit's copies."""
     if device.type == "cuda":
-        trial = dataclasses.replace(recipe, steps=1)
+        trial = recipe.shortened(1)
         units = list(range(min(2, layer.units)))
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)

@@ -35,6 +35,9 @@ def test_overrides_and_bad_values():
     assert resolve_recipe("quick", steps=8, clean_steps=0).clean_steps == 0
     with pytest.raises(AtlasError, match="--clean-steps"):
         resolve_recipe("paper", steps=4, clean_steps=5)
+    quick = PRESETS["quick"]
+    assert quick.images_per_unit() == (32 - 8) * 4 + 8 and PRESETS["paper"].images_per_unit() == 400 * 8
+    assert quick.shortened(1).clean_steps == 0 and quick.shortened(16).clean_steps == 4
 
 
 def test_unit_seed_is_the_documented_sha256_derivation():
