@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,12 @@ class ImageIndex:
     class_ids: list[str] = field(default_factory=list)   # wnids for ImageNet layouts
     layout: str = "plain"
     ignored: int = 0                 # files without an image ending
+
+    def subset(self, keep, labels: np.ndarray | None = None) -> "ImageIndex":
+        """The images at positions ``keep`` (in that order), with ``labels`` for them if given."""
+        keep = np.asarray(keep, dtype=np.int64)
+        return dataclasses.replace(self, paths=[self.paths[i] for i in keep],
+                                   labels=self.labels[keep] if labels is None else labels)
 
 
 def imagenet_classes() -> tuple[list[str], list[str]]:

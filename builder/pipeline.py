@@ -120,11 +120,11 @@ def shard_done(out: Path, rel: str, part: str = "viz") -> bool:
 
 def check_room(out: Path, needed: int) -> None:
     """The output folder must be writable and have room for ``needed`` bytes."""
-    probe = out / f".write-test-{socket.gethostname()}-{os.getpid()}"
+    test_file = out / f".write-test-{socket.gethostname()}-{os.getpid()}"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"x")
-        probe.unlink()
+        test_file.write_bytes(b"x")
+        test_file.unlink()
     except OSError as e:
         raise AtlasError(f"cannot write into {out} ({e}); choose another [atlas] out")
     free = shutil.disk_usage(out).free

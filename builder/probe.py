@@ -207,14 +207,14 @@ def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | 
                       index.class_names, [(index.paths[i], skipped[i]) for i in sorted(skipped)],
                       {"layout": index.layout, "class_ids": index.class_ids,
                        "candidates_sha256": paths_sha256(index.paths)})
+    part_attrs = {"k": job.k, "images": len(good), "transform": repr(transform),
+                  "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in lm.data_config.items()},
+                  "precision": job.precision, "dataset_paths_sha256": paths_sha256([index.paths[i] for i in good])}
     for layer, probe in zip(layers, probes):
         for start_unit, stop_unit in plan[layer.index]:
             attrs = {**layer_attrs(job.name, lm, layer), "unit_start": start_unit, "unit_stop": stop_unit}
             write_part(out / shard_path(job.name, job.site, layer.index, start_unit, stop_unit), attrs, "probe",
-                       probe.rows(start_unit, stop_unit, new_row),
-                       {"k": job.k, "images": len(good), "transform": repr(transform),
-                        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in lm.data_config.items()},
-                        "precision": job.precision, "dataset_paths_sha256": paths_sha256([index.paths[i] for i in good])})
+                       probe.rows(start_unit, stop_unit, new_row), part_attrs)
     append_log(out, {"stage": "probe", "model": job.name, "site": job.site, "device": str(device),
                      "images": len(index.paths), "seconds": round(seconds, 3),
                      "images_per_s": round((len(index.paths) - start) / max(seconds, 1e-9), 3)})

@@ -9,6 +9,7 @@ import hashlib
 from pathlib import Path
 
 from atlas.analyses import read_analysis, write_analysis
+from atlas.dataset import paths_sha256
 from atlas.format import AtlasError
 from atlas.manifest import sha256_file
 
@@ -23,14 +24,11 @@ def inputs_of(lm, job: AnalysisJob) -> dict:
     """What an analysis's results depend on: the weights, the images and labels, the boxes file and
     the job's settings. A rerun with the same inputs gives the same results."""
     index = job.index
-    images = None
-    if index is not None:
-        digest = hashlib.sha256("\n".join(index.paths).encode())
-        digest.update(index.labels.astype("<i8").tobytes())
-        images = digest.hexdigest()
+    images = paths_sha256(index.paths) if index else None
+    labels = hashlib.sha256(index.labels.astype("<i8").tobytes()).hexdigest() if index else None
     boxes = sha256_file(job.boxes) if job.boxes and Path(job.boxes).is_file() else job.boxes
-    return {"weights": lm.weights, "images": images, "boxes": boxes, "limit": job.limit, "seed": job.seed,
-            "layers": job.layers, "units": job.units, "threshold": job.threshold}
+    return {"weights": lm.weights, "images": images, "labels": labels, "boxes": boxes, "limit": job.limit,
+            "seed": job.seed, "layers": job.layers, "units": job.units, "threshold": job.threshold}
 
 
 def run_analysis(name: str, lm, job: AnalysisJob, resume: bool = False) -> dict:

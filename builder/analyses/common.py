@@ -72,8 +72,7 @@ def labelled(lm, index: ImageIndex, limit: int | None = None) -> ImageIndex:
     keep = np.flatnonzero(labels >= 0)
     if limit and limit < len(keep):
         keep = keep[np.arange(limit) * len(keep) // limit]
-    return ImageIndex(index.root, [index.paths[i] for i in keep], labels[keep], index.class_names,
-                      index.class_ids, index.layout)
+    return index.subset(keep, labels[keep])
 
 
 def loader(dataset: torch.utils.data.Dataset, job: AnalysisJob, collate_fn=collate) -> torch.utils.data.DataLoader:

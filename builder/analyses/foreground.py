@@ -121,8 +121,7 @@ def run(lm, job: AnalysisJob, device: torch.device) -> dict:
     keep = [i for i, p in enumerate(index.paths) if boxes.get(p) and index.labels[i] >= 0]
     if not keep:
         raise AtlasError(f"{NAME}: no labelled image of {index.root} has a box in {job.boxes}")
-    index = labelled(lm, type(index)(index.root, [index.paths[i] for i in keep], index.labels[keep],
-                                index.class_names, index.class_ids, index.layout), job.limit)
+    index = labelled(lm, index.subset(keep), job.limit)
     data = BoxedDataset(index, lm.eval_transform(), boxes, lm.data_config)
     model = lm.model.to(device)
     counts = {v: {1: 0, 5: 0} for v in ("full", "foreground_removed", "background_removed")}
