@@ -65,7 +65,7 @@ def cmd_probe(args, command: str) -> None:
     job = ProbeJob(out=args.out, name=args.name or args.model, site=args.site, layers=args.layers, units=args.units,
                    k=args.k,
                    batch_size=args.batch_size, device=args.device, precision=args.precision,
-                   shard_units=args.shard_units, checkpoint_seconds=args.checkpoint_every, **({"workers": args.workers} if args.workers is not None else {}))
+                   shard_units=args.shard_units, checkpoint_seconds=args.checkpoint_every, workers=args.workers)
     stats = run_probe(lm, index, job, command)
     print(f"probed {stats['layers']} layers ({stats['shards']} shards) on {stats['images']} images into {args.out}")
     if stats.get("skipped"):
@@ -100,7 +100,7 @@ def cmd_analyze(args, command: str) -> None:
     job = AnalysisJob(out=args.out, name=args.name or args.model, index=index, boxes=args.boxes,
                       batch_size=args.batch_size, device=args.device, limit=args.limit, seed=args.seed,
                       layers=args.layers, units=args.units, threshold=args.threshold, command=command,
-                      **({"workers": args.workers} if args.workers is not None else {}))
+                      workers=args.workers)
     done = run_analysis(args.analysis, lm, job)
     print(f"analyses {', '.join(done) or 'none'} of {job.name} written to {args.out}/analyses/")
 

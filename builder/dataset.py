@@ -194,6 +194,11 @@ class ImageDataset(torch.utils.data.Dataset):
             return i, None, str(e)
 
 
+def loader_workers(workers: int | None) -> int:
+    """Decoding processes for a DataLoader: ``workers``, or min(8, CPUs) when None."""
+    return min(8, os.cpu_count() or 1) if workers is None else workers
+
+
 def collate(items):
     """Batch the decodable images; keep (index, reason) of the rest."""
     good = [(i, x) for i, x, _ in items if x is not None]

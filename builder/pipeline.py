@@ -243,7 +243,6 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
         return None
     try:
         index = scan_images(spec.images, spec.labels) if spec.images else None
-        workers = {"workers": spec.workers} if spec.workers is not None else {}
         for m in spec.models:
             if not (m.probe or m.analyses):
                 continue
@@ -252,11 +251,12 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
                 run_probe(lm, index, ProbeJob(out=spec.out, name=m.atlas_name, layers=m.layers, units=m.units,
                                              k=spec.k, batch_size=spec.batch_size,
                                              device=spec.device, shard_units=spec.shard_units, progress=progress,
-                                             **workers), command)
+                                             workers=spec.workers), command)
             for analysis in m.analyses:
                 job = AnalysisJob(out=spec.out, name=m.atlas_name, index=index,
                                   boxes=str(spec.boxes) if spec.boxes else None, batch_size=spec.batch_size,
-                                  device=spec.device, limit=spec.limit, seed=spec.seed, command=command, **workers)
+                                  device=spec.device, limit=spec.limit, seed=spec.seed, command=command,
+                                  workers=spec.workers)
                 run_analysis(analysis, lm, job, resume=True)
         coverage = {}
         for t in tasks:

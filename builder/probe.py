@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from atlas.log import append_log
 from atlas.manifest import write_manifest
 from atlas.shard import remove_stale_temps, replace_atomically, temp_name, write_part
 
-from .dataset import ImageDataset, ImageIndex, collate
+from .dataset import ImageDataset, ImageIndex, collate, loader_workers
 from .models import LoadedModel
 from .schedule import existing_shards, layer_attrs, plan_ranges, resolve_device, select_layers
 from .sites import Layer, run_to
@@ -110,7 +109,7 @@ class ProbeJob:
     units: str = "all"            # which units get probe parts (the pass scores every unit anyway)
     k: int = 16
     batch_size: int = 64
-    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    workers: int | None = None    # decoding processes; None: min(8, CPUs)
     device: str = "auto"
     precision: str = "fp32"
     shard_units: int = 256
@@ -137,7 +136,7 @@ def _fingerprint(job: ProbeJob, lm: LoadedModel, layers: list[Layer], index: Ima
 def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | None = None) -> dict:
     """Probe every unit of the chosen layers on the images of ``index`` and write the probe parts."""
     check_model_name(job.name)
-    if job.k < 1 or job.batch_size < 1 or job.workers < 0:
+    if job.k < 1 or job.batch_size < 1 or (job.workers or 0) < 0:
         raise AtlasError("--k and --batch-size must be at least 1, --workers at least 0")
     device = resolve_device(job.device)
     selected = select_layers(lm, job.site, job.layers, job.units)
@@ -176,7 +175,7 @@ def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | 
 
     transform = lm.eval_transform()
     loader = torch.utils.data.DataLoader(
-        ImageDataset(index, transform, start), batch_size=job.batch_size, num_workers=job.workers,
+        ImageDataset(index, transform, start), batch_size=job.batch_size, num_workers=loader_workers(job.workers),
         collate_fn=collate, pin_memory=device.type == "cuda")
     bar = tqdm(total=len(index.paths), initial=start, unit="img", desc=f"probe {job.name}/{job.site}",
                disable=not job.progress, dynamic_ncols=True, smoothing=0.05)

@@ -1,8 +1,7 @@
 """What the accuracy analyses share: a labelled loader, top-k counting, the job description."""
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import torch
 
 from atlas.format import AtlasError
 
-from ..dataset import ImageDataset, ImageIndex, collate
+from ..dataset import ImageDataset, ImageIndex, collate, loader_workers
 
 
 @dataclass
@@ -21,7 +20,7 @@ class AnalysisJob:
     index: ImageIndex | None = None
     boxes: str | None = None
     batch_size: int = 64
-    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    workers: int | None = None    # decoding processes; None: min(8, CPUs)
     device: str = "auto"
     limit: int | None = None      # at most this many images, evenly spaced in index order
     seed: int = 0
@@ -77,7 +76,7 @@ def labelled(lm, index: ImageIndex, limit: int | None = None) -> ImageIndex:
 
 def loader(dataset: torch.utils.data.Dataset, job: AnalysisJob, collate_fn=collate) -> torch.utils.data.DataLoader:
     """Batches in index order with the job's workers."""
-    return torch.utils.data.DataLoader(dataset, batch_size=job.batch_size, num_workers=job.workers,
+    return torch.utils.data.DataLoader(dataset, batch_size=job.batch_size, num_workers=loader_workers(job.workers),
                                        collate_fn=collate_fn)
 
 
