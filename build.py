@@ -31,6 +31,17 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="the model's name in the atlas (default: --model)")
 
 
+def _device_args(p: argparse.ArgumentParser, precision: bool = True, compile: bool = False) -> None:
+    from builder.device import COMPILE_CHOICES, DEFAULT_COMPILE, DEFAULT_DEVICE, DEFAULT_PRECISION, PRECISIONS
+    p.add_argument("--device", default=DEFAULT_DEVICE, help="auto (cuda when present), cpu, cuda or cuda:N")
+    if precision:
+        p.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
+                       help="auto (default): bf16 on CUDA, fp32 on CPU")
+    if compile:
+        p.add_argument("--compile", default=DEFAULT_COMPILE, choices=COMPILE_CHOICES,
+                       help="torch.compile the engine's step: auto (default) compiles on CUDA only")
+
+
 def _load(args):
     from builder.models import ModelSource, load_model
     try:
@@ -45,11 +56,12 @@ def cmd_visualize(args, command: str) -> None:
     from builder.recipe import resolve_recipe
     from builder.schedule import VisualizeJob, run_visualize
     recipe = resolve_recipe(args.preset, steps=args.steps, batch_copies=args.batch_copies, lr=args.lr,
-                            tv=args.tv, noise=args.noise, clean_steps=args.clean_steps)
+                            tv=args.tv, tv_input=args.tv_input, noise=args.noise, jitter_shared=args.jitter_shared,
+                            clean_steps=args.clean_steps)
     lm = _load(args)
     job = VisualizeJob(out=args.out, name=args.name or args.model, recipe=recipe, site=args.site,
                        layers=args.layers, units=args.units, seed=args.seed, device=args.device,
-                       precision=args.precision, batch_units=args.batch_units, shard_units=args.shard_units)
+                       precision=args.precision, compile=args.compile, batch_units=args.batch_units, shard_units=args.shard_units)
     stats = run_visualize(lm, job, command)
     print(f"visualized {stats['units']} units in {stats['shards']} shards "
           f"({stats['already_done']} were already done) into {args.out}")
@@ -181,16 +193,21 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--site", default="ffn", help="ffn (default), q, k, v, attn or block")
     v.add_argument("--layers", default="all", metavar="SPEC", help="all, 5, 0-3, 0,2,5-7")
     v.add_argument("--units", default="all", metavar="SPEC", help="units of each layer, same SPEC form")
-    v.add_argument("--preset", default="paper", help="paper (default) or quick")
+    v.add_argument("--preset", default="paper", help="paper (default: what the authors' runs optimized), "
+                                                     "paper-text (the paper's text literally) or quick (CPU-sized)")
     v.add_argument("--steps", type=int, help="override the preset's optimization steps")
     v.add_argument("--batch-copies", type=int, help="override the augmented copies per step")
     v.add_argument("--lr", type=float, help="override the Adam learning rate")
-    v.add_argument("--tv", type=float, help="override the total-variation weight")
+    v.add_argument("--tv", type=float, help="override the total-variation weight (against the mean activation)")
+    v.add_argument("--tv-input", choices=("augmented", "unnoised"),
+                   help="TV of the augmented copies, or of the copies before the Gaussian noise")
     v.add_argument("--clean-steps", type=int, help="override how many final steps optimize the unaugmented image")
-    v.add_argument("--noise", choices=("pixel", "channel"), help="Gaussian noise per pixel (paper) or per channel")
+    v.add_argument("--noise", choices=("pixel", "channel"),
+                   help="Gaussian noise per copy and channel (paper preset) or per pixel (paper-text)")
+    v.add_argument("--jitter-shared", action=argparse.BooleanOptionalAction, default=None,
+                   help="one shift for all copies of a step (paper preset), or one per copy (--no-jitter-shared)")
     v.add_argument("--seed", type=int, default=0, help="seed from which each unit's seed is derived")
-    v.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
-    v.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    _device_args(v, compile=True)
     v.add_argument("--batch-units", type=int, help="units per batch (default: as many as fit in memory)")
     v.add_argument("--shard-units", type=int, default=256, help="units per shard file (default 256)")
     v.add_argument("--out", required=True, help="atlas folder")
@@ -206,8 +223,7 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--k", type=int, default=16, help="images kept per unit (default 16)")
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--workers", type=int, help="decoding processes (default: min(8, CPUs))")
-    pr.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
-    pr.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    _device_args(pr)
     pr.add_argument("--shard-units", type=int, default=256, help="units per new shard file (default 256)")
     pr.add_argument("--checkpoint-every", type=float, default=300, metavar="SECONDS",
                     help="save the running state this often, so a killed pass resumes (default 300)")
@@ -228,7 +244,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--batch-size", type=int, default=64)
     a.add_argument("--workers", type=int)
-    a.add_argument("--device", default="auto")
+    _device_args(a, precision=False)
     a.add_argument("--out", required=True, help="atlas folder")
     a.set_defaults(run=cmd_analyze)
 

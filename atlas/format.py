@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 MANIFEST = "manifest.json"
 DATASET = "dataset.h5"
 SHARDS = "shards"

@@ -1,51 +1,68 @@
-"""Engine throughput vs the naive loop (one unit at a time, full forward, as the authors' code).
+"""Engine throughput against one-unit loops, in one run.
 
-    python benchmarks/engine.py                       # CPU: vit_tiny_patch16_224, random weights
-    python benchmarks/engine.py --model vit_base_patch16_224 --device cuda --precision bf16 \
-        --steps 20 --units-per-layer 64 --naive-units 2
+    python benchmarks/engine.py                                  # CPU: vit_tiny_patch16_224, layers 0, 5, 11
+    python benchmarks/engine.py --model vit_atlas_demo --against authors
+    python benchmarks/engine.py --model vit_base_patch16_224 --device cuda --steps 40   # on a GPU
 
-Both sides run the same recipe, augmentations and loss; the naive loop optimizes each unit alone
-and runs the whole model (all blocks and the head) every step. Prints units/s for both and the
-ratio; on CUDA also the achieved TFLOP/s (counted with torch's FLOP counter) and the projected
-hours for every FFN unit of the model.
+Both sides run the same preset (``paper`` by default) on the model's first, middle and last FFN
+layers. The engine optimizes a batch of units per layer (sized as ``build.py visualize`` sizes it),
+stopped at the unit's layer, in the default precision and compile mode of the device. The baselines
+optimize one unit at a time and run the whole model every step:
+
+- ``naive``: this project's recipe and augmentations, the plain fp32 model (autocast for bf16);
+- ``authors``: the port of the authors' loop (benchmarks/authors_loop.py), their recipe exactly.
+
+Rates are *marginal* units/s: each layer is timed with n and 2n units and the rate is n / (t(2n) -
+t(n)), which leaves out fixed costs (warm-up, compilation, the final measurement); a one-unit loop has
+no such costs, so its rate is units / time. ``--steps`` shortens every run (rates scale with 1/steps;
+figures are projected to the preset's full length). Prints units/s, the ratio, achieved TFLOP/s
+(FLOPs of the engine's own passes: forward to the unit, backward to the pixels, no weight gradients,
+counted by torch's FLOP counter), its share of ``--peak-tflops`` on CUDA, and the projected hours
+for all of the model's FFN units.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 
 import torch
 
-from builder.augment import augment, draw
+from authors_loop import authors_unit
+from builder.augment import augment, draw, initial_images
+from builder.counter_rng import seed_tensor
+from builder.device import autocast, resolve_compile, resolve_device, resolve_precision
+from builder.forward import image_pass_flops, unit_forward
 from builder.models import ModelSource, load_model
-from builder.objective import unit_losses
+from builder.objective import total_variation, unit_losses
 from builder.recipe import resolve_recipe, unit_seed
-from builder.schedule import auto_batch_units, resolve_device
-from builder.sites import find_layers, run_to
-from builder.visualize import autocast, optimize_units
+from builder.schedule import auto_batch_units
+from builder.sites import find_layers
+from builder.visualize import Step, optimize_units
 
 
 def naive_unit(lm, layer, unit, seed, recipe, device, precision):
-    """One unit alone, full forward every step (the authors' loop, with this project's recipe)."""
+    """One unit alone with this project's recipe, the whole fp32 model (all blocks and the head) every
+    step, read by a forward hook: the loop a first implementation would write."""
     H, W = lm.input_size
-    g = torch.Generator(device=device).manual_seed(seed)
-    image = torch.rand(1, 3, H, W, generator=g, device=device).requires_grad_(True)
+    seeds = seed_tensor([seed], device)
+    image = initial_images(seeds, (H, W)).requires_grad_(True)
     optimizer = torch.optim.Adam([image], lr=recipe.lr, betas=recipe.betas)
     captured = {}
     module = lm.model.get_submodule(layer.module)
     handle = module.register_forward_hook(lambda m, i, o: captured.__setitem__("grid", layer.to_grid(o)))
+    channel = torch.tensor([unit] * recipe.batch_copies, device=device)
     try:
         for step in range(recipe.steps):
             for group in optimizer.param_groups:
-                group["lr"] = recipe.lr * 0.5 * (1 + math.cos(math.pi * step / recipe.steps))
-            copies = augment(image, draw([g], recipe, (H, W), device), recipe.noise_std(step))
+                group["lr"] = recipe.lr_at(step)
+            copies = augment(image, draw(seeds, step, recipe, (H, W)))
             with autocast(device, precision):
-                lm.model(lm.normalize(copies))  # the whole model, head included
-            loss = unit_losses(captured["grid"], copies, torch.tensor([unit], device=device),
-                               recipe.batch_copies, recipe.tv).sum()
+                lm.model(lm.normalize(copies))
+            grid = captured["grid"]
+            maps = grid.gather(3, channel.view(-1, 1, 1, 1).expand(*grid.shape[:3], 1)).squeeze(3)
+            loss = unit_losses(maps, total_variation(copies).view(1, -1), recipe.tv).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -60,83 +77,112 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def step_flops(lm, layer, n_images, device, precision) -> float:
-    """FLOPs of one optimization step on ``n_images`` augmented copies (forward to the layer and
-    backward to the pixels), by torch's FLOP counter (matrix products and attention)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    x = torch.rand(n_images, 3, *lm.input_size, device=device, requires_grad=True)
-    with FlopCounterMode(display=False) as counter:
-        with autocast(device, precision):
-            (grid,) = run_to(lm.model, lm.normalize(x), [layer])
-        grid[..., 0].float().mean().backward()
-    return counter.get_total_flops()
+def timed(fn, device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="vit_tiny_patch16_224")
     p.add_argument("--model-args", default="{}", help="JSON keyword arguments for timm.create_model")
-    p.add_argument("--preset", default="quick")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--steps", type=int, default=20, help="steps of every run (default 20; the preset's own: 0)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="fp32")
-    p.add_argument("--units-per-layer", type=int, default=8, help="engine: units per layer, all layers")
-    p.add_argument("--naive-units", type=int, default=1, help="naive loop: units per layer, all layers")
-    p.add_argument("--batch-units", type=int, help="engine batch (default: auto)")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--compile", default="auto")
+    p.add_argument("--layers", help="comma-separated layers (default: first, middle, last)")
+    p.add_argument("--units", type=int, help="engine units per layer, n (default: what fits in one batch)")
+    p.add_argument("--against", default="naive", help="naive, authors, or naive,authors")
+    p.add_argument("--baseline-units", type=int, default=1, help="units per layer for each baseline")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="the card's dense bf16 peak (H100 SXM: 989)")
+    p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args()
 
     device = resolve_device(args.device)
-    # augmented steps only on both sides (the naive loop is the authors', which has no clean steps)
-    recipe = resolve_recipe(args.preset, steps=args.steps, clean_steps=0)
-    lm = load_model(ModelSource(args.model, random_init=True), **json.loads(args.model_args))
+    precision = resolve_precision(args.precision, device)
+    compiled = resolve_compile(args.compile, device)
+    full = resolve_recipe(args.preset)
+    recipe = resolve_recipe(args.preset, steps=args.steps) if args.steps else full
+    demo = args.model == "vit_atlas_demo"
+    if demo:
+        from builder.demo.models import weights_file
+        source = ModelSource(args.model, checkpoint=str(weights_file(args.model)))
+    else:
+        source = ModelSource(args.model, random_init=True)
+    lm = load_model(source, **json.loads(args.model_args))
     lm.model.to(device)
     layers = find_layers(lm.model, "ffn", lm.input_size)
+    picked = ([int(i) for i in args.layers.split(",")] if args.layers
+              else sorted({0, (len(layers) - 1) // 2, len(layers) - 1}))
     total_units = sum(layer.units for layer in layers)
+    step = Step(compiled, device)
 
-    # warm-up (allocator, kernels)
-    optimize_units(lm, layers[0], [0], [1], resolve_recipe(args.preset, steps=2, clean_steps=0), device, args.precision)
+    engine_s, engine_units, flops = 0.0, 0, 0.0
+    for index in picked:
+        layer = layers[index]
+        forward = unit_forward(lm, layer, torch.float32 if precision == "fp32" else torch.bfloat16, device)
+        n = args.units or min(layer.units // 2, auto_batch_units(lm, layer, recipe, device, precision, forward))
+        seeds = [unit_seed("bench", "ffn", index, u, 0) for u in range(2 * n)]
 
-    sync(device)
-    t0 = time.perf_counter()
-    done = 0
-    for layer in layers:
-        units = list(range(args.units_per_layer))
-        batch = args.batch_units or auto_batch_units(lm, layer, recipe, device, args.precision)
-        for i in range(0, len(units), batch):
-            chunk = units[i:i + batch]
-            optimize_units(lm, layer, chunk, [unit_seed("bench", "ffn", layer.index, u, 0) for u in chunk],
-                           recipe, device, args.precision)
-        done += len(units)
-    sync(device)
-    engine_s = time.perf_counter() - t0
-    engine_rate = done / engine_s
+        def run(count):
+            optimize_units(lm, layer, list(range(count)), seeds[:count], recipe, device, precision, forward, step)
+        run(n)  # warm-up and compilation for both batch sizes' shapes
+        run(2 * n)
+        t_n, t_2n = timed(lambda: run(n), device), timed(lambda: run(2 * n), device)
+        engine_s += t_2n - t_n
+        engine_units += n
+        flops += n * recipe.images_per_unit() * image_pass_flops(lm, layer, device)
+        print(f"  engine L{index}: {n} units in {t_n:.1f} s, {2 * n} in {t_2n:.1f} s -> "
+              f"{n / (t_2n - t_n):.3f} units/s marginal", flush=True)
+    engine_rate = engine_units / engine_s
 
-    t0 = time.perf_counter()
-    naive_done = 0
-    for layer in layers:
-        for u in range(args.naive_units):
-            naive_unit(lm, layer, u, unit_seed("bench", "ffn", layer.index, u, 0), recipe, device, args.precision)
-            naive_done += 1
-    sync(device)
-    naive_s = time.perf_counter() - t0
-    naive_rate = naive_done / naive_s
+    baselines = {}
+    for name in args.against.split(","):
+        seconds, done = 0.0, 0
+        for index in picked:
+            layer = layers[index]
+            for u in range(args.baseline_units):
+                seed = unit_seed("bench", "ffn", index, u, 0)
+                if name == "naive":
+                    seconds += timed(lambda: naive_unit(lm, layer, u, seed, recipe, device, precision), device)
+                elif name == "authors":
+                    seconds += timed(lambda: authors_unit(lm.model, index, u, lm.input_size, seed, recipe.steps,
+                                                          device), device)
+                else:
+                    raise SystemExit(f"unknown baseline {name!r}: naive or authors")
+                done += 1
+        baselines[name] = done / seconds
+        print(f"  {name} loop: {done} units in {seconds:.1f} s", flush=True)
 
     cpu = platform.processor() or platform.machine()
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {cpu}, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; model {args.model} {args.model_args} (random weights); "
-          f"recipe {recipe.preset} steps={recipe.steps} copies={recipe.batch_copies}; precision {args.precision}")
-    print(f"engine: {done} units in {engine_s:.1f} s = {engine_rate:.3f} units/s")
-    print(f"naive:  {naive_done} units in {naive_s:.1f} s = {naive_rate:.3f} units/s")
-    print(f"ratio:  {engine_rate / naive_rate:.2f}x")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {cpu}, {torch.get_num_threads()} threads"
+    scale = recipe.images_per_unit() / full.images_per_unit()
+    print(f"device: {where}; torch {torch.__version__}; model {args.model} {args.model_args} "
+          f"({'demo weights' if demo else 'random weights'}); layers {picked}; preset {recipe.preset} "
+          f"run for {recipe.steps} of {full.steps} steps; precision {precision}; compile {compiled}")
+    print(f"engine: {engine_rate:.3f} units/s marginal ({engine_rate * scale:.4f} units/s at {full.steps} steps)")
+    figures = {"engine_units_per_s": engine_rate, "steps": recipe.steps, "device": where, "precision": precision,
+               "compile": compiled, "model": args.model, "layers": picked}
+    for name, rate in baselines.items():
+        print(f"{name}: {rate:.3f} units/s -> engine / {name} = {engine_rate / rate:.2f}x")
+        figures[f"{name}_units_per_s"] = rate
+    tflops = flops / engine_s / 1e12
+    hours = total_units / (engine_rate * scale) / 3600
+    figures.update(tflops=tflops, projected_hours=hours, total_units=total_units)
+    line = f"achieved: {tflops:.2f} TFLOP/s"
     if device.type == "cuda":
-        flops = recipe.steps * sum(step_flops(lm, layer, args.units_per_layer * recipe.batch_copies, device,
-                                              args.precision) for layer in layers)
-        tflops = flops / engine_s / 1e12
-        print(f"achieved: {tflops:.1f} TFLOP/s = {100 * tflops / args.peak_tflops:.1f}% of {args.peak_tflops} peak")
-        full = resolve_recipe("paper")
-        hours = total_units / engine_rate * (full.steps * full.batch_copies) / (recipe.steps * recipe.batch_copies) / 3600
-        print(f"projected: {total_units} FFN units with preset paper: {hours:.1f} h")
+        line += f" = {100 * tflops / args.peak_tflops:.1f}% of the {args.peak_tflops:g} TFLOP/s bf16 peak"
+        figures["peak_share"] = tflops / args.peak_tflops
+    print(line)
+    print(f"projected: all {total_units:,} FFN units of {args.model} with preset {full.preset}: {hours:.2f} h "
+          f"on this device (at these layers' mean rate)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Loading timm models: pretrained, from a local checkpoint, or randomly initialized."""
 from __future__ import annotations
 
+import copy
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import timm
@@ -40,12 +41,29 @@ class LoadedModel:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     data_config: dict
+    _copies: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def normalization(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's mean and std as float32 [3] tensors on ``device`` (made once per device)."""
+        key = ("normalization", str(device))
+        if key not in self._copies:
+            self._copies[key] = (torch.tensor(self.mean, device=device), torch.tensor(self.std, device=device))
+        return self._copies[key]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Map [0,1] pixels to the model's input space (its own mean/std)."""
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        return (x - mean) / std
+        mean, std = self.normalization(x.device)
+        return (x - mean.view(1, 3, 1, 1).to(x.dtype)) / std.view(1, 3, 1, 1).to(x.dtype)
+
+    def cast(self, dtype: torch.dtype, device) -> nn.Module:
+        """The model on ``device`` with its floating-point weights in ``dtype``: the model itself for
+        float32, else a copy made once and kept (the engine's weights are never re-cast per step)."""
+        if dtype == torch.float32:
+            return self.model.to(device)
+        key = ("model", dtype, str(device))
+        if key not in self._copies:
+            self._copies[key] = copy.deepcopy(self.model).to(device=device, dtype=dtype)
+        return self._copies[key]
 
     def eval_transform(self):
         """timm's eval transform for this model (resize, center crop, normalize)."""

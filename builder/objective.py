@@ -4,34 +4,37 @@ from __future__ import annotations
 import torch
 
 
-def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """TV of each image of ``x`` [B, C, H, W] -> [B]: for the horizontal, vertical and both diagonal
-    neighbour differences, the (unsquared) L2 norm over the image of each channel, averaged over
-    channels, summed over the four directions (as the authors' code does)."""
+def channel_total_variation(x: torch.Tensor) -> torch.Tensor:
+    """TV of each channel of each image: x [B, C, H, W] -> [B, C], the sum over the horizontal,
+    vertical and both diagonal neighbour differences of their unsquared L2 norm over the image."""
     diffs = (
         x[:, :, :, 1:] - x[:, :, :, :-1],
         x[:, :, 1:, :] - x[:, :, :-1, :],
         x[:, :, 1:, 1:] - x[:, :, :-1, :-1],
         x[:, :, 1:, :-1] - x[:, :, :-1, 1:],
     )
-    return sum(d.flatten(2).norm(dim=2).mean(dim=1) for d in diffs)
+    return sum(d.flatten(2).norm(dim=2) for d in diffs)
 
 
-def unit_activation(grid: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
-    """Each image's activation of its own unit: grid [B, h, w, D], units long [B] -> [B] (mean over
-    the patch grid) and its map [B, h, w]."""
-    B, h, w, D = grid.shape
-    maps = grid.gather(3, units.view(B, 1, 1, 1).expand(B, h, w, 1)).squeeze(3)
-    return maps.float().mean(dim=(1, 2)), maps
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """TV of each image of ``x`` [B, C, H, W] -> [B]: the channel TVs averaged over channels (the
+    authors' TV, which also averages over the copies of a batch)."""
+    return channel_total_variation(x).mean(dim=1)
 
 
-def unit_losses(grid: torch.Tensor, augmented: torch.Tensor, units: torch.Tensor, copies: int,
-                tv_weight: float) -> torch.Tensor:
-    """Per-unit loss [U] = -(activation averaged over copies) + tv_weight * (TV averaged over copies).
+def unit_maps(grid: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+    """Each image's own channel of a patch grid: grid [B, h, w, D], channels long [B] -> [B, h, w]."""
+    B, h, w, _ = grid.shape
+    return grid.gather(3, channels.view(B, 1, 1, 1).expand(B, h, w, 1)).squeeze(3)
 
-    ``grid`` and ``augmented`` hold ``copies`` adjacent rows per unit; ``units`` holds one channel per
-    unit. Losses are per unit so that summing them gives each image its own gradient.
+
+def unit_losses(maps: torch.Tensor, tv: torch.Tensor, tv_weight: float) -> torch.Tensor:
+    """Per-unit loss [U] = mean over the unit's copies of (-activation + tv_weight * TV).
+
+    ``maps`` [U * C, h, w] holds each copy's values of its own unit on the patch grid (a unit's C
+    copies adjacent), ``tv`` [U, C] each copy's TV. The activation is the mean over the patch grid.
+    Losses are per unit so that summing them gives each image its own gradient.
     """
-    activation, _ = unit_activation(grid, units.repeat_interleave(copies))
-    tv = total_variation(augmented.float())
-    return (-activation + tv_weight * tv).view(-1, copies).mean(dim=1)
+    U, C = tv.shape
+    activation = maps.float().mean(dim=(1, 2)).view(U, C)
+    return (-activation + tv_weight * tv).mean(dim=1)

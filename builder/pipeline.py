@@ -27,8 +27,9 @@ from atlas.shard import parts_of, remove_stale_temps
 from .models import LoadedModel, ModelSource, load_model
 from .parts import Part, partition
 from .recipe import Recipe
-from .schedule import VisualizeJob, plan_ranges, resolve_device, select_layers, visualize_shards
-from .sites import Layer, run_to
+from .device import resolve_device, resolve_precision
+from .forward import image_pass_flops
+from .schedule import VisualizeJob, plan_ranges, select_layers, visualize_shards
 from .spec import BuildSpec, ModelSpec, dump_spec, load_spec
 
 LOCK = ".finalize.lock"
@@ -64,26 +65,6 @@ def recipe_of(spec: BuildSpec, m: ModelSpec) -> Recipe:
     return m.recipe or spec.recipe
 
 
-@torch.no_grad()
-def layer_flops(lm: LoadedModel, layers: list[Layer]) -> dict[int, float]:
-    """Forward FLOPs of one image up to each layer (one counted forward pass, read at every layer)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    at: dict[int, float] = {}
-    counter = FlopCounterMode(display=False)
-    handles = []
-    for layer in layers:
-        def mark(_m, _i, _o, index=layer.index):
-            at.setdefault(index, counter.get_total_flops())
-        handles.append(lm.model.get_submodule(layer.module).register_forward_hook(mark))
-    try:
-        with counter:
-            run_to(lm.model, torch.rand(1, 3, *lm.input_size), layers)
-    finally:
-        for h in handles:
-            h.remove()
-    return at
-
-
 def plan_tasks(spec: BuildSpec) -> list[Task]:
     """Every visualization shard the spec asks for, with its estimated cost, in a fixed order."""
     tasks = []
@@ -94,10 +75,8 @@ def plan_tasks(spec: BuildSpec) -> list[Task]:
         recipe = recipe_of(spec, m)
         h, w = lm.input_size
         for site in m.sites:
-            selected = select_layers(lm, site, m.layers, m.units)
-            flops = layer_flops(lm, [layer for layer, _ in selected])
-            for layer, units in selected:
-                per_unit = 3 * recipe.images_per_unit() * flops[layer.index]
+            for layer, units in select_layers(lm, site, m.layers, m.units):
+                per_unit = recipe.images_per_unit() * image_pass_flops(lm, layer)
                 cells = layer.grid[0] * layer.grid[1]
                 unit_bytes = h * w * 3 + 2 * cells * (1 + spec.k) + 16 * spec.k + 64 * recipe.loss_points + 512
                 for start, stop in plan_ranges([], units, spec.shard_units, "viz"):
@@ -184,7 +163,7 @@ def run_spec(spec: BuildSpec, part: Part, command: str, progress: bool = True) -
             if plan:
                 job = VisualizeJob(out=spec.out, name=m.atlas_name, recipe=recipe_of(spec, m), site=site,
                                    seed=spec.seed, device=str(device), precision=spec.precision,
-                                   batch_units=spec.batch_units, shard_units=spec.shard_units, progress=progress)
+                                   compile=spec.compile, batch_units=spec.batch_units, shard_units=spec.shard_units, progress=progress)
                 visualize_shards(lm, job, plan, device)
     stats = {"part": part.index, "parts": part.count, "shards": len(mine), "computed": len(todo),
              "finalized": False}
@@ -273,9 +252,10 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
 
 def calibrate(spec: BuildSpec, tasks: list[Task]) -> tuple[float, str]:
     """Measured FLOP/s of the engine on this machine's device: a few units of the first model's
-    middle layer, a few steps, timed after a warm-up."""
+    middle layer, a few steps, timed after a warm-up, in the spec's precision (not compiled)."""
     from .visualize import optimize_units
     device = resolve_device(spec.device)
+    precision = resolve_precision(spec.precision, device)
     first = tasks[0].model
     m = spec.models[first]
     lm = load_spec_model(m, weights=False)
@@ -284,15 +264,15 @@ def calibrate(spec: BuildSpec, tasks: list[Task]) -> tuple[float, str]:
     layer = layers[len(layers) // 2]
     recipe = recipe_of(spec, m).shortened(3)
     units = list(range(min(8, layer.units)))
-    optimize_units(lm, layer, units[:1], [0], recipe.shortened(1), device, spec.precision)
+    optimize_units(lm, layer, units[:1], [0], recipe.shortened(1), device, precision)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    optimize_units(lm, layer, units, list(range(len(units))), recipe, device, spec.precision)
+    optimize_units(lm, layer, units, list(range(len(units))), recipe, device, precision)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    flops = 3 * recipe.images_per_unit() * len(units) * layer_flops(lm, [layer])[layer.index]
+    flops = recipe.images_per_unit() * len(units) * image_pass_flops(lm, layer, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     return flops / seconds, name
 

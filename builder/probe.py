@@ -26,9 +26,9 @@ from atlas.shard import remove_stale_temps, replace_atomically, temp_name, write
 
 from .dataset import ImageDataset, ImageIndex, collate, loader_workers
 from .models import LoadedModel
-from .schedule import existing_shards, layer_attrs, plan_ranges, resolve_device, select_layers
+from .device import DEFAULT_DEVICE, DEFAULT_PRECISION, autocast, resolve_device, resolve_precision
+from .schedule import existing_shards, layer_attrs, plan_ranges, select_layers
 from .sites import Layer, run_to
-from .visualize import autocast
 
 
 def hist_edges() -> np.ndarray:
@@ -110,8 +110,8 @@ class ProbeJob:
     k: int = 16
     batch_size: int = 64
     workers: int | None = None    # decoding processes; None: min(8, CPUs)
-    device: str = "auto"
-    precision: str = "fp32"
+    device: str = DEFAULT_DEVICE
+    precision: str = DEFAULT_PRECISION
     shard_units: int = 256
     checkpoint_seconds: float = 300.0
     progress: bool = True
@@ -139,6 +139,7 @@ def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | 
     if job.k < 1 or job.batch_size < 1 or (job.workers or 0) < 0:
         raise AtlasError("--k and --batch-size must be at least 1, --workers at least 0")
     device = resolve_device(job.device)
+    job.precision = resolve_precision(job.precision, device)
     selected = select_layers(lm, job.site, job.layers, job.units)
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)

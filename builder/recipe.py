@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from dataclasses import dataclass
 
 from atlas.format import AtlasError
@@ -12,31 +13,29 @@ from atlas.format import AtlasError
 class Recipe:
     """Everything that decides a unit's optimized image besides the model and the seeds.
 
-    Each step optimizes ``batch_copies`` augmented copies A(x) = GS(CS(Jitter(x))) of the image x:
-    Jitter rolls the image circularly by integers in [-jitter, jitter] per axis (``jitter`` is given
-    for a ``jitter_reference``-pixel side and scaled with the image), CS(x) = sigma*x + mu with
-    mu ~ U(-color_shift_mean, color_shift_mean) and sigma = exp(U(-color_shift_log_std, ...)) per copy
-    and channel, and GS adds Gaussian noise whose std falls linearly from ``noise_start`` to
-    ``noise_end`` over the run (per pixel as in the paper, or per copy and channel as in the
-    authors' code with ``noise="channel"``). The loss is
-    -mean over copies and patch tokens of the unit's activation + ``tv`` * TV(A(x)). The last
-    ``clean_steps`` steps (0 in the paper) optimize the unaugmented image alone, one copy.
+    Each step optimizes ``batch_copies`` augmented copies A(x) = GS(CS(Jitter(x))) of the image x and
+    minimizes  -mean_copies(activation) + tv * mean_copies(TV(copy)),  the activation being the unit's
+    mean over patch tokens. The defaults are the ``paper`` preset: what the authors' runs behind the
+    paper's figures optimized (docs/DECISIONS.md, "The paper preset"); ``paper-text`` follows the
+    paper's text literally.
     """
-    preset: str = "paper"
-    steps: int = 400
-    batch_copies: int = 8
-    lr: float = 0.1
+    preset: str = "paper"              # the preset these values started from
+    steps: int = 400                   # optimizer steps (must be at least 1)
+    batch_copies: int = 8              # augmented copies of the image per step
+    lr: float = 0.1                    # Adam's learning rate, cosine-annealed to 0 (lr_at)
     betas: tuple[float, float] = (0.5, 0.99)
-    tv: float = 5e-5
-    jitter: int = 32
-    jitter_reference: int = 224
-    color_shift_mean: float = 1.0
-    color_shift_log_std: float = 1.0
-    noise_start: float = 0.5
-    noise_end: float = 0.0
-    noise: str = "pixel"
-    clean_steps: int = 0
-    loss_points: int = 16
+    tv: float = 4e-4                   # TV weight against the copies' *mean* activation; their runs: 8 x 5e-5
+    tv_input: str = "augmented"        # TV of the augmented copies, or "unnoised": the copies before GS
+    jitter: int = 32                   # largest circular shift per axis, for a jitter_reference-pixel side
+    jitter_reference: int = 224        # the side jitter is given for; scaled for other sides
+    jitter_shared: bool = True         # one shift for all copies of a step (their code), else one per copy
+    color_shift_mean: float = 1.0      # CS: mu ~ U(-a, a) per copy and channel
+    color_shift_log_std: float = 1.0   # CS: sigma = exp(U(-b, b)) per copy and channel; CS(x) = sigma*x + mu
+    noise_start: float = 0.5           # GS: noise std at the first step, falling linearly ...
+    noise_end: float = 0.0             # ... to this at the last (noise_std)
+    noise: str = "channel"             # GS: one offset per copy and channel (their code), or "pixel" (paper text)
+    clean_steps: int = 0               # the last steps optimize the unaugmented image alone, one copy
+    loss_points: int = 16              # how many steps the stored loss curve samples
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_copies < 1:
@@ -47,10 +46,16 @@ class Recipe:
             raise AtlasError("--clean-steps must be between 0 and --steps")
         if self.noise not in ("pixel", "channel"):
             raise AtlasError(f"noise must be 'pixel' or 'channel', not {self.noise!r}")
+        if self.tv_input not in ("augmented", "unnoised"):
+            raise AtlasError(f"tv_input must be 'augmented' or 'unnoised', not {self.tv_input!r}")
 
     def jitter_pixels(self, size: tuple[int, int]) -> tuple[int, int]:
         """The largest shift, in pixels, for an image of ``size`` (H, W)."""
         return tuple(round(self.jitter * s / self.jitter_reference) for s in size)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate at ``step``: cosine annealing from ``lr`` to 0 over the run."""
+        return self.lr * 0.5 * (1 + math.cos(math.pi * step / self.steps))
 
     def noise_std(self, step: int) -> float:
         """Std of the Gaussian noise at ``step`` (linear from noise_start to noise_end)."""
@@ -78,6 +83,9 @@ class Recipe:
 
 PRESETS = {
     "paper": Recipe(),
+    # the paper's text taken literally: per-pixel noise that TV sees, one shift per copy, and the
+    # paper's lambda against the mean activation (8x weaker than in the authors' runs)
+    "paper-text": Recipe(preset="paper-text", tv=5e-5, noise="pixel", jitter_shared=False),
     # CPU-sized: fewer copies and steps with a larger step size, and the last 8 steps on the clean
     # image so the stored image's own activation climbs (the paper's copies never see it as is).
     "quick": Recipe(preset="quick", steps=32, batch_copies=4, lr=0.2, clean_steps=8),

@@ -14,10 +14,13 @@ from atlas.log import append_log
 from atlas.manifest import scan_shards, write_manifest
 from atlas.shard import remove_stale_temps, write_part
 
+from .device import (DEFAULT_COMPILE, DEFAULT_DEVICE, DEFAULT_PRECISION, compute_dtype, resolve_compile,
+                     resolve_device, resolve_precision)
+from .forward import unit_forward
 from .models import LoadedModel
 from .recipe import Recipe, unit_seed
 from .sites import Layer, find_layers, run_to
-from .visualize import optimize_units
+from .visualize import Step, optimize_units
 
 # Shard attributes that must agree between every part written into one atlas for a model.
 IDENTITY = ("arch", "weights", "image_size")
@@ -43,17 +46,6 @@ def parse_spec(spec: str, valid: list[int], what: str) -> list[int]:
         shown = f"{min(valid)}-{max(valid)}" if valid == list(range(min(valid), max(valid) + 1)) else valid
         raise AtlasError(f"--{what} {spec}: {outside[:10]} out of range (valid: {shown})")
     return sorted(chosen)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' (cuda when present), 'cpu', 'cuda' or 'cuda:N'."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AtlasError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
-    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
-        raise AtlasError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}")
-    return torch.device(name)
 
 
 def plan_ranges(existing: list[tuple[int, int, list[str]]], wanted: list[int], shard_units: int,
@@ -137,23 +129,31 @@ def bytes_per_image(lm: LoadedModel, layer: Layer, device: torch.device) -> int:
 
 
 def auto_batch_units(lm: LoadedModel, layer: Layer, recipe: Recipe, device: torch.device,
-                     precision: str = "fp32") -> int:
-    """Units per batch. On CUDA: 80% of the available memory over the peak one unit needed in a
-    measured one-step trial. On CPU: a 768 MiB budget (much larger CPU batches fall out of cache and
-    run slower per image) over an estimate of 4x the module outputs of the unit's copies."""
+                     precision: str = "fp32", forward=None) -> int:
+    """Units that fit in one batch. On CUDA: 80% of the available memory over the peak one unit needed
+    in a measured one-step trial. On CPU: a 768 MiB budget (much larger CPU batches fall out of cache
+    and run slower per image) over an estimate of 4x the module outputs of the unit's copies."""
     if device.type == "cuda":
         trial = recipe.shortened(1)
         units = list(range(min(2, layer.units)))
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        optimize_units(lm, layer, units, units, trial, device, precision)
+        optimize_units(lm, layer, units, units, trial, device, precision, forward)
         per_unit = (torch.cuda.max_memory_allocated(device) - base) / len(units)
         available = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) \
             - torch.cuda.memory_allocated(device)
         return max(1, int(0.8 * available // max(per_unit, 1)))
     per_unit = 4 * recipe.batch_copies * bytes_per_image(lm, layer, device)
     return max(1, int(768 * 2**20 // max(per_unit, 1)))
+
+
+def balanced_batches(n: int, fit: int) -> list[int]:
+    """Sizes of the fewest batches of at most ``fit`` that hold ``n`` units, as equal as possible
+    (``ceil(n / ceil(n / fit))`` or one less): 256 units at 115 per batch run as 86 + 85 + 85, not
+    115 + 115 + 26."""
+    count = -(-n // max(fit, 1))
+    return [n // count + (i < n % count) for i in range(count)] if n else []
 
 
 @dataclass
@@ -166,8 +166,9 @@ class VisualizeJob:
     layers: str = "all"
     units: str = "all"
     seed: int = 0
-    device: str = "auto"
-    precision: str = "fp32"
+    device: str = DEFAULT_DEVICE
+    precision: str = DEFAULT_PRECISION
+    compile: str = DEFAULT_COMPILE
     batch_units: int | None = None
     shard_units: int = 256
     max_retries: int = 2
@@ -175,12 +176,22 @@ class VisualizeJob:
     stats: dict = field(default_factory=dict)
 
 
-def _optimize_with_retries(job: VisualizeJob, lm: LoadedModel, layer: Layer, units: list[int],
+@dataclass
+class LayerRun:
+    """What every batch of one layer shares: the forward, the (compiled) step, the resolved precision."""
+    layer: Layer
+    precision: str
+    forward: object
+    step: Step
+
+
+def _optimize_with_retries(job: VisualizeJob, lm: LoadedModel, run: LayerRun, units: list[int],
                            device: torch.device):
     """Optimize ``units``; units whose run hit NaN/inf are rerun with a derived seed (up to
     ``job.max_retries`` times) and flagged ``failed`` if it persists."""
+    layer = run.layer
     seeds = [unit_seed(job.name, layer.site, layer.index, u, job.seed) for u in units]
-    result = optimize_units(lm, layer, units, seeds, job.recipe, device, job.precision)
+    result = optimize_units(lm, layer, units, seeds, job.recipe, device, run.precision, run.forward, run.step)
     retries = np.zeros(len(units), np.uint8)
     for attempt in range(1, job.max_retries + 1):
         bad = np.flatnonzero(~result.finite)
@@ -188,76 +199,100 @@ def _optimize_with_retries(job: VisualizeJob, lm: LoadedModel, layer: Layer, uni
             break
         again = [units[i] for i in bad]
         new_seeds = [unit_seed(job.name, layer.site, layer.index, u, job.seed, attempt) for u in again]
-        redo = optimize_units(lm, layer, again, new_seeds, job.recipe, device, job.precision)
+        redo = optimize_units(lm, layer, again, new_seeds, job.recipe, device, run.precision, run.forward, run.step)
         for j, i in enumerate(bad):
             for name in ("image", "activation", "map", "loss", "finite"):
                 getattr(result, name)[i] = getattr(redo, name)[j]
             seeds[i], retries[i] = new_seeds[j], attempt
-    return result, np.asarray(seeds, np.int64), retries
+    return result, seeds, retries
 
 
-def _run_shard(job: VisualizeJob, lm: LoadedModel, layer: Layer, start: int, stop: int,
-               device: torch.device, batch: int, bar) -> tuple[dict, int]:
-    """Optimize units [start, stop) in batches (halving the batch on CUDA out-of-memory)."""
-    units = list(range(start, stop))
-    parts, i = [], 0
-    while i < len(units):
-        chunk = units[i:i + batch]
-        try:
-            parts.append(_optimize_with_retries(job, lm, layer, chunk, device))
-        except torch.OutOfMemoryError:
-            if batch == 1:
-                raise
-            batch = max(1, batch // 2)
-            torch.cuda.empty_cache()
-            tqdm.write(f"CUDA out of memory: continuing with {batch} units per batch")
-            continue
-        i += len(chunk)
-        bar.update(len(chunk))
-    result = {
-        "viz/image": np.concatenate([p[0].image for p in parts]),
-        "viz/activation": np.concatenate([p[0].activation for p in parts]).astype(np.float32),
-        "viz/map": np.concatenate([p[0].map for p in parts]),
-        "viz/seed": np.concatenate([p[1] for p in parts]),
-        "viz/loss": np.concatenate([p[0].loss for p in parts]).astype(np.float32),
-        "viz/retries": np.concatenate([p[2] for p in parts]),
-        "viz/failed": ~np.concatenate([p[0].finite for p in parts]),
-    }
-    return result, batch
+VIZ_FIELDS = ("image", "activation", "map", "loss")
+
+
+def _shard_data(rows: dict[int, tuple], start: int, stop: int) -> dict:
+    """The ``viz`` datasets of units [start, stop) from the per-unit results."""
+    units = range(start, stop)
+    data = {f"viz/{name}": np.stack([rows[u][0][name] for u in units]) for name in VIZ_FIELDS}
+    data["viz/activation"] = data["viz/activation"].astype(np.float32)
+    data["viz/loss"] = data["viz/loss"].astype(np.float32)
+    data["viz/seed"] = np.array([rows[u][1] for u in units], np.int64)
+    data["viz/retries"] = np.array([rows[u][2] for u in units], np.uint8)
+    data["viz/failed"] = np.array([not rows[u][0]["finite"] for u in units])
+    return data
 
 
 def visualize_shards(lm: LoadedModel, job: VisualizeJob, plan: list[tuple[Layer, int, int]],
                      device: torch.device) -> None:
     """Optimize and write the shards in ``plan`` ((layer, unit_start, unit_stop) each), with a progress
-    bar and one build-log line per shard."""
+    bar and one build-log line per shard.
+
+    The units of a layer run in balanced batches of the size memory allows, across shard boundaries
+    (a unit's result does not depend on its batch); a shard is written as soon as its last unit is
+    done, so a killed run loses at most the shards in flight.
+    """
     out = Path(job.out)
-    lm.model.to(device)
+    precision = resolve_precision(job.precision, device)
+    compiled = resolve_compile(job.compile, device)
     bar = tqdm(total=sum(stop - start for _, start, stop in plan), unit="unit", desc=f"visualize {job.name}/{job.site}",
                disable=not job.progress, dynamic_ncols=True, smoothing=0.05)
-    batches: dict[int, int] = {}
+    step = Step(compiled, device)
+    by_layer: dict[int, list[tuple[Layer, int, int]]] = {}
     for layer, start, stop in plan:
-        if layer.index not in batches:
-            batches[layer.index] = job.batch_units or auto_batch_units(lm, layer, job.recipe, device, job.precision)
-        t0 = time.time()
-        bar.set_postfix_str(f"L{layer.index:02d} U{start}-{stop}")
-        data, batches[layer.index] = _run_shard(job, lm, layer, start, stop, device, batches[layer.index], bar)
-        attrs = {**layer_attrs(job.name, lm, layer), "unit_start": start, "unit_stop": stop,
-                 "recipe": job.recipe.to_dict(), "seed": job.seed}
-        path = shard_path(job.name, layer.site, layer.index, start, stop)
-        write_part(out / path, attrs, "viz", data,
-                   {"loss_steps": job.recipe.loss_steps(), "device": device.type, "precision": job.precision})
-        seconds = time.time() - t0
-        append_log(out, {"stage": "visualize", "shard": path, "device": str(device), "units": stop - start,
-                         "seconds": round(seconds, 3), "units_per_s": round((stop - start) / max(seconds, 1e-9), 3)})
+        by_layer.setdefault(layer.index, []).append((layer, start, stop))
+    for ranges in by_layer.values():
+        layer = ranges[0][0]
+        run = LayerRun(layer, precision, unit_forward(lm, layer, compute_dtype(precision), device), step)
+        units = [u for _, start, stop in ranges for u in range(start, stop)]
+        fit = job.batch_units or auto_batch_units(lm, layer, job.recipe, device, precision, run.forward)
+        pending = sorted((start, stop) for _, start, stop in ranges)
+        rows: dict[int, tuple] = {}
+        t0, i = time.time(), 0
+        while i < len(units):
+            size = balanced_batches(len(units) - i, fit)[0]
+            chunk = units[i:i + size]
+            bar.set_postfix_str(f"L{layer.index:02d} U{chunk[0]}-{chunk[-1]}")
+            try:
+                result, seeds, retries = _optimize_with_retries(job, lm, run, chunk, device)
+            except torch.OutOfMemoryError:
+                if size == 1:
+                    raise
+                fit = max(1, size // 2)
+                torch.cuda.empty_cache()
+                tqdm.write(f"CUDA out of memory: continuing with {fit} units per batch")
+                continue
+            for j, u in enumerate(chunk):
+                rows[u] = ({name: getattr(result, name)[j] for name in (*VIZ_FIELDS, "finite")}, seeds[j], retries[j])
+            i += len(chunk)
+            bar.update(len(chunk))
+            while pending and all(u in rows for u in range(*pending[0])):
+                start, stop = pending.pop(0)
+                _write_viz(out, job, lm, layer, start, stop, _shard_data(rows, start, stop), device, precision,
+                           time.time() - t0)
+                for u in range(start, stop):
+                    del rows[u]
+                t0 = time.time()
     bar.close()
+
+
+def _write_viz(out: Path, job: VisualizeJob, lm: LoadedModel, layer: Layer, start: int, stop: int, data: dict,
+               device: torch.device, precision: str, seconds: float) -> None:
+    """Write one shard's ``viz`` part and its build-log line."""
+    attrs = {**layer_attrs(job.name, lm, layer), "unit_start": start, "unit_stop": stop,
+             "recipe": job.recipe.to_dict(), "seed": job.seed}
+    path = shard_path(job.name, layer.site, layer.index, start, stop)
+    write_part(out / path, attrs, "viz", data,
+               {"loss_steps": job.recipe.loss_steps(), "device": device.type, "precision": precision})
+    append_log(out, {"stage": "visualize", "shard": path, "device": str(device), "units": stop - start,
+                     "seconds": round(seconds, 3), "units_per_s": round((stop - start) / max(seconds, 1e-9), 3)})
 
 
 def run_visualize(lm: LoadedModel, job: VisualizeJob, command: str | None = None) -> dict:
     """Visualize the chosen units into ``job.out``: complete shards are skipped, so a killed run resumes."""
     check_model_name(job.name)
     device = resolve_device(job.device)
-    if job.precision not in ("fp32", "bf16"):
-        raise AtlasError(f"--precision must be fp32 or bf16, not {job.precision!r}")
+    resolve_precision(job.precision, device)
+    resolve_compile(job.compile, device)
     if job.batch_units is not None and job.batch_units < 1:
         raise AtlasError(f"--batch-units must be at least 1, not {job.batch_units}")
     selected = select_layers(lm, job.site, job.layers, job.units)

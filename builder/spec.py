@@ -1,7 +1,7 @@
 """Build specs: one TOML file that says everything an atlas build does (`build.py run SPEC.toml`).
 
     [atlas]            name, version, description, authors, license, url, out
-    [build]            device, precision, shard_units, batch_units, seed
+    [build]            device, precision, compile, shard_units, batch_units, seed
     [recipe]           preset and per-field overrides (steps, batch_copies, lr, tv, noise, ...)
     [dataset]          images, labels, boxes, k, batch_size, workers, limit
     [[models]]         name (timm name, optionally .tag), atlas_name, checkpoint | random_init,
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from atlas.format import SITES, AtlasError, check_model_name
 
+from .device import DEFAULT_COMPILE, DEFAULT_DEVICE, DEFAULT_PRECISION
 from .recipe import Recipe, resolve_recipe
 
 if sys.version_info >= (3, 11):
@@ -59,8 +60,9 @@ class BuildSpec:
     authors: list = field(default_factory=list)
     license: str = ""
     url: str = ""
-    device: str = "auto"
-    precision: str = "fp32"
+    device: str = DEFAULT_DEVICE
+    precision: str = DEFAULT_PRECISION
+    compile: str = DEFAULT_COMPILE
     shard_units: int = 256
     batch_units: int | None = None
     seed: int = 0
@@ -111,7 +113,7 @@ def load_spec(path: str | Path) -> BuildSpec:
     resolve = lambda p: (here / p).resolve() if p else None  # noqa: E731
     atlas = _take(data.get("atlas", {}), {"name", "version", "description", "authors", "license", "url", "out"},
                   f"{path} [atlas]")
-    build = _take(data.get("build", {}), {"device", "precision", "shard_units", "batch_units", "seed"},
+    build = _take(data.get("build", {}), {"device", "precision", "compile", "shard_units", "batch_units", "seed"},
                   f"{path} [build]")
     dataset = _take(data.get("dataset", {}), {"images", "labels", "boxes", "k", "batch_size", "workers", "limit"},
                     f"{path} [dataset]")
@@ -178,7 +180,8 @@ def dump_spec(spec: BuildSpec) -> str:
     out = ["# the build spec this atlas was made from (resolved: absolute paths, full recipe)", ""]
     out += _table("[atlas]", {"name": spec.name, "version": spec.version, "description": spec.description,
                               "authors": spec.authors, "license": spec.license, "url": spec.url, "out": str(spec.out)})
-    out += _table("[build]", {"device": spec.device, "precision": spec.precision, "shard_units": spec.shard_units,
+    out += _table("[build]", {"device": spec.device, "precision": spec.precision, "compile": spec.compile,
+                              "shard_units": spec.shard_units,
                               "batch_units": spec.batch_units, "seed": spec.seed})
     out += _table("[recipe]", spec.recipe.to_dict())
     out += _table("[dataset]", {"images": spec.images and str(spec.images), "labels": spec.labels and str(spec.labels),

@@ -1,21 +1,26 @@
-"""The feature-visualization engine: one optimized image per unit, many units per batch.
+"""The feature-visualization engine: one optimized image per unit, many units of one layer per batch.
 
-A batch holds units of one layer. Every unit's image is its own parameter row, its loss involves
-only its own copies and its own channel, and its randomness comes from its own generator, so a
-unit's result does not depend on its batch. The forward pass stops at the unit's layer
-(``sites.run_to``); weights are frozen, so backward computes gradients for the images only.
+The loop reads like the recipe: start from uniform noise; at every step draw the augmentations, run
+the copies to the unit's activation, take the loss, step Adam, clamp to [0, 1]. Every unit's image is
+its own parameter row, its loss involves only its own copies and channel, and its random numbers are a
+hash of its own seed (``counter_rng``), so a unit's result does not depend on its batch. The forward
+stops at the unit's layer (``forward.unit_forward``); weights are frozen, so backward computes
+gradients for the images only.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from .augment import augment, draw
+from .augment import clean, draw, initial_images, jitter
+from .counter_rng import seed_tensor
+from .device import compute_dtype
+from .forward import unit_forward
 from .models import LoadedModel
-from .objective import unit_activation, unit_losses
+from .objective import channel_total_variation, unit_losses, unit_maps
 from .recipe import Recipe
 from .sites import Layer, run_to
 
@@ -31,40 +36,97 @@ class UnitImages:
     pixels: torch.Tensor    # float [n, 3, H, W]: the optimized image before quantization (for checks)
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for the forward pass when asked; the images and Adam state stay fp32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+def step_losses(images, shifts, scale, offset, pixel_noise, forward, units, mean, std, tv_weight: float,
+                tv_on_noise: bool, autocast: bool):
+    """Per-unit losses [U] of one step (see ``augment.Draw`` for the augmentation tensors).
+
+    The copies are built already normalized: (sigma * roll(x) + mu + noise - mean) / std. TV is taken
+    on the unnormalized copies; where they carry no per-pixel noise it is computed once per source
+    image, because CS scales each channel's neighbour differences by sigma and per-channel noise leaves
+    them unchanged: TV(copy) = mean_c sigma_c * TV_c(roll(x)).
+    """
+    U, _, H, W = images.shape
+    C = scale.shape[1]
+    rolled = jitter(images, shifts, C).view(U, -1, 3, H, W)                     # (U, 1 or C, 3, H, W)
+    x = rolled * (scale / std)[..., None, None] + ((offset - mean) / std)[..., None, None]
+    if pixel_noise is not None:
+        x = x + pixel_noise / std[:, None, None]
+    x = x.view(U * C, 3, H, W)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        maps = forward(x, units)                                                # (U * C, h, w)
+    if pixel_noise is not None and tv_on_noise:
+        tv = (channel_total_variation(x) * std).mean(dim=1).view(U, C)
+    else:
+        tv = (channel_total_variation(rolled.view(-1, 3, H, W)).view(U, -1, 3) * scale).mean(dim=2)
+    return unit_losses(maps, tv, tv_weight)
+
+
+class Step:
+    """Losses and image gradients of one step, compiled with ``torch.compile`` when asked.
+
+    CUDA compiles with CUDA graphs ("reduce-overhead"), the CPU with Inductor's default. If compiling
+    fails (no compiler, an unsupported op), the step warns once and continues eagerly: same numbers,
+    lower speed. Out-of-memory errors pass through (the scheduler halves the batch).
+    """
+
+    def __init__(self, compile: bool = False, device: torch.device | None = None):
+        self.fn = step_losses
+        if compile:
+            import torch._dynamo
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            mode = "reduce-overhead" if device is not None and device.type == "cuda" else None
+            self.fn = torch.compile(step_losses, mode=mode, dynamic=False)
+
+    def __call__(self, images: torch.Tensor, *args) -> torch.Tensor:
+        """The step's per-unit losses (detached); their gradient is accumulated into ``images.grad``."""
+        try:
+            losses = self.fn(images, *args)
+            losses.sum().backward()
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 (compiler errors come in many classes)
+            if self.fn is step_losses:
+                raise
+            tqdm.write(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                       "continuing without it")
+            self.fn = step_losses
+            images.grad = None
+            losses = step_losses(images, *args)
+            losses.sum().backward()
+        return losses.detach().clone()
 
 
 def optimize_units(lm: LoadedModel, layer: Layer, units: list[int], seeds: list[int], recipe: Recipe,
-                   device: torch.device, precision: str = "fp32") -> UnitImages:
-    """Optimize one image per unit of ``layer`` (the recipe's render loop)."""
+                   device: torch.device, precision: str = "fp32", forward=None, step: Step | None = None
+                   ) -> UnitImages:
+    """Optimize one image per unit of ``layer`` (the recipe's render loop).
+
+    ``forward`` and ``step`` are made once per layer by the scheduler (a compiled step is reused
+    across batches); by default the layer's forward in ``precision`` and an eager step.
+    """
     H, W = lm.input_size
-    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    images = torch.stack([torch.rand(3, H, W, generator=g, device=device) for g in generators])
-    images.requires_grad_(True)
+    forward = forward or unit_forward(lm, layer, compute_dtype(precision), device)
+    step = step or Step()
+    seeds_t = seed_tensor(seeds, device)
     channels = torch.tensor(units, device=device)
-    optimizer = torch.optim.Adam([images], lr=recipe.lr, betas=recipe.betas)
-    record = set(recipe.loss_steps())
-    curve = []
-    for step in range(recipe.steps):
-        for group in optimizer.param_groups:  # cosine annealing from lr to 0
-            group["lr"] = recipe.lr * 0.5 * (1 + math.cos(math.pi * step / recipe.steps))
-        if step < recipe.steps - recipe.clean_steps:
-            n = recipe.batch_copies
-            copies = augment(images, draw(generators, recipe, (H, W), device), recipe.noise_std(step))
-        else:  # the recipe's last clean_steps: the stored image itself, unaugmented
-            copies, n = images, 1
-        with autocast(device, precision):
-            (grid,) = run_to(lm.model, lm.normalize(copies), [layer])
-        losses = unit_losses(grid, copies, channels, n, recipe.tv)
+    mean, std = lm.normalization(device)
+    autocast = compute_dtype(precision) != torch.float32
+    images = initial_images(seeds_t, (H, W)).requires_grad_(True)
+    optimizer = torch.optim.Adam([images], lr=recipe.lr, betas=recipe.betas, fused=device.type == "cuda")
+    augmented_steps = recipe.steps - recipe.clean_steps
+    record, curve = set(recipe.loss_steps()), []
+    for t in range(recipe.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = recipe.lr_at(t)
+        d = draw(seeds_t, t, recipe, (H, W)) if t < augmented_steps else clean(len(units), device)
         optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()
+        losses = step(images, d.shifts, d.scale, d.offset, d.pixel_noise, forward, channels, mean, std,
+                      recipe.tv, recipe.tv_input == "augmented", autocast)
         optimizer.step()
         with torch.no_grad():
             images.clamp_(0, 1)
-        if step in record:
-            curve.append(losses.detach())
+        if t in record:
+            curve.append(losses)
     pixels = (images.detach() * 255).round().clamp(0, 255).to(torch.uint8)
     activation, maps = measure(lm, layer, pixels, channels)
     loss = torch.stack(curve, dim=1).float()
@@ -80,10 +142,11 @@ def measure(lm: LoadedModel, layer: Layer, pixels: torch.Tensor, channels: torch
     """Activation (mean over the patch grid) and map of each uint8 image [n, 3, H, W] for its unit,
     in fp32 with the model's plain forward: what anyone re-deriving from the stored image gets."""
     acts, maps = [], []
+    model = lm.model.to(pixels.device)
     for i in range(0, len(pixels), batch):
         x = lm.normalize(pixels[i:i + batch].float() / 255)
-        (grid,) = run_to(lm.model, x, [layer])
-        a, m = unit_activation(grid.float(), channels[i:i + batch])
-        acts.append(a)
+        (grid,) = run_to(model, x, [layer])
+        m = unit_maps(grid.float(), channels[i:i + batch])
+        acts.append(m.mean(dim=(1, 2)))
         maps.append(m)
     return torch.cat(acts), torch.cat(maps)

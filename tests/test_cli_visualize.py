@@ -177,7 +177,7 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_results(tmp_path, mon
     recipe = resolve_recipe("quick", steps=3)
     run_visualize(lm, VisualizeJob(out=tmp_path / "oom", name="m", recipe=recipe, layers="1", units="0-9",
                                    batch_units=12, progress=False))
-    assert sizes == [10, 6, 3, 3, 3, 1]     # halved twice, then the rest of the shard at 3
+    assert sizes == [10, 5, 2, 2, 2, 2, 2]  # the failed batch halved twice, then balanced batches of 2
     monkeypatch.setattr(schedule, "optimize_units", real)
     run_visualize(lm, VisualizeJob(out=tmp_path / "plain", name="m", recipe=recipe, layers="1", units="0-9",
                                    batch_units=10, progress=False))

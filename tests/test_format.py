@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import atlas
-from atlas.format import AtlasError, PARTS, parse_unit_id, shard_path, unit_id
+from atlas.format import FORMAT_VERSION, PARTS, AtlasError, parse_unit_id, shard_path, unit_id
 from atlas.manifest import write_manifest
 from atlas.shard import parts_of, write_part
 
@@ -47,7 +47,7 @@ def test_parts_are_added_atomically_and_keep_what_was_there(tmp_path):
     viz = _viz(4)
     write_part(path, ATTRS, "viz", viz, {"loss_steps": [0, 1, 2, 3]})
     with h5py.File(path) as f:
-        assert parts_of(f) == ["viz"] and f.attrs["unit_start"] == 10 and f.attrs["format_version"] == "1.0"
+        assert parts_of(f) == ["viz"] and f.attrs["unit_start"] == 10 and f.attrs["format_version"] == FORMAT_VERSION
     write_part(path, ATTRS, "probe", _probe(4))
     with h5py.File(path) as f:
         assert parts_of(f) == ["viz", "probe"]

@@ -13,7 +13,7 @@ from atlas.dataset import paths_sha256
 from atlas.format import AtlasError
 from atlas.manifest import sha256_file
 
-from ..schedule import resolve_device
+from ..device import resolve_device
 from . import foreground, frequency, sites, spatial, token_mixing
 from .common import AnalysisJob
 

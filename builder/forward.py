@@ -1,0 +1,103 @@
+"""The forward pass of one optimization step: images in, each image's own unit on the patch grid out.
+
+Two implementations with one contract, ``forward(x [B, 3, H, W], units [U]) -> maps [B, h, w]`` where
+the B images are U groups of B/U adjacent copies and group u reads channel ``units[u]``:
+
+- ``TruncatedViT``, for timm VisionTransformers (ViT, DeiT, CLIP image towers, register models) at the
+  ``ffn`` site: the patch embedding, the blocks before the unit's, the unit's block up to its ``fc1``,
+  and of ``fc1`` only the rows of the units in the batch (one dot product per token instead of the
+  layer's full width). Plain modules and tensors, so it compiles (``torch.compile``, CUDA graphs).
+- ``HookForward``, for every other model and site: the traced hook path (``sites.run_to``, stopped by
+  an exception) and a gather of each image's channel. Always eager.
+
+Both run the model copy ``LoadedModel.cast`` holds for the compute dtype (weights cast once, not by
+autocast at every step) under autocast, which keeps norms and softmax in fp32.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .models import LoadedModel
+from .objective import unit_maps
+from .sites import Layer, run_to
+
+
+class TruncatedViT(nn.Module):
+    """A timm VisionTransformer run exactly up to the FFN activation of block ``layer.index``."""
+
+    def __init__(self, model: nn.Module, layer: Layer):
+        super().__init__()
+        self.model = model
+        self.depth = layer.index
+        self.prefix = layer.prefix
+        self.grid = layer.grid
+
+    def forward(self, x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
+        for block in m.blocks[:self.depth]:
+            x = block(x)
+        block = m.blocks[self.depth]
+        x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x))))
+        tokens = block.norm2(x)[:, self.prefix:]                        # (B, T, D) patch tokens only
+        fc1 = block.mlp.fc1
+        U = units.shape[0]
+        B, T, D = tokens.shape
+        tokens = tokens.reshape(U, (B // U) * T, D)                      # (U, copies * T, D)
+        rows = fc1.weight[units][:, :, None]                             # (U, D, 1): the units' fc1 rows
+        if fc1.bias is None:
+            pre = torch.bmm(tokens, rows)
+        else:
+            pre = torch.baddbmm(fc1.bias[units].view(U, 1, 1), tokens, rows)
+        return block.mlp.act(pre).view(B, *self.grid)
+
+
+class HookForward:
+    """Any model and site: forward until the layer fires (hook + exception), then each image's channel."""
+
+    def __init__(self, model: nn.Module, layer: Layer):
+        self.model = model
+        self.layer = layer
+
+    def __call__(self, x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        (grid,) = run_to(self.model, x, [self.layer])                    # (B, h, w, C)
+        return unit_maps(grid, units.repeat_interleave(grid.shape[0] // units.shape[0]))
+
+
+def truncatable(model: nn.Module, layer: Layer) -> bool:
+    """Whether ``TruncatedViT`` computes exactly what the hook path reads at ``layer``: a timm
+    VisionTransformer whose blocks up to the layer are plain ``Block``s with a plain ``Mlp``."""
+    from timm.layers import Mlp
+    from timm.models.vision_transformer import Block, VisionTransformer
+    if not isinstance(model, VisionTransformer) or layer.site != "ffn" or layer.layout != "tokens":
+        return False
+    if layer.module != f"blocks.{layer.index}.mlp.act" or layer.call != 0:
+        return False
+    blocks = list(model.blocks[:layer.index + 1])
+    last = blocks[-1]
+    return (all(type(b) is Block for b in blocks) and type(last.mlp) is Mlp
+            and isinstance(last.mlp.fc1, nn.Linear) and not getattr(model, "grad_checkpointing", False))
+
+
+def unit_forward(lm: LoadedModel, layer: Layer, dtype: torch.dtype, device: torch.device,
+                 truncate: bool = True):
+    """The forward for ``layer`` in ``dtype`` on ``device``: ``TruncatedViT`` where it applies (and
+    ``truncate``), else ``HookForward``."""
+    model = lm.cast(dtype, device)
+    if truncate and truncatable(model, layer):
+        return TruncatedViT(model, layer)
+    return HookForward(model, layer)
+
+
+def image_pass_flops(lm: LoadedModel, layer: Layer, device=None) -> float:
+    """FLOPs of one image's pass in the engine at ``layer``: the forward to the unit's activation (the
+    truncated forward where it applies, with its one fc1 row) and the backward to the pixels, with no
+    weight gradients (weights are frozen), as torch's FLOP counter counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+    device = device or next(lm.model.parameters()).device
+    forward = unit_forward(lm, layer, torch.float32, device)
+    x = torch.rand(1, 3, *lm.input_size, device=device, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        forward(lm.normalize(x), torch.zeros(1, dtype=torch.long, device=device)).float().mean().backward()
+    return float(counter.get_total_flops())
