@@ -47,7 +47,10 @@ def _load(args):
     try:
         kwargs = json.loads(args.model_args)
     except ValueError as e:
-        raise AtlasError(f"--model-args is not JSON: {e}")
+        raise AtlasError(f"--model-args is not JSON: {e}") from None
+    if not isinstance(kwargs, dict):
+        raise AtlasError(f"--model-args must be a JSON object of keyword arguments, e.g. '{{\"img_size\": 384}}', "
+                         f"not {args.model_args}")
     source = ModelSource(args.model, args.checkpoint, args.random_init, args.init_seed)
     return load_model(source, **kwargs)
 
@@ -118,21 +121,15 @@ def cmd_analyze(args, command: str) -> None:
 
 
 def cmd_render(args, command: str) -> None:
-    from atlas.site import render
+    from atlas.website import render
     index = render(args.dir, out=args.site, workers=args.workers, base_url=args.base_url, images=args.images)
     print(f"site written to {index.parent}; open {index}")
 
 
 def cmd_serve(args, command: str) -> None:
-    import functools
-    import http.server
-    from pathlib import Path
-    root = Path(args.dir)
-    if not (root / "site" / "index.html").exists():
-        raise AtlasError(f"{root} has no rendered site: run `python build.py render {root}` first")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler) as server:
-        print(f"serving {root} at http://127.0.0.1:{server.server_address[1]}/site/index.html (Ctrl-C stops)")
+    from atlas.serve import make_server
+    with make_server(args.dir, args.port) as server:
+        print(f"serving {args.dir} at http://127.0.0.1:{server.server_address[1]}/site/index.html (Ctrl-C stops)")
         try:
             server.serve_forever()
         except KeyboardInterrupt:
@@ -168,8 +165,10 @@ def cmd_finalize(args, command: str) -> None:
 
 
 def cmd_verify(args, command: str) -> None:
-    from atlas.verify import verify
+    from atlas.verify import quarantine_notes, verify
     problems = verify(args.dir)
+    for note in quarantine_notes(args.dir):
+        print(f"quarantine: {note}")
     for p in problems:
         print(p)
     if problems:
@@ -182,11 +181,17 @@ def cmd_demo(args, command: str) -> None:
     build_demo(args.out, command)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that name the fix (the --help of the command)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (python {self.prog} --help lists the flags)\n")
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line's parser (subcommands and flags)."""
-    p = argparse.ArgumentParser(prog="build.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command")
+    p = _Parser(prog="build.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
     v = sub.add_parser("visualize", help="optimize one image per unit into an atlas")
     _model_args(v)
@@ -309,8 +314,23 @@ def main(argv: list[str] | None = None) -> int:
             command = "python build.py"
         args.run(args, command)
     except AtlasError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume where it stopped", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if e.filename is None:
+            raise
+        where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+        print(f"error: {e.strerror or e}: {where} (check the path, its permissions and free space)", file=sys.stderr)
+        return 2
+    except Exception:
+        import traceback
+        traceback.print_exc()
+        print("internal error: the traceback above is a bug in ViT Atlas, not a problem with your input; "
+              "please report it with the command you ran", file=sys.stderr)
+        return 1
     return 0
 
 

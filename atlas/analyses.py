@@ -11,15 +11,27 @@ import json
 from pathlib import Path
 
 from .format import FORMAT_VERSION
+from .locks import Lock, lock_path
 from .manifest import write_json
+from .quarantine import quarantine
 
 ANALYSES = "analyses"
 
 
 def read_analysis(root: str | Path, name: str) -> dict | None:
-    """The stored analysis ``name``, or None."""
+    """The stored analysis ``name``, or None; a file that is not an analysis result is moved to the
+    quarantine (and None returned: the analysis is computed again)."""
     path = Path(root) / ANALYSES / f"{name}.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+            raise ValueError("no results table")
+        return data
+    except (ValueError, UnicodeDecodeError) as e:
+        quarantine(root, path.relative_to(root), f"not an analysis result: {str(e)[:160]}")
+        return None
 
 
 def write_analysis(root: str | Path, name: str, model: str, results: dict, describe, command: str = "",
@@ -29,12 +41,15 @@ def write_analysis(root: str | Path, name: str, model: str, results: dict, descr
     summary, method, tables and charts."""
     path = Path(root) / ANALYSES / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = read_analysis(root, name) or {"name": name, "format_version": FORMAT_VERSION, "results": {}, "commands": {}}
-    data["results"][model] = results
-    data["commands"][model] = command
-    data.setdefault("inputs", {})[model] = inputs or {}
-    data["command"] = command
-    data["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    data.update(describe(data["results"]))
-    write_json(path, data)
+    with Lock(lock_path(root, f"writes/{ANALYSES}/{name}.json")).wait(600, f"writing {ANALYSES}/{name}.json"):
+        data = read_analysis(root, name) or {"name": name, "format_version": FORMAT_VERSION, "results": {},
+                                             "commands": {}}
+        data["results"][model] = results
+        data.setdefault("commands", {})[model] = command
+        data.setdefault("inputs", {})[model] = inputs or {}
+        data["command"] = command
+        data["format_version"] = FORMAT_VERSION
+        data["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        data.update(describe(data["results"]))
+        write_json(path, data)
     return data

@@ -10,6 +10,8 @@ import h5py
 
 from . import __version__
 from .format import DATASET, FORMAT_VERSION, MANIFEST, SHARDS, AtlasError
+from .locks import Lock, lock_path
+from .quarantine import quarantine
 from .shard import parts_of, read_attrs, replace_atomically, temp_name
 
 _HASH_CACHE = ".cache/sha256.json"
@@ -83,20 +85,46 @@ def data_files(root: Path) -> list[str]:
     return sorted(found)
 
 
-def scan_shards(root: Path) -> list[dict]:
-    """Attributes and parts of every complete shard under an atlas (no hashing), sorted by path."""
+SHARD_ATTRS = ("model", "site", "layer", "unit_start", "unit_stop")
+
+
+def read_shard_header(path: Path) -> dict:
+    """A shard's attributes and parts; raises AtlasError naming the file when it cannot be read."""
+    try:
+        with h5py.File(path, "r") as f:
+            attrs, parts = read_attrs(f), parts_of(f)
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        raise AtlasError(f"{path} is not a readable shard ({str(e).splitlines()[0][:200]})") from None
+    missing = [a for a in SHARD_ATTRS if a not in attrs]
+    if missing:
+        raise AtlasError(f"{path} lacks the shard attributes {missing}")
+    return {"attrs": attrs, "parts": parts}
+
+
+def scan_shards(root: Path, quarantine_damaged: bool = True) -> list[dict]:
+    """Attributes and parts of every complete shard under an atlas (no hashing), sorted by path.
+
+    A shard that cannot be read is moved to the quarantine (writers: the next run recomputes it), or
+    with ``quarantine_damaged=False`` (readers) left where it is and skipped with a warning.
+    """
     found = []
     for rel in shard_files(root):
-        with h5py.File(root / rel, "r") as f:
-            found.append({"path": rel, "attrs": read_attrs(f), "parts": parts_of(f)})
+        try:
+            found.append({"path": rel, **read_shard_header(root / rel)})
+        except AtlasError as e:
+            if quarantine_damaged:
+                quarantine(root, rel, str(e).split(" is not a readable shard ")[-1].strip("()"))
+            else:
+                print(f"warning: skipping {rel}: {e} (run `python build.py verify {root}`)")
     return found
 
 
-def describe_shards(root: Path, cache: _HashCache | None = None) -> tuple[list[dict], dict]:
+def describe_shards(root: Path, cache: _HashCache | None = None,
+                    quarantine_damaged: bool = True) -> tuple[list[dict], dict]:
     """One manifest entry per shard, and the models section gathered from their attributes."""
     cache = cache or _HashCache(root)
     entries, models = [], {}
-    for shard in scan_shards(root):
+    for shard in scan_shards(root, quarantine_damaged):
         attrs, parts, rel = shard["attrs"], shard["parts"], shard["path"]
         size, digest = cache.sha256(root, rel)
         entries.append({
@@ -123,8 +151,13 @@ def read_manifest(root: Path) -> dict | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise AtlasError(f"{path} is not valid JSON ({e}); rebuild it with `python build.py finalize {root}`")
+    except OSError as e:
+        raise AtlasError(f"cannot read {path}: {e.strerror}")
+    if not isinstance(data, dict) or "format_version" not in data:
+        raise AtlasError(f"{path} is not an atlas manifest (no format_version); {root} is not an atlas, "
+                         "or its manifest was replaced: use another folder, or move that file away")
     if str(data.get("format_version", "")).split(".")[0] != FORMAT_VERSION.split(".")[0]:
         raise AtlasError(f"{path} has format version {data.get('format_version')}; "
                          f"this reader understands {FORMAT_VERSION}")
@@ -137,6 +170,11 @@ def write_manifest(root: Path, command: str | None = None, info: dict | None = N
     ``info`` merges extra top-level entries (atlas name/version, spec, dataset summary).
     """
     root = Path(root)
+    with Lock(lock_path(root, "manifest")).wait(600, f"the manifest of {root}"):
+        return _write_manifest(root, command, info)
+
+
+def _write_manifest(root: Path, command: str | None, info: dict | None) -> dict:
     previous = read_manifest(root) or {}
     cache = _HashCache(root)
     shards, models = describe_shards(root, cache)

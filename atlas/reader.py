@@ -114,7 +114,7 @@ class Unit:
 class Atlas:
     """An atlas folder opened for reading. Use ``atlas.open(DIR)``."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, skip: frozenset[str] = frozenset()):
         self.root = Path(root)
         if not self.root.is_dir():
             raise AtlasError(f"{self.root} is not an atlas folder (it does not exist)")
@@ -122,9 +122,11 @@ class Atlas:
         if self.manifest is not None:
             shards, self.models_info = self.manifest["shards"], self.manifest.get("models", {})
         else:  # an atlas still being built: read the shards themselves
-            shards, self.models_info = describe_shards(self.root)
+            shards, self.models_info = describe_shards(self.root, quarantine_damaged=False)
         self._index: dict[tuple[str, str, int], list[ShardInfo]] = {}
         for e in shards:
+            if e["path"] in skip:
+                continue
             key = (e["model"], e["site"], int(e["layer"]))
             self._index.setdefault(key, []).append(
                 ShardInfo(e["path"], int(e["unit_start"]), int(e["unit_stop"]), tuple(e["parts"])))
@@ -150,8 +152,25 @@ class Atlas:
         if f is None:
             if len(self._files) >= 64:
                 self._files.pop(next(iter(self._files))).close()
-            f = self._files[rel] = h5py.File(self.root / rel, "r")
+            try:
+                f = h5py.File(self.root / rel, "r")
+            except OSError as e:
+                raise AtlasError(f"shard {rel} of {self.root} cannot be read ({str(e).splitlines()[0][:160]}): "
+                                 f"run `python build.py verify {self.root}`, then the command that built it to "
+                                 "recompute it") from None
+            self._files[rel] = f
         return f
+
+    def damaged_shards(self) -> list[str]:
+        """The shards this atlas lists that cannot be opened (run `build.py verify` for the details)."""
+        bad = []
+        for refs in self._index.values():
+            for ref in refs:
+                try:
+                    self.file(ref.path)
+                except AtlasError:
+                    bad.append(ref.path)
+        return bad
 
     @property
     def models(self) -> list[str]:

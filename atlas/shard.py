@@ -10,7 +10,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .format import FORMAT_VERSION, PARTS, ROW_CHUNKED, AtlasError
+from .format import FORMAT_VERSION, PARTS, ROW_CHUNKED, SHARDS, AtlasError
+from .locks import Lock, lock_path, remove_dead_locks
+from .quarantine import quarantine
 
 _TMP_MARK = ".tmp-"
 
@@ -36,9 +38,10 @@ def replace_atomically(tmp: Path, path: Path) -> None:
 
 
 def remove_stale_temps(folder: Path) -> int:
-    """Delete temporary files left by killed processes of this host; returns how many."""
+    """Delete temporary files left by killed processes of this host, and lock files of dead holders
+    (``locks.remove_dead_locks``); returns how many."""
     host = socket.gethostname()
-    removed = 0
+    removed = remove_dead_locks(folder)
     for tmp in folder.rglob(f"*{_TMP_MARK}{host}-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _alive(int(pid)):
@@ -65,12 +68,23 @@ def _attr_value(value):
     return value
 
 
+def atlas_root(path: Path) -> Path:
+    """The atlas folder a shard path belongs to (the parent of its ``shards`` folder), else its folder."""
+    for parent in path.parents:
+        if parent.name == SHARDS:
+            return parent.parent
+    return path.parent
+
+
 def write_part(path: Path, attrs: dict, part: str, datasets: dict[str, np.ndarray],
-               part_attrs: dict | None = None) -> None:
-    """Add one part (``viz`` or ``probe``) to the shard at ``path``, atomically.
+               part_attrs: dict | None = None) -> bool:
+    """Add one part (``viz`` or ``probe``) to the shard at ``path``, atomically; False when the shard
+    already holds that part (another process wrote it first) and nothing was written.
 
     ``attrs`` are the shard's attributes; when the shard already exists (holding another part)
-    they must agree with its own, and the new part is written into a copy that then replaces it.
+    they must agree with its own, attributes it lacks are added, and the new part is written into a
+    copy that then replaces it. Writers of one shard take turns (a lock in ``.locks/writes``). An
+    existing shard that cannot be read is moved to the quarantine and the part starts a new shard.
     """
     if part not in PARTS:
         raise ValueError(f"unknown shard part {part!r}")
@@ -79,31 +93,39 @@ def write_part(path: Path, attrs: dict, part: str, datasets: dict[str, np.ndarra
         raise ValueError(f"part {part!r} lacks datasets {sorted(missing)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
-    try:
-        if path.exists():
-            shutil.copyfile(path, tmp)
-            mode = "r+"
-        else:
+    root = atlas_root(path)
+    rel = path.resolve().relative_to(root.resolve()).as_posix()
+    with Lock(lock_path(root, f"writes/{rel}")).wait(600, f"writing {rel}"):
+        tmp = temp_name(path)
+        try:
             mode = "w"
-        with h5py.File(tmp, mode) as f:
-            if mode == "w":
+            if path.exists():
+                shutil.copyfile(path, tmp)
+                mode = "r+"
+                try:
+                    h5py.File(tmp, "r").close()
+                except OSError as e:
+                    quarantine(root, rel, f"not a readable HDF5 file: {str(e).splitlines()[0][:160]}")
+                    mode = "w"
+            with h5py.File(tmp, mode) as f:
+                if mode == "r+":
+                    _check_same_shard(f, attrs, path)
+                    if part in parts_of(f):
+                        return False
                 f.attrs["format_version"] = FORMAT_VERSION
                 for key, value in attrs.items():
-                    f.attrs[key] = _attr_value(value)
-            else:
-                _check_same_shard(f, attrs, path)
-                if part in parts_of(f):
-                    raise AtlasError(f"{path} already holds part {part!r}")
-            for name, array in datasets.items():
-                _create(f, name, np.asarray(array))
-            if part_attrs:
-                group = f.require_group(part)
-                for key, value in part_attrs.items():
-                    group.attrs[key] = _attr_value(value)
-        replace_atomically(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+                    if key not in f.attrs:
+                        f.attrs[key] = _attr_value(value)
+                for name, array in datasets.items():
+                    _create(f, name, np.asarray(array))
+                if part_attrs:
+                    group = f.require_group(part)
+                    for key, value in part_attrs.items():
+                        group.attrs[key] = _attr_value(value)
+            replace_atomically(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return True
 
 
 def _check_same_shard(f: h5py.File, attrs: dict, path: Path) -> None:
@@ -151,3 +173,14 @@ def read_attrs(f: h5py.File) -> dict:
             value = value.tolist()
         out[key] = value
     return out
+
+
+def shard_holds(path: Path, part: str) -> bool:
+    """Whether the shard at ``path`` exists under its final name, can be read, and holds ``part``."""
+    if not Path(path).exists():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return part in parts_of(f)
+    except OSError:
+        return False

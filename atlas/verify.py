@@ -8,14 +8,18 @@ asked for.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .format import FORMAT_VERSION, PARTS, unit_id
+from .dataset import Dataset
+from .format import CITATION, DATASET, FORMAT_VERSION, MANIFEST, PARTS, SHARDS, unit_id
+from .locks import LOCKS
 from .manifest import read_manifest, sha256_file, shard_files
+from .quarantine import QUARANTINE, quarantined
 
 REQUIRED_ATTRS = ("format_version", "model", "site", "layer", "unit_start", "unit_stop")
 DTYPES = {"viz/image": "u1", "viz/activation": "f4", "viz/map": "f2", "viz/seed": "i8", "viz/loss": "f4",
@@ -128,6 +132,52 @@ def _check_coverage(root: Path, manifest: dict) -> list[Problem]:
     return problems
 
 
+# Files and folders of an atlas that are not data: the manifest does not list them.
+NOT_DATA = (MANIFEST, CITATION, "spec.toml", "site", "logs", LOCKS, ".cache", ".probe", QUARANTINE)
+
+
+def _check_unlisted(root: Path, manifest: dict) -> list[Problem]:
+    """Files the manifest does not list, outside the places that hold no data (shards are checked above)."""
+    listed = {e["path"] for e in manifest.get("shards", []) + manifest.get("files", [])}
+    inside = []  # the probed image folder, when it lives in the atlas (the demo's does)
+    try:
+        images = Path(Dataset(root / DATASET).root).resolve()
+        if root.resolve() in images.parents:
+            inside.append(images.relative_to(root.resolve()).as_posix() + "/")
+    except (OSError, KeyError, ValueError):
+        pass
+    problems = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        top = rel.split("/", 1)[0]
+        if not path.is_file() or top in NOT_DATA or rel in listed or rel.endswith(".h5") and top == SHARDS:
+            continue
+        if ".tmp-" in path.name or any(rel.startswith(folder) for folder in inside):
+            continue  # a write in progress; the dataset's own images
+        problems.append(Problem(rel, "not listed in the manifest (not part of the atlas's data; move it out, or "
+                                     "rerun `build.py finalize` if it should be)"))
+    return problems
+
+
+def _check_data(root: Path) -> list[Problem]:
+    problems = []
+    if (root / DATASET).exists():
+        try:
+            if len(Dataset(root / DATASET)) == 0:
+                problems.append(Problem(DATASET, "holds no images (no file of the probed folder could be decoded)"))
+        except (OSError, KeyError, ValueError) as e:
+            problems.append(Problem(DATASET, f"not a readable dataset index ({str(e).splitlines()[0][:120]})"))
+    for path in sorted((root / "analyses").glob("*.json")) if (root / "analyses").is_dir() else []:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            ok = isinstance(data, dict) and isinstance(data.get("results"), dict)
+        except (ValueError, UnicodeDecodeError, OSError):
+            ok = False
+        if not ok:
+            problems.append(Problem(f"analyses/{path.name}", "not an analysis result (invalid JSON or no results)"))
+    return problems
+
+
 def verify(root: str | Path) -> list[Problem]:
     """Every problem found in the atlas at ``root`` (empty when it is intact)."""
     root = Path(root)
@@ -138,4 +188,15 @@ def verify(root: str | Path) -> list[Problem]:
     for rel in sorted({e["path"] for e in manifest.get("shards", [])} | set(shard_files(root))):
         if (root / rel).exists():
             problems += _check_shard(root, rel)
-    return problems + _check_coverage(root, manifest)
+    return problems + _check_coverage(root, manifest) + _check_unlisted(root, manifest) + _check_data(root)
+
+
+def quarantine_notes(root: str | Path) -> list[str]:
+    """What the quarantine holds, one line each: damaged files moved aside (not problems once recomputed)."""
+    root = Path(root)
+    notes = []
+    for record in quarantined(root):
+        state = "recomputed since" if (root / record["path"]).exists() else "not recomputed yet: rerun the build"
+        notes.append(f"{record['path']}: damaged ({record['reason']}), moved to {record['moved_to']} on "
+                     f"{record['time']}; {state}")
+    return notes

@@ -57,17 +57,42 @@ def imagenet_classes() -> tuple[list[str], list[str]]:
     return wnids, [info.index_to_description(i) for i in range(len(wnids))]
 
 
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # bytes that are not UTF-8, kept by Python as surrogates
+        return False
+
+
 def _walk(root: Path) -> tuple[list[str], int]:
-    files, ignored = [], 0
+    """Image files under ``root`` (relative, sorted) and how many other files were ignored.
+
+    Symbolic links to folders are followed, but every folder is visited once (a link loop, or two
+    links to one folder, would list the same images under many paths). Names that are not valid
+    UTF-8 cannot be stored in dataset.h5: they are ignored with a warning that names them."""
+    files, ignored, seen, bad_names = [], 0, set(), []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
             if name.startswith("."):
                 continue
-            if is_image_name(name):
-                files.append(Path(dirpath, name).relative_to(root).as_posix())
+            rel = Path(dirpath, name).relative_to(root).as_posix()
+            if not _utf8(rel):
+                bad_names.append(rel.encode("utf-8", "replace").decode())
+                ignored += 1
+            elif is_image_name(name):
+                files.append(rel)
             else:
                 ignored += 1
+    if bad_names:
+        print(f"warning: ignored {len(bad_names)} files whose names are not valid UTF-8 (rename them to include "
+              f"them), e.g. {bad_names[0]!r}")
     return sorted(files), ignored
 
 

@@ -96,22 +96,31 @@ def load_model(source: ModelSource, **timm_kwargs) -> LoadedModel:
         raise AtlasError("pass either --checkpoint or --random-init, not both")
     if source.checkpoint:
         path = Path(source.checkpoint)
+        if path.is_dir():
+            raise AtlasError(f"checkpoint {path} is a folder; give the .safetensors or .pth file")
         if not path.is_file():
             raise AtlasError(f"checkpoint {path} does not exist")
         try:
             model = timm.create_model(source.arch, pretrained=True,
                                       pretrained_cfg_overlay=dict(file=str(path.resolve())), **timm_kwargs)
-        except (RuntimeError, KeyError, ValueError, OSError) as e:
-            raise AtlasError(f"could not load {path} into {source.arch}: {str(e).splitlines()[0][:300]} "
-                             "(the checkpoint must be a state dict of this architecture, .safetensors or .pth)")
+        except TypeError as e:
+            raise _bad_model_args(source.arch, e, timm_kwargs) from None
+        except Exception as e:  # noqa: BLE001 (safetensors, pickle, torch and timm each raise their own)
+            raise AtlasError(f"could not load {path} into {source.arch}: {_checkpoint_problem(e)} (the checkpoint "
+                             "must be a state dict of this architecture, as .safetensors or .pth)") from None
         weights = f"checkpoint:{path.name} sha256:{sha256_file(path)}"
     elif source.random_init:
         torch.manual_seed(source.init_seed)
-        model = timm.create_model(source.arch, pretrained=False, **timm_kwargs)
+        try:
+            model = timm.create_model(source.arch, pretrained=False, **timm_kwargs)
+        except TypeError as e:
+            raise _bad_model_args(source.arch, e, timm_kwargs) from None
         weights = f"random-init seed:{source.init_seed}"
     else:
         try:
             model = timm.create_model(source.name, pretrained=True, **timm_kwargs)
+        except TypeError as e:
+            raise _bad_model_args(source.arch, e, timm_kwargs) from None
         except Exception as e:  # hub errors come in many classes (OSError, HTTP, LocalEntryNotFound, ...)
             raise AtlasError(
                 f"could not get pretrained weights for {source.name} ({type(e).__name__}: "
@@ -123,6 +132,20 @@ def load_model(source: ModelSource, **timm_kwargs) -> LoadedModel:
     size = model_input_size(model) or tuple(config["input_size"][1:])
     config["input_size"] = (3, *size)
     return LoadedModel(model, source, weights, size, tuple(config["mean"]), tuple(config["std"]), config)
+
+
+def _bad_model_args(arch: str, error: TypeError, kwargs: dict) -> AtlasError:
+    return AtlasError(f"--model-args {kwargs}: timm's {arch} does not accept them ({str(error).splitlines()[0][:200]})")
+
+
+def _checkpoint_problem(error: Exception) -> str:
+    """What went wrong reading a checkpoint, in one line, without torch's advice to unpickle unsafely."""
+    import pickle
+    if isinstance(error, pickle.UnpicklingError):
+        return ("it is not a plain state dict (it is not a PyTorch file, or it holds pickled objects other than "
+                "tensors, which are never loaded)")
+    first = str(error).splitlines()[0][:240] if str(error) else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def model_input_size(model: nn.Module) -> tuple[int, int] | None:

@@ -9,30 +9,30 @@ No two processes ever write the same file.
 """
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import torch
 
 from atlas.format import AtlasError, shard_path
-from atlas.manifest import write_manifest
-from atlas.shard import parts_of, remove_stale_temps
+from atlas.folder import prepare_atlas_folder
+from atlas.locks import Lock, lock_path
+from atlas.log import append_log
+from atlas.manifest import read_manifest, write_manifest
+from atlas.shard import remove_stale_temps, shard_holds, temp_name
 
+from .device import resolve_device, resolve_precision
+from .forward import image_pass_flops
 from .models import LoadedModel, ModelSource, load_model
 from .parts import Part, partition
 from .recipe import Recipe
-from .device import resolve_device, resolve_precision
-from .forward import image_pass_flops
 from .schedule import VisualizeJob, plan_ranges, select_layers, visualize_shards
 from .spec import BuildSpec, ModelSpec, dump_spec, load_spec
 
-LOCK = ".finalize.lock"
 SPEC_COPY = "spec.toml"
 
 
@@ -87,25 +87,12 @@ def plan_tasks(spec: BuildSpec) -> list[Task]:
 
 def shard_done(out: Path, rel: str, part: str = "viz") -> bool:
     """Whether the shard exists under its final name and holds ``part``."""
-    path = out / rel
-    if not path.exists():
-        return False
-    try:
-        with h5py.File(path, "r") as f:
-            return part in parts_of(f)
-    except OSError:
-        return False
+    return shard_holds(out / rel, part)
 
 
 def check_room(out: Path, needed: int) -> None:
-    """The output folder must be writable and have room for ``needed`` bytes."""
-    test_file = out / f".write-test-{socket.gethostname()}-{os.getpid()}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        test_file.write_bytes(b"x")
-        test_file.unlink()
-    except OSError as e:
-        raise AtlasError(f"cannot write into {out} ({e}); choose another [atlas] out")
+    """The output folder must be an atlas (or new), writable, and have room for ``needed`` bytes."""
+    prepare_atlas_folder(out, "[atlas] out")
     free = shutil.disk_usage(out).free
     if free < needed:
         raise AtlasError(f"{out} has {free / 1e9:.1f} GB free but the build needs about {needed / 1e9:.1f} GB; "
@@ -117,23 +104,27 @@ def _keep_spec_copy(spec: BuildSpec) -> None:
     built from another spec."""
     text = dump_spec(spec)
     copy = spec.out / SPEC_COPY
+    tmp = temp_name(copy)
     try:
-        fd = os.open(copy, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        tmp.write_text(text, encoding="utf-8")
+        os.link(tmp, copy)               # appears complete or not at all; fails if a copy exists
     except FileExistsError:
         if copy.read_text(encoding="utf-8") != text:
             raise AtlasError(f"{spec.out} was built from another spec ({copy} differs from {spec.path}); "
                              "use another [atlas] out, or delete the old atlas")
-        return
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def spec_of_atlas(out: str | Path) -> BuildSpec:
-    """The spec an atlas was built from (the resolved copy it keeps)."""
+    """The spec an atlas was built from (the resolved copy it keeps), acting on ``out`` itself: a copied
+    or moved atlas is finalized where it is, never where the spec first put it."""
     copy = Path(out) / SPEC_COPY
-    if not copy.exists():
+    if not copy.is_file():
         raise AtlasError(f"{out} has no {SPEC_COPY}: it was not built with `build.py run SPEC`")
-    return load_spec(copy)
+    spec = load_spec(copy)
+    spec.out = Path(out).resolve()
+    return spec
 
 
 def part_device(spec: BuildSpec, part: Part) -> torch.device:
@@ -169,44 +160,26 @@ def run_spec(spec: BuildSpec, part: Part, command: str, progress: bool = True) -
              "finalized": False}
     missing = [t for t in tasks if not shard_done(spec.out, t.path(spec))]
     if not missing:
-        stats["finalized"] = finalize(spec, command, tasks, progress, wait=False) is not None
+        stats["finalized"] = finalize(spec, command, tasks, progress, wait=False, again=False) is not None
     return stats
 
 
-def _lock(out: Path) -> bool:
-    """Take the finalize lock; a lock left by a dead process of this host is taken over."""
-    path = out / LOCK
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                owner = json.loads(path.read_text())
-            except (OSError, ValueError):
-                owner = {}
-            alive = True
-            if owner.get("host") == socket.gethostname():
-                try:
-                    os.kill(int(owner.get("pid", 0)), 0)
-                except ProcessLookupError:
-                    alive = False
-                except (PermissionError, ValueError):
-                    pass
-            if alive:
-                return False
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}, f)
-        return True
-    return False
+def build_state(spec: BuildSpec, tasks: list[Task]) -> str:
+    """A digest of what a finalize step would work from: the resolved spec and every shard's size and
+    modification time. Equal digests: finalizing again would produce the same atlas."""
+    h = hashlib.sha256(dump_spec(spec).encode())
+    for t in tasks:
+        st = (spec.out / t.path(spec)).stat()
+        h.update(f"{t.path(spec)} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, progress: bool = True,
-             wait: bool = True) -> Path | None:
+             wait: bool = True, again: bool = True) -> Path | None:
     """Probe, analyses, manifest and site, once every visualization shard exists. Returns the site's
-    index page, or None when another process holds the finalize lock."""
-    from atlas.site import render
+    index page, or None when another process holds the finalize lock or (``again=False``) the atlas
+    was already finalized from exactly this state (the racing parts of one build finalize once)."""
+    from atlas.website import render
     from builder.analyses import AnalysisJob, run_analysis
     from builder.dataset import scan_images
     from builder.probe import ProbeJob, run_probe
@@ -216,11 +189,18 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
     if missing:
         raise AtlasError(f"{len(missing)} shards are not complete yet (e.g. {missing[0]}); run `python build.py run "
                          f"{spec.path}` (with the same parts) to finish them first")
-    if not _lock(spec.out):
+    lock = Lock(lock_path(spec.out, "finalize"))
+    if not lock.acquire():
         if wait:
-            raise AtlasError(f"another process is finalizing {spec.out} ({spec.out / LOCK}); wait for it")
+            holder = lock.holder() or {}
+            raise AtlasError(f"{holder.get('host', 'another host')} pid {holder.get('pid', '?')} is finalizing "
+                             f"{spec.out}; wait for it to finish")
         return None
     try:
+        state = build_state(spec, tasks)
+        if not again and (read_manifest(spec.out) or {}).get("finalized", {}).get("state") == state:
+            return None
+        append_log(spec.out, {"stage": "finalize", "state": state})
         index = scan_images(spec.images, spec.labels) if spec.images else None
         for m in spec.models:
             if not (m.probe or m.analyses):
@@ -228,8 +208,8 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
             lm = load_spec_model(m)
             if m.probe:
                 run_probe(lm, index, ProbeJob(out=spec.out, name=m.atlas_name, layers=m.layers, units=m.units,
-                                             k=spec.k, batch_size=spec.batch_size,
-                                             device=spec.device, shard_units=spec.shard_units, progress=progress,
+                                             k=spec.k, batch_size=spec.batch_size, device=spec.device,
+                                             precision=spec.precision, shard_units=spec.shard_units, progress=progress,
                                              workers=spec.workers), command)
             for analysis in m.analyses:
                 job = AnalysisJob(out=spec.out, name=m.atlas_name, index=index,
@@ -241,13 +221,17 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
         for t in tasks:
             coverage.setdefault(spec.models[t.model].atlas_name, {}).setdefault(t.site, {}).setdefault(
                 f"{t.layer:02d}", []).append([t.start, t.stop])
+        if lock.lost:
+            raise AtlasError(f"the finalize lock of {spec.out} was taken over while this process was stalled; "
+                             "the process that took it finishes the atlas")
         write_manifest(spec.out, command, {
             "atlas": spec.atlas_info(),
             "spec": {"file": str(spec.path), "text": dump_spec(spec), "coverage": coverage,
-                     "probe": [m.atlas_name for m in spec.models if m.probe]}})
+                     "probe": [m.atlas_name for m in spec.models if m.probe]},
+            "finalized": {"state": state}})
         return render(spec.out, progress=progress, base_url=spec.url)
     finally:
-        (spec.out / LOCK).unlink(missing_ok=True)
+        lock.release()
 
 
 def calibrate(spec: BuildSpec, tasks: list[Task]) -> tuple[float, str]:

@@ -19,9 +19,11 @@ import torch
 from tqdm import tqdm
 
 from atlas.dataset import Dataset, paths_sha256, write_dataset
+from atlas.folder import prepare_atlas_folder
 from atlas.format import DATASET, AtlasError, check_model_name, shard_path
 from atlas.log import append_log
 from atlas.manifest import write_manifest
+from atlas.quarantine import quarantine
 from atlas.shard import remove_stale_temps, replace_atomically, temp_name, write_part
 
 from .dataset import ImageDataset, ImageIndex, collate, loader_workers
@@ -121,7 +123,11 @@ class ProbeJob:
 def _check_dataset(out: Path, index: ImageIndex) -> None:
     path = out / DATASET
     if path.exists():
-        existing = Dataset(path)
+        try:
+            existing = Dataset(path)
+        except (OSError, KeyError, ValueError) as e:
+            quarantine(out, DATASET, f"not a readable dataset index: {str(e).splitlines()[0][:160]}")
+            return
         if existing.attrs.get("candidates_sha256") != paths_sha256(index.paths):
             raise AtlasError(f"{out} was probed on another image set ({existing.attrs.get('root')}, "
                              f"{len(existing)} images); an atlas holds one dataset: use another --out")
@@ -133,6 +139,21 @@ def _fingerprint(job: ProbeJob, lm: LoadedModel, layers: list[Layer], index: Ima
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
 
+def _load_state(out: Path, path: Path) -> dict | None:
+    """A saved probe state, loaded without running any code from the file (``weights_only``: tensors,
+    numbers, strings and containers only). One that cannot be loaded is quarantined: the pass restarts."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        if not isinstance(state, dict):
+            raise ValueError("not a dictionary")
+        return state
+    except Exception as e:  # noqa: BLE001 (unpickling refuses with many exception types)
+        quarantine(out, path.relative_to(out), f"not a probe state this version can load: {str(e).splitlines()[0][:160]}")
+        return None
+
+
 def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | None = None) -> dict:
     """Probe every unit of the chosen layers on the images of ``index`` and write the probe parts."""
     check_model_name(job.name)
@@ -141,8 +162,7 @@ def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | 
     device = resolve_device(job.device)
     job.precision = resolve_precision(job.precision, device)
     selected = select_layers(lm, job.site, job.layers, job.units)
-    out = Path(job.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_atlas_folder(job.out)
     remove_stale_temps(out)
     _check_dataset(out, index)
     existing = existing_shards(out, job.name, job.site, lm)
@@ -160,12 +180,11 @@ def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | 
     state_path = out / ".probe" / f"{job.name}-{job.site}.pt"
     fingerprint = _fingerprint(job, lm, layers, index)
     start, skipped = 0, {}
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        if state["fingerprint"] == fingerprint:
-            start, skipped = state["position"], state["skipped"]
-            for probe, s in zip(probes, state["layers"]):
-                probe.load(s)
+    state = _load_state(out, state_path)
+    if state is not None and state.get("fingerprint") == fingerprint and len(state.get("layers", [])) == len(probes):
+        start, skipped = state["position"], state["skipped"]
+        for probe, s in zip(probes, state["layers"]):
+            probe.load(s)
 
     def save_state(position: int) -> None:
         state_path.parent.mkdir(exist_ok=True)
@@ -200,6 +219,12 @@ def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | 
     seconds = time.time() - t0
 
     good = [i for i in range(len(index.paths)) if i not in skipped]
+    if not good:
+        state_path.unlink(missing_ok=True)
+        first, why = min(skipped.items())
+        raise AtlasError(f"none of the {len(index.paths)} image files in {index.root} could be decoded "
+                         f"(e.g. {index.paths[first]}: {why}); nothing was written. Point --images at a folder "
+                         "of images")
     new_row = np.full(len(index.paths), -1, np.int64)
     new_row[good] = np.arange(len(good))
     if not (out / DATASET).exists():
@@ -213,8 +238,9 @@ def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | 
     for layer, probe in zip(layers, probes):
         for start_unit, stop_unit in plan[layer.index]:
             attrs = {**layer_attrs(job.name, lm, layer), "unit_start": start_unit, "unit_stop": stop_unit}
-            write_part(out / shard_path(job.name, job.site, layer.index, start_unit, stop_unit), attrs, "probe",
-                       probe.rows(start_unit, stop_unit, new_row), part_attrs)
+            rel = shard_path(job.name, job.site, layer.index, start_unit, stop_unit)
+            if not write_part(out / rel, attrs, "probe", probe.rows(start_unit, stop_unit, new_row), part_attrs):
+                tqdm.write(f"{rel} already holds its probe part (written by another process); kept that one")
     append_log(out, {"stage": "probe", "model": job.name, "site": job.site, "device": str(device),
                      "images": len(index.paths), "seconds": round(seconds, 3),
                      "images_per_s": round((len(index.paths) - start) / max(seconds, 1e-9), 3)})

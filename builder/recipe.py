@@ -39,11 +39,13 @@ class Recipe:
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_copies < 1:
-            raise AtlasError("--steps and --batch-copies must be at least 1")
+            raise AtlasError(f"recipe steps and batch_copies must be at least 1, not {self.steps} and {self.batch_copies}")
         if self.lr <= 0 or self.tv < 0:
-            raise AtlasError("--lr must be positive and --tv not negative")
+            raise AtlasError(f"recipe lr must be positive and tv not negative, not {self.lr} and {self.tv}")
         if not 0 <= self.clean_steps <= self.steps:
-            raise AtlasError("--clean-steps must be between 0 and --steps")
+            raise AtlasError(f"recipe clean_steps must be between 0 and steps ({self.steps}), not {self.clean_steps}")
+        if self.jitter < 0 or self.jitter_reference < 1 or self.loss_points < 1:
+            raise AtlasError("recipe jitter must not be negative, jitter_reference and loss_points at least 1")
         if self.noise not in ("pixel", "channel"):
             raise AtlasError(f"noise must be 'pixel' or 'channel', not {self.noise!r}")
         if self.tv_input not in ("augmented", "unnoised"):

@@ -12,7 +12,9 @@ from tqdm import tqdm
 from atlas.format import AtlasError, check_model_name, shard_path, unit_runs
 from atlas.log import append_log
 from atlas.manifest import scan_shards, write_manifest
-from atlas.shard import remove_stale_temps, write_part
+from atlas.folder import prepare_atlas_folder
+from atlas.locks import Lock, lock_path
+from atlas.shard import remove_stale_temps, shard_holds, write_part
 
 from .device import (DEFAULT_COMPILE, DEFAULT_DEVICE, DEFAULT_PRECISION, compute_dtype, resolve_compile,
                      resolve_device, resolve_precision)
@@ -229,16 +231,47 @@ def visualize_shards(lm: LoadedModel, job: VisualizeJob, plan: list[tuple[Layer,
 
     The units of a layer run in balanced batches of the size memory allows, across shard boundaries
     (a unit's result does not depend on its batch); a shard is written as soon as its last unit is
-    done, so a killed run loses at most the shards in flight.
+    done, so a killed run loses at most the shards in flight. Each shard is claimed first (a lock in
+    ``.locks/claims``): shards another live process is computing are left to it, and waited for at
+    the end; if that process dies, this one computes them.
     """
     out = Path(job.out)
     precision = resolve_precision(job.precision, device)
-    compiled = resolve_compile(job.compile, device)
+    step = Step(resolve_compile(job.compile, device), device)
     bar = tqdm(total=sum(stop - start for _, start, stop in plan), unit="unit", desc=f"visualize {job.name}/{job.site}",
                disable=not job.progress, dynamic_ncols=True, smoothing=0.05)
-    step = Step(compiled, device)
-    by_layer: dict[int, list[tuple[Layer, int, int]]] = {}
-    for layer, start, stop in plan:
+    waiting = list(plan)
+    while waiting:
+        claimed, others = [], []
+        for layer, start, stop in waiting:
+            claim = Lock(lock_path(out, "claims/" + shard_path(job.name, layer.site, layer.index, start, stop)))
+            if shard_holds(out / shard_path(job.name, layer.site, layer.index, start, stop), "viz"):
+                bar.update(stop - start)
+                job.stats["by_others"] = job.stats.get("by_others", 0) + 1
+            elif claim.acquire():
+                claimed.append((layer, start, stop, claim))
+            else:
+                others.append((layer, start, stop))
+        if others and not claimed:
+            holder = Lock(lock_path(out, "claims/" + shard_path(job.name, others[0][0].site, others[0][0].index,
+                                                                  *others[0][1:]))).holder() or {}
+            bar.set_postfix_str(f"waiting for {len(others)} shards that {holder.get('host', '?')} pid "
+                                f"{holder.get('pid', '?')} is computing")
+            time.sleep(5)
+        try:
+            _visualize_claimed(lm, job, claimed, device, precision, step, bar)
+        finally:
+            for *_, claim in claimed:
+                claim.release()
+        waiting = others
+    bar.close()
+
+
+def _visualize_claimed(lm, job, claimed, device, precision, step, bar) -> None:
+    """Compute the claimed shards, layer by layer, writing each as soon as its units are done."""
+    out = Path(job.out)
+    by_layer: dict[int, list] = {}
+    for layer, start, stop, _claim in claimed:
         by_layer.setdefault(layer.index, []).append((layer, start, stop))
     for ranges in by_layer.values():
         layer = ranges[0][0]
@@ -272,7 +305,6 @@ def visualize_shards(lm: LoadedModel, job: VisualizeJob, plan: list[tuple[Layer,
                 for u in range(start, stop):
                     del rows[u]
                 t0 = time.time()
-    bar.close()
 
 
 def _write_viz(out: Path, job: VisualizeJob, lm: LoadedModel, layer: Layer, start: int, stop: int, data: dict,
@@ -281,8 +313,10 @@ def _write_viz(out: Path, job: VisualizeJob, lm: LoadedModel, layer: Layer, star
     attrs = {**layer_attrs(job.name, lm, layer), "unit_start": start, "unit_stop": stop,
              "recipe": job.recipe.to_dict(), "seed": job.seed}
     path = shard_path(job.name, layer.site, layer.index, start, stop)
-    write_part(out / path, attrs, "viz", data,
-               {"loss_steps": job.recipe.loss_steps(), "device": device.type, "precision": precision})
+    if not write_part(out / path, attrs, "viz", data,
+                      {"loss_steps": job.recipe.loss_steps(), "device": device.type, "precision": precision}):
+        tqdm.write(f"{path} already holds its viz part (written by another process); kept that one")
+        return
     append_log(out, {"stage": "visualize", "shard": path, "device": str(device), "units": stop - start,
                      "seconds": round(seconds, 3), "units_per_s": round((stop - start) / max(seconds, 1e-9), 3)})
 
@@ -296,8 +330,7 @@ def run_visualize(lm: LoadedModel, job: VisualizeJob, command: str | None = None
     if job.batch_units is not None and job.batch_units < 1:
         raise AtlasError(f"--batch-units must be at least 1, not {job.batch_units}")
     selected = select_layers(lm, job.site, job.layers, job.units)
-    out = Path(job.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_atlas_folder(job.out)
     remove_stale_temps(out)
     existing = existing_shards(out, job.name, job.site, lm)
     plan = [(layer, start, stop) for layer, units in selected

@@ -13,10 +13,11 @@ silently change an expensive build).
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomli_w
 
 from atlas.format import SITES, AtlasError, check_model_name
 
@@ -82,16 +83,66 @@ class BuildSpec:
                 "authors": self.authors, "license": self.license, "url": self.url}
 
 
-def _take(table: dict, allowed: set[str], where: str) -> dict:
-    unknown = set(table) - allowed
+# What each key of a spec holds: a type, or a tuple of accepted types ("list[str]": a list of strings).
+_STR, _INT, _NUM, _BOOL, _STRS = "a string", "a whole number", "a number", "true or false", "a list of strings"
+TYPES = {
+    "atlas": {"name": _STR, "version": (_STR, _INT), "description": _STR, "authors": _STRS, "license": _STR,
+              "url": _STR, "out": _STR},
+    "build": {"device": _STR, "precision": _STR, "compile": _STR, "shard_units": _INT, "batch_units": _INT,
+              "seed": _INT},
+    "dataset": {"images": _STR, "labels": _STR, "boxes": _STR, "k": _INT, "batch_size": _INT, "workers": _INT,
+                "limit": _INT},
+    "models": {"name": _STR, "atlas_name": _STR, "checkpoint": _STR, "random_init": _BOOL, "init_seed": _INT,
+               "model_args": "a table", "sites": _STRS, "layers": (_STR, _INT), "units": (_STR, _INT),
+               "visualize": _BOOL, "probe": _BOOL, "analyses": _STRS, "recipe": "a table"},
+}
+_RECIPE_TYPES = {str: _STR, int: _INT, float: _NUM, bool: _BOOL}
+
+
+def _is(value, kind: str) -> bool:
+    if kind == _STR:
+        return isinstance(value, str)
+    if kind == _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == _NUM:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == _BOOL:
+        return isinstance(value, bool)
+    if kind == _STRS:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == "a table":
+        return isinstance(value, dict)
+    if kind == "two numbers":
+        return isinstance(value, list) and len(value) == 2 and all(_is(v, _NUM) for v in value)
+    raise ValueError(kind)
+
+
+def _take(table, allowed, where: str) -> dict:
+    """``table`` with its keys checked against ``allowed`` (a set, or a dict key -> expected type)."""
+    if not isinstance(table, dict):
+        raise AtlasError(f"{where} must be a table ([...] section), not {type(table).__name__} {table!r}"[:300])
+    unknown = set(table) - set(allowed)
     if unknown:
         raise AtlasError(f"{where}: unknown keys {sorted(unknown)} (allowed: {', '.join(sorted(allowed))})")
+    if isinstance(allowed, dict):
+        for key, value in table.items():
+            kinds = allowed[key] if isinstance(allowed[key], tuple) else (allowed[key],)
+            if not any(_is(value, kind) for kind in kinds):
+                example = ' e.g. sites = ["ffn"]' if kinds == (_STRS,) else ""
+                raise AtlasError(f"{where}: {key} must be {' or '.join(kinds)}, not {value!r}{example}"[:300])
     return table
 
 
+def _recipe_types() -> dict[str, str]:
+    types = {}
+    for f in dataclasses.fields(Recipe):
+        default = f.default
+        types[f.name] = "two numbers" if isinstance(default, tuple) else _RECIPE_TYPES[type(default)]
+    return types
+
+
 def _recipe(table: dict, base: Recipe | None, where: str) -> Recipe:
-    fields = {f.name for f in dataclasses.fields(Recipe)}
-    _take(table, fields, where)
+    _take(table, _recipe_types(), where)
     values = dict(table)
     preset = values.pop("preset", None)
     if preset:
@@ -102,21 +153,24 @@ def _recipe(table: dict, base: Recipe | None, where: str) -> Recipe:
 def load_spec(path: str | Path) -> BuildSpec:
     """Read and check a TOML build spec; raises AtlasError saying what is wrong and where."""
     path = Path(path)
+    if path.is_dir():
+        raise AtlasError(f"spec {path} is a folder; give the TOML file (see examples/)")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise AtlasError(f"spec {path} does not exist")
+        raise AtlasError(f"spec {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise AtlasError(f"spec {path} is not a text file; give a TOML build spec (see examples/)") from None
+    except OSError as e:
+        raise AtlasError(f"cannot read spec {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
-        raise AtlasError(f"spec {path} is not valid TOML: {e}")
+        raise AtlasError(f"spec {path} is not valid TOML: {e}") from None
     _take(data, {"atlas", "build", "recipe", "dataset", "models"}, str(path))
     here = path.resolve().parent
     resolve = lambda p: (here / p).resolve() if p else None  # noqa: E731
-    atlas = _take(data.get("atlas", {}), {"name", "version", "description", "authors", "license", "url", "out"},
-                  f"{path} [atlas]")
-    build = _take(data.get("build", {}), {"device", "precision", "compile", "shard_units", "batch_units", "seed"},
-                  f"{path} [build]")
-    dataset = _take(data.get("dataset", {}), {"images", "labels", "boxes", "k", "batch_size", "workers", "limit"},
-                    f"{path} [dataset]")
+    atlas = _take(data.get("atlas", {}), TYPES["atlas"], f"{path} [atlas]")
+    build = _take(data.get("build", {}), TYPES["build"], f"{path} [build]")
+    dataset = _take(data.get("dataset", {}), TYPES["dataset"], f"{path} [dataset]")
     if "name" not in atlas or "out" not in atlas:
         raise AtlasError(f"{path} [atlas] needs name and out")
     recipe = _recipe(data.get("recipe", {}), None, f"{path} [recipe]")
@@ -127,12 +181,13 @@ def load_spec(path: str | Path) -> BuildSpec:
                      boxes=resolve(dataset.get("boxes")), **{k: v for k, v in build.items()},
                      **{k: dataset[k] for k in ("k", "batch_size", "workers", "limit") if k in dataset})
     models = data.get("models", [])
+    if not isinstance(models, list):
+        raise AtlasError(f"{path}: models must be [[models]] tables, one per model (see examples/), not {models!r}"[:300])
     if not models:
         raise AtlasError(f"{path} lists no [[models]]")
-    allowed = {f.name for f in dataclasses.fields(ModelSpec)}
     for i, table in enumerate(models):
         where = f"{path} [[models]] #{i + 1}"
-        table = dict(_take(table, allowed, where))
+        table = dict(_take(table, TYPES["models"], where))
         if "name" not in table:
             raise AtlasError(f"{where} needs a name")
         recipe_table = table.pop("recipe", None)
@@ -158,38 +213,27 @@ def load_spec(path: str | Path) -> BuildSpec:
     return spec
 
 
-def _toml(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    return json.dumps(str(value))  # a TOML basic string
-
-
-def _table(name: str, values: dict) -> list[str]:
-    return [name] + [f"{k} = {_toml(v)}" for k, v in values.items() if v is not None and v != {}] + [""]
-
-
 def dump_spec(spec: BuildSpec) -> str:
     """The spec as canonical TOML with absolute paths and the recipe spelled out: the atlas keeps this
     copy, so `build.py finalize DIR` needs nothing else and two runs compare exactly."""
-    out = ["# the build spec this atlas was made from (resolved: absolute paths, full recipe)", ""]
-    out += _table("[atlas]", {"name": spec.name, "version": spec.version, "description": spec.description,
-                              "authors": spec.authors, "license": spec.license, "url": spec.url, "out": str(spec.out)})
-    out += _table("[build]", {"device": spec.device, "precision": spec.precision, "compile": spec.compile,
-                              "shard_units": spec.shard_units,
-                              "batch_units": spec.batch_units, "seed": spec.seed})
-    out += _table("[recipe]", spec.recipe.to_dict())
-    out += _table("[dataset]", {"images": spec.images and str(spec.images), "labels": spec.labels and str(spec.labels),
-                                "boxes": spec.boxes and str(spec.boxes), "k": spec.k, "batch_size": spec.batch_size,
-                                "workers": spec.workers, "limit": spec.limit})
+    def table(values: dict) -> dict:  # TOML has no null: unset values are left out
+        return {k: table(v) if isinstance(v, dict) else list(v) if isinstance(v, tuple) else v
+                for k, v in values.items() if v is not None and v != {}}
+
+    models = []
     for m in spec.models:
         fields = {f.name: getattr(m, f.name) for f in dataclasses.fields(ModelSpec) if f.name != "recipe"}
-        out += _table("[[models]]", fields)
-        if m.recipe:
-            out += _table("[models.recipe]", m.recipe.to_dict())
-    return "\n".join(out)
+        models.append(table({**fields, "recipe": m.recipe.to_dict() if m.recipe else None}))
+    document = {
+        "atlas": table({"name": spec.name, "version": spec.version, "description": spec.description,
+                        "authors": spec.authors, "license": spec.license, "url": spec.url, "out": str(spec.out)}),
+        "build": table({"device": spec.device, "precision": spec.precision, "compile": spec.compile,
+                        "shard_units": spec.shard_units, "batch_units": spec.batch_units, "seed": spec.seed}),
+        "recipe": table(spec.recipe.to_dict()),
+        "dataset": table({"images": spec.images and str(spec.images), "labels": spec.labels and str(spec.labels),
+                          "boxes": spec.boxes and str(spec.boxes), "k": spec.k, "batch_size": spec.batch_size,
+                          "workers": spec.workers, "limit": spec.limit}),
+        "models": models,
+    }
+    return "# the build spec this atlas was made from (resolved: absolute paths, full recipe)\n\n" \
+        + tomli_w.dumps(document)

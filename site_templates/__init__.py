@@ -1,1 +1,1 @@
-"""Jinja templates and static assets of the atlas site (rendered by atlas.site)."""
+"""Jinja templates and static assets of the atlas site (rendered by atlas.website)."""

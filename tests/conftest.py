@@ -45,7 +45,7 @@ def make_tricky_folder(root: Path) -> tuple[Path, Path]:
 def site(tmp_path_factory):
     """A small rendered atlas whose dataset has names that need escaping: (atlas folder, index.html)."""
     import build
-    from atlas.site import render
+    from atlas.website import render
     base = tmp_path_factory.mktemp("site")
     folder, labels = make_tricky_folder(base)
     out = base / 'atlas & "co" <x>'

@@ -237,7 +237,7 @@ def test_sites_visualizes_every_site_for_the_same_units_and_the_page_shows_them(
     rows = data["figures"][1]["rows"]
     assert [row["label"] for row in rows] == ["ffn", "q", "k", "v", "attn", "block"]
     assert rows[1]["units"][1] == ["U0001", "vit_tiny_patch16_224/q/L02/U0001"]
-    from atlas.site import render
+    from atlas.website import render
     render(out, workers=1, progress=False)
     page = (out / "site/analyses/sites.html").read_text()
     assert page.count('<a class="tile"') == 2 * 6 * 2 and "vit_tiny_patch16_224/q/L02/U0001.html" in page

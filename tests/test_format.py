@@ -54,7 +54,8 @@ def test_parts_are_added_atomically_and_keep_what_was_there(tmp_path):
         np.testing.assert_array_equal(f["viz/image"][()], viz["viz/image"])
         assert f["viz/image"].chunks == (1, 8, 8, 3) and f["viz/image"].compression == "gzip"
         assert json.loads(f["viz"].attrs["loss_steps"]) == [0, 1, 2, 3]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]  # no temporary left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", "s.h5"]  # no temporary left behind
+    assert not [p for p in (tmp_path / ".locks").rglob("*") if p.is_file()]  # and no lock held
 
 
 def test_a_failed_or_conflicting_write_leaves_the_shard_as_it_was(tmp_path):
@@ -63,14 +64,13 @@ def test_a_failed_or_conflicting_write_leaves_the_shard_as_it_was(tmp_path):
     before = path.read_bytes()
     with pytest.raises(AtlasError, match="weights"):
         write_part(path, dict(ATTRS, weights="other"), "probe", _probe(4))
-    with pytest.raises(AtlasError, match="already holds"):
-        write_part(path, ATTRS, "viz", _viz(4))
+    assert write_part(path, ATTRS, "viz", _viz(4)) is False  # the part is there (another process wrote it)
     bad = _probe(4)
     bad["topk/map"] = object()  # h5py cannot store this: fails halfway through the write
     with pytest.raises(Exception):
         write_part(path, ATTRS, "probe", bad)
     assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", "s.h5"]
     with pytest.raises(ValueError, match="lacks"):
         write_part(tmp_path / "t.h5", ATTRS, "viz", {"viz/image": np.zeros((1, 2, 2, 3), np.uint8)})
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 import atlas
 import build
-from atlas.site import render
+from atlas.website import render
 from tests.conftest import ROOT
 
 def html_files(site_dir: Path) -> list[Path]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from atlas.analyses import read_analysis, write_analysis
 from atlas.dataset import paths_sha256
+from atlas.folder import prepare_atlas_folder
 from atlas.format import AtlasError
 from atlas.manifest import sha256_file
 
@@ -37,6 +38,7 @@ def run_analysis(name: str, lm, job: AnalysisJob, resume: bool = False) -> dict:
     if name != "all" and name not in ANALYSES:
         raise AtlasError(f"unknown analysis {name!r}; analyses are {', '.join(ANALYSES)} or all")
     device = resolve_device(job.device)
+    prepare_atlas_folder(job.out)
     names = list(ANALYSES) if name == "all" else [name]
     inputs = inputs_of(lm, job)
     done = {}

@@ -15,7 +15,6 @@ import csv
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from atlas.format import AtlasError

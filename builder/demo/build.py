@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from atlas.folder import prepare_atlas_folder
+
 from .shapes import make_dataset
 
 DEMO_SPEC = Path(__file__).resolve().parents[2] / "examples" / "demo.toml"
@@ -26,6 +28,7 @@ def build_demo(out: str | Path = "atlas-demo", command: str = "python build.py",
     spec = load_spec(DEMO_SPEC)
     spec.out = Path(out).resolve()
     spec.images, spec.boxes = spec.out / "images", spec.out / "images" / "boxes.csv"
+    prepare_atlas_folder(spec.out)
     make_dataset(spec.images, DEMO_IMAGES, DEMO_SEED)
     run_spec(spec, Part(), command, progress)
     index = spec.out / "site" / "index.html"

@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from atlas.folder import own_folder
+from atlas.format import AtlasError
+
 SIZE = 64
 CLASSES = ("circle", "square", "triangle", "star", "ring", "cross", "crescent", "heart")
 TEXTURES = ("stripes", "checkers", "dots", "gradient", "noise", "plain")
@@ -167,8 +170,13 @@ def make_dataset(out: str | Path, n: int, seed: int) -> Path:
     info = {"generator": "vit-atlas shapes", "version": GENERATOR_VERSION, "n": n, "seed": seed,
             "size": SIZE, "classes": list(CLASSES)}
     marker = out / "dataset.json"
-    if marker.exists() and json.loads(marker.read_text()) == info:
+    previous = _generated(marker)
+    if previous == info:
         return out
+    if n < 1:
+        raise AtlasError(f"--n must be at least 1, not {n}")
+    own_folder(out, "--out", lambda folder: previous is not None,
+               "is not empty and holds no generated dataset; give a new or empty folder")
     rows = []
     for i in range(n):
         sample = generate(seed, i)
@@ -182,6 +190,15 @@ def make_dataset(out: str | Path, n: int, seed: int) -> Path:
         writer.writerows(rows)
     marker.write_text(json.dumps(info, indent=1) + "\n")
     return out
+
+
+def _generated(marker: Path) -> dict | None:
+    """The description of a dataset this generator wrote (its dataset.json), else None."""
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("generator") == "vit-atlas shapes" else None
 
 
 def read_boxes(path: str | Path) -> dict[str, tuple[int, int, int, int]]:

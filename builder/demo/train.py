@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from atlas.folder import check_writable
+from atlas.format import AtlasError
 from atlas.manifest import sha256_file
 
 from .models import CNN, VIT, WEIGHTS
@@ -107,7 +109,11 @@ def train_demo(out: Path | None = None, cfg: TrainConfig = TrainConfig(), models
     """Train the demo models, save them in ``out`` (default: the committed weights' folder) and record
     what was done in ``out/demo_weights.json``."""
     out = Path(out) if out else WEIGHTS
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AtlasError(f"cannot create --out {out} ({e.strerror})") from None
+    check_writable(out)
     x, y = images_and_labels(cfg.train_seed, cfg.n_train)
     held_x, held_y = images_and_labels(HELD_OUT_SEED, cfg.held_out_n)
     record_path = out / RECORD

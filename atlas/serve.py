@@ -1,0 +1,122 @@
+"""`build.py serve DIR`: preview an atlas's site on this machine, and nothing else of the machine.
+
+What it answers: the rendered site (``DIR/site/``) and the data files the site links to and the
+manifest publishes (``manifest.json``, ``CITATION.cff``, the shards and data files the manifest
+lists). Everything else is 404: the build's private files (``.locks``, ``.cache``, ``.probe``,
+``logs``, ``spec.toml``, the quarantine), directory listings, and any path whose real location
+(symbolic links resolved) is not one of those files. Requests must name this machine
+(``Host: 127.0.0.1`` or ``localhost``), which defeats DNS rebinding; every answer carries the site's
+Content-Security-Policy, ``nosniff``, ``no-referrer`` and ``frame-ancestors 'none'``.
+"""
+from __future__ import annotations
+
+import errno
+import http.server
+import posixpath
+import urllib.parse
+from pathlib import Path
+
+from .format import CITATION, MANIFEST, AtlasError
+from .manifest import read_manifest
+
+SITE = "site"
+CSP = ("default-src 'none'; img-src 'self' data:; style-src 'self'; script-src 'self'; base-uri 'none'; "
+       "form-action 'self'; frame-ancestors 'none'")
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+def published_files(root: Path) -> set[str]:
+    """The atlas-relative paths outside ``site/`` that serve answers: the manifest, the citation file,
+    and every shard and data file the manifest lists."""
+    files = {MANIFEST, CITATION}
+    manifest = read_manifest(root) or {}
+    for entry in manifest.get("shards", []) + manifest.get("files", []):
+        files.add(str(entry["path"]))
+    return files
+
+
+def resolve_request(root: Path, url_path: str, published: set[str]) -> Path | None:
+    """The file a URL path names, or None when serve must not answer it (see the module docstring)."""
+    path = posixpath.normpath(urllib.parse.unquote(urllib.parse.urlsplit(url_path).path))
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if any(p == ".." or "\x00" in p for p in parts):
+        return None
+    rel = "/".join(parts)
+    real_root = root.resolve()
+    target = (root / rel).resolve()
+    site = (root / SITE).resolve()
+    if target.is_dir() and (target == site or site in target.parents):
+        target = target / "index.html"
+    if not target.is_file():
+        return None
+    if site in target.parents:
+        return target
+    if real_root in target.parents and target.relative_to(real_root).as_posix() in published and rel in published:
+        return target
+    return None
+
+
+class AtlasRequestHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves one atlas folder by ``resolve_request``; GET and HEAD only."""
+
+    root: Path
+    published: set[str]
+
+    def send_head(self):
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
+        if host not in LOCAL_HOSTS:
+            self.send_error(421, "this preview server only answers requests for 127.0.0.1 or localhost")
+            return None
+        if urllib.parse.urlsplit(self.path).path in ("", "/"):
+            self.send_response(302)
+            self.send_header("Location", f"/{SITE}/index.html")
+            self.end_headers()
+            return None
+        target = resolve_request(self.root, self.path, self.published)
+        if target is None:
+            self.send_error(404, "not part of this atlas's site")
+            return None
+        try:
+            f = open(target, "rb")
+        except OSError:
+            self.send_error(404, "not part of this atlas's site")
+            return None
+        size = target.stat().st_size
+        self.send_response(200)
+        self.send_header("Content-Type", self.guess_type(str(target)))
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        return f
+
+    def end_headers(self):
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        super().end_headers()
+
+    def list_directory(self, path):  # never: send_head answers folders with their index.html or 404
+        self.send_error(404, "not part of this atlas's site")
+        return None
+
+    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+        pass
+
+
+def make_server(root: str | Path, port: int) -> http.server.ThreadingHTTPServer:
+    """A server on 127.0.0.1:``port`` (0: any free port) for the atlas at ``root``; AtlasError when the
+    atlas has no site or the port cannot be had."""
+    root = Path(root)
+    if not (root / SITE / "index.html").is_file():
+        raise AtlasError(f"{root} has no rendered site: run `python build.py render {root}` first")
+    if not 0 <= port <= 65535:
+        raise AtlasError(f"--port must be between 0 and 65535 (0 picks a free one), not {port}")
+    handler = type("Handler", (AtlasRequestHandler,), {"root": root, "published": published_files(root)})
+    try:
+        return http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise AtlasError(f"port {port} is already in use; pass another --port, or --port 0 for a free one") from None
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise AtlasError(f"port {port} needs privileges this user lacks; use a port above 1023") from None
+        raise AtlasError(f"cannot listen on 127.0.0.1:{port} ({e.strerror})") from None
