@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-FORMAT_VERSION = "1.1"
+FORMAT_VERSION = "1.2"
 MANIFEST = "manifest.json"
 DATASET = "dataset.h5"
 SHARDS = "shards"
@@ -21,19 +21,31 @@ CITATION = "CITATION.cff"
 
 SITES = ("ffn", "q", "k", "v", "attn", "block")
 
+# Optimized pictures: one part per parametrization ("viz" is the paper's, pixel-parametrized).
+PICTURES = {"viz": "pixel", "fourier": "fourier"}
+PICTURE_DATASETS = ("image", "activation", "map", "seed", "loss")
+
 # The datasets each shard part holds; a part is present when all of its datasets are.
 PARTS = {
-    "viz": ("viz/image", "viz/activation", "viz/map", "viz/seed", "viz/loss"),
+    **{part: tuple(f"{part}/{name}" for name in PICTURE_DATASETS) for part in PICTURES},
     "probe": ("topk/index", "topk/score", "topk/map",
               "stats/mean", "stats/max", "stats/positive", "stats/hist", "stats/hist_edges"),
 }
 
 # Datasets read one unit at a time are chunked one row per chunk.
-ROW_CHUNKED = ("viz/image", "viz/map", "topk/map")
+ROW_CHUNKED = tuple(f"{part}/{name}" for part in PICTURES for name in ("image", "map")) + ("topk/map",)
 
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 UNIT_ID = re.compile(r"^(?P<model>[A-Za-z0-9][A-Za-z0-9_.\-]*)/(?P<site>[a-z]+)/L(?P<layer>\d{2,})/U(?P<unit>\d{4,})$")
+
+
+def picture_part(parametrization: str) -> str:
+    """The shard part a picture of this parametrization is stored in ("viz" for pixel images)."""
+    for part, kind in PICTURES.items():
+        if kind == parametrization:
+            return part
+    raise AtlasError(f"no picture part holds {parametrization!r} images (parts: {', '.join(PICTURES)})")
 
 
 class AtlasError(Exception):

@@ -11,9 +11,20 @@ import h5py
 import numpy as np
 
 from .dataset import Dataset
-from .format import DATASET, AtlasError, parse_unit_id, unit_id
+from .format import DATASET, PICTURES, AtlasError, parse_unit_id, unit_id
 from .manifest import describe_shards, read_manifest
 from .shard import read_attrs
+
+
+class Picture(NamedTuple):
+    """One optimized picture of a unit: the paper's (part "viz") or another parametrization's."""
+    part: str             # the shard part: "viz" (pixel, the paper's recipe), "fourier", ...
+    image: np.ndarray     # uint8 [H, W, 3]
+    activation: float     # the unit's activation for the stored image (unaugmented, fp32)
+    map: np.ndarray       # float16 [h, w]: the unit on the patch grid for that image
+    seed: int             # the unit's own seed
+    loss: np.ndarray      # the loss at the part's loss_steps
+    recipe: dict          # the recipe that made it (preset, parametrization, ...)
 
 
 class TopImage(NamedTuple):
@@ -66,8 +77,8 @@ class Unit:
 
     def _read(self, name: str, part: str):
         if part not in self.parts:
-            raise AtlasError(f"{self.id}: shard {self.shard} has no {part!r} part yet "
-                             f"(run `python build.py {'visualize' if part == 'viz' else 'probe'}`)")
+            how = "probe" if part == "probe" else "visualize" + ("" if part == "viz" else f" --preset {part}")
+            raise AtlasError(f"{self.id}: shard {self.shard} has no {part!r} part yet (run `python build.py {how}`)")
         return self.atlas.file(self.shard)[name][self.row]
 
     @cached_property
@@ -94,6 +105,21 @@ class Unit:
     def loss(self) -> np.ndarray:
         """The loss at the steps listed in the shard's ``viz`` attribute ``loss_steps``."""
         return self._read("viz/loss", "viz")
+
+    @property
+    def pictures(self) -> list[str]:
+        """The picture parts this unit has: "viz" (the paper's) first, then "fourier", ..."""
+        return [part for part in PICTURES if part in self.parts]
+
+    def picture(self, part: str = "viz") -> Picture:
+        """One of the unit's optimized pictures, with the recipe that made it."""
+        if part not in PICTURES:
+            raise AtlasError(f"no picture part {part!r}; pictures are {', '.join(PICTURES)}")
+        f = self.atlas.file(self.shard)
+        read = lambda name: self._read(f"{part}/{name}", part)  # noqa: E731
+        recipe = read_attrs(f[part]).get("recipe") or read_attrs(f).get("recipe") or {}
+        return Picture(part, read("image"), float(read("activation")), read("map"), int(read("seed")),
+                       read("loss"), recipe)
 
     @cached_property
     def topk(self) -> list[TopImage]:
@@ -216,7 +242,7 @@ class Atlas:
         """Attributes of the first shard of a layer (recipe, seed, grid, ...)."""
         f = self.file(self.shards(model, site, layer)[0].path)
         attrs = read_attrs(f)
-        for part in ("viz", "probe"):
+        for part in (*PICTURES, "probe"):
             if part in f:
                 attrs[part] = read_attrs(f[part])
         return attrs

@@ -16,16 +16,18 @@ import h5py
 import numpy as np
 
 from .dataset import Dataset
-from .format import CITATION, DATASET, FORMAT_VERSION, MANIFEST, PARTS, SHARDS, unit_id
+from .format import CITATION, DATASET, FORMAT_VERSION, MANIFEST, PARTS, PICTURES, SHARDS, unit_id
 from .locks import LOCKS
 from .manifest import read_manifest, sha256_file, shard_files
 from .quarantine import QUARANTINE, quarantined
 
 REQUIRED_ATTRS = ("format_version", "model", "site", "layer", "unit_start", "unit_stop")
-DTYPES = {"viz/image": "u1", "viz/activation": "f4", "viz/map": "f2", "viz/seed": "i8", "viz/loss": "f4",
+DTYPES = {**{f"{part}/{name}": kind for part in PICTURES
+             for name, kind in (("image", "u1"), ("activation", "f4"), ("map", "f2"), ("seed", "i8"), ("loss", "f4"))},
           "topk/index": "i8", "topk/score": "f4", "topk/map": "f2", "stats/mean": "f4", "stats/max": "f4",
           "stats/positive": "f4", "stats/hist": "i8", "stats/hist_edges": "f8"}
-MUST_BE_FINITE = ("viz/activation", "viz/map", "viz/loss", "topk/map", "stats/mean", "stats/positive", "stats/hist_edges")
+MUST_BE_FINITE = tuple(f"{part}/{name}" for part in PICTURES for name in ("activation", "map", "loss")) \
+    + ("topk/map", "stats/mean", "stats/positive", "stats/hist_edges")
 
 
 @dataclass(frozen=True)
@@ -99,9 +101,10 @@ def _check_shard(root: Path, rel: str) -> list[Problem]:
                     index = f["topk/index"][()] if "topk/index" in f else np.zeros_like(data, np.int64)
                     bad = (~np.isfinite(data) & (index >= 0)).any(1)
                     problems += _units(rel, bad, model, site, layer, start, "NaN/inf score of a kept image")
-        if "viz/failed" in f:
-            problems += _units(rel, f["viz/failed"][()], model, site, layer, start,
-                               "optimization failed (NaN/inf after every retry)")
+        for part in PICTURES:
+            if f"{part}/failed" in f:
+                problems += _units(rel, f[f"{part}/failed"][()], model, site, layer, start,
+                                   f"{part} optimization failed (NaN/inf after every retry)")
     return problems
 
 
@@ -112,13 +115,14 @@ def _units(rel, bad, model, site, layer, start, message) -> list[Problem]:
 def _check_coverage(root: Path, manifest: dict) -> list[Problem]:
     spec = manifest.get("spec") or {}
     coverage, probed = spec.get("coverage", {}), set(spec.get("probe", []))
+    pictures = spec.get("pictures", {})
     shards = [s for s in manifest.get("shards", []) if (root / s["path"]).exists()]
     problems = []
     for model, sites in coverage.items():
         for site, layers in sites.items():
             for ll, ranges in layers.items():
                 have = [s for s in shards if s["model"] == model and s["site"] == site and s["layer"] == int(ll)]
-                for need in ["viz"] + (["probe"] if model in probed and site == "ffn" else []):
+                for need in ["viz", *pictures.get(model, [])] + (["probe"] if model in probed and site == "ffn" else []):
                     covered = set()
                     for s in have:
                         if need in s["parts"]:

@@ -12,9 +12,10 @@ optimize one unit at a time and run the whole model every step:
 - ``naive``: this project's recipe and augmentations, the plain fp32 model (autocast for bf16);
 - ``authors``: the port of the authors' loop (benchmarks/authors_loop.py), their recipe exactly.
 
-Rates are *marginal* units/s: each layer is timed with n and 2n units and the rate is n / (t(2n) -
-t(n)), which leaves out fixed costs (warm-up, compilation, the final measurement); a one-unit loop has
-no such costs, so its rate is units / time. ``--steps`` shortens every run (rates scale with 1/steps;
+Rates are *marginal* units/s: each layer is timed with n and 2n units (in batches of the size
+``build.py visualize`` would use) and its time per unit is (t(2n) - t(n)) / n, which leaves out fixed
+costs (warm-up, compilation, the final measurement); a one-unit loop has no such costs. Layers count
+equally, as in a sweep of every unit: the rate is layers / (sum over layers of the time per unit). ``--steps`` shortens every run (rates scale with 1/steps;
 figures are projected to the preset's full length). Prints units/s, the ratio, achieved TFLOP/s
 (FLOPs of the engine's own passes: forward to the unit, backward to the pixels, no weight gradients,
 counted by torch's FLOP counter), its share of ``--peak-tflops`` on CUDA, and the projected hours
@@ -30,12 +31,13 @@ import time
 import torch
 
 from authors_loop import authors_unit
-from builder.augment import augment, draw, initial_images
+from builder.augment import augment, draw
 from builder.counter_rng import seed_tensor
 from builder.device import autocast, resolve_compile, resolve_device, resolve_precision
 from builder.forward import image_pass_flops, unit_forward
 from builder.models import ModelSource, load_model
 from builder.objective import total_variation, unit_losses
+from builder.param import Pixel
 from builder.recipe import resolve_recipe, unit_seed
 from builder.schedule import auto_batch_units
 from builder.sites import find_layers
@@ -47,7 +49,7 @@ def naive_unit(lm, layer, unit, seed, recipe, device, precision):
     step, read by a forward hook: the loop a first implementation would write."""
     H, W = lm.input_size
     seeds = seed_tensor([seed], device)
-    image = initial_images(seeds, (H, W)).requires_grad_(True)
+    image = Pixel().init(seeds, (H, W)).requires_grad_(True)
     optimizer = torch.optim.Adam([image], lr=recipe.lr, betas=recipe.betas)
     captured = {}
     module = lm.model.get_submodule(layer.module)
@@ -121,24 +123,26 @@ def main():
     total_units = sum(layer.units for layer in layers)
     step = Step(compiled, device)
 
-    engine_s, engine_units, flops = 0.0, 0, 0.0
+    per_unit_s, flops_per_s = [], []
     for index in picked:
         layer = layers[index]
         forward = unit_forward(lm, layer, torch.float32 if precision == "fp32" else torch.bfloat16, device)
-        n = args.units or min(layer.units // 2, auto_batch_units(lm, layer, recipe, device, precision, forward))
+        fit = auto_batch_units(lm, layer, recipe, device, precision, forward)
+        n = args.units or max(2, min(layer.units // 2, fit))
         seeds = [unit_seed("bench", "ffn", index, u, 0) for u in range(2 * n)]
 
         def run(count):
-            optimize_units(lm, layer, list(range(count)), seeds[:count], recipe, device, precision, forward, step)
+            for start in range(0, count, fit):
+                chunk = list(range(start, min(count, start + fit)))
+                optimize_units(lm, layer, chunk, [seeds[u] for u in chunk], recipe, device, precision, forward, step)
         run(n)  # warm-up and compilation for both batch sizes' shapes
         run(2 * n)
         t_n, t_2n = timed(lambda: run(n), device), timed(lambda: run(2 * n), device)
-        engine_s += t_2n - t_n
-        engine_units += n
-        flops += n * recipe.images_per_unit() * image_pass_flops(lm, layer, device)
-        print(f"  engine L{index}: {n} units in {t_n:.1f} s, {2 * n} in {t_2n:.1f} s -> "
-              f"{n / (t_2n - t_n):.3f} units/s marginal", flush=True)
-    engine_rate = engine_units / engine_s
+        per_unit_s.append((t_2n - t_n) / n)
+        flops_per_s.append(recipe.images_per_unit() * image_pass_flops(lm, layer, device) / per_unit_s[-1])
+        print(f"  engine L{index}: {n} units in {t_n:.1f} s, {2 * n} in {t_2n:.1f} s (batches of {fit}) -> "
+              f"{1 / per_unit_s[-1]:.3f} units/s marginal", flush=True)
+    engine_rate = len(picked) / sum(per_unit_s)
 
     baselines = {}
     for name in args.against.split(","):
@@ -170,7 +174,7 @@ def main():
     for name, rate in baselines.items():
         print(f"{name}: {rate:.3f} units/s -> engine / {name} = {engine_rate / rate:.2f}x")
         figures[f"{name}_units_per_s"] = rate
-    tflops = flops / engine_s / 1e12
+    tflops = sum(flops_per_s) / len(flops_per_s) / 1e12
     hours = total_units / (engine_rate * scale) / 3600
     figures.update(tflops=tflops, projected_hours=hours, total_units=total_units)
     line = f"achieved: {tflops:.2f} TFLOP/s"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .counter_rng import AUGMENT, INIT, NOISE, normal, uniform
+from .counter_rng import AUGMENT, GEOMETRY, NOISE, normal, uniform
 from .recipe import Recipe
 
 
@@ -19,6 +19,7 @@ from .recipe import Recipe
 class Draw:
     """One step's augmentations of U units x C copies: copy = scale * roll(x, shift) + offset (+ pixel_noise)."""
     shifts: torch.Tensor | None        # long [U, 2] (one (dy, dx) per unit: shared) or [U * C, 2]; None: no roll
+    affine: torch.Tensor | None        # [U or U * C, 2, 3]: rotation, zoom and shift as grid_sample's theta
     scale: torch.Tensor                # [U, C, 3]: CS sigma
     offset: torch.Tensor               # [U, C, 3]: CS mu, plus the GS noise when it is per channel
     pixel_noise: torch.Tensor | None   # [U, C, 3, H, W]: the GS noise (std applied) when it is per pixel
@@ -28,18 +29,15 @@ class Draw:
         return self.scale.shape[1]
 
 
-def initial_images(seeds: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Each unit's starting image, uniform in (0, 1): [U, 3, H, W] (stream INIT of step 0)."""
-    return uniform(seeds, 0, INIT, (3, *size))
-
-
 def draw(seeds: torch.Tensor, step: int, recipe: Recipe, size: tuple[int, int]) -> Draw:
     """Step ``step``'s augmentations for the units with ``seeds`` (int64 [U]), ``recipe.batch_copies`` each.
 
     Per copy, 8 uniforms u (stream AUGMENT): shift_y = floor(u0 (2 jy + 1)) - jy, shift_x likewise
     from u1, mu_c = (2 u_{2+c} - 1) a, sigma_c = exp((2 u_{5+c} - 1) b). With a shared jitter every
     copy takes copy 0's shift. Noise (stream NOISE) is std(step) * z, z standard normal [C, 3] or
-    [C, 3, H, W]; at std 0 none is drawn.
+    [C, 3, H, W]; at std 0 none is drawn. With rotation or zoom (``recipe.affine``), 2 more uniforms per
+    copy (stream GEOMETRY) give angle = (2 u0 - 1) rotate degrees and zoom = 1 + (2 u1 - 1) scale_jitter,
+    and the copy is resampled (bilinear, reflected at the border) by that and its shift, not rolled.
     """
     copies = recipe.batch_copies
     (jy, jx) = recipe.jitter_pixels(size)
@@ -53,12 +51,23 @@ def draw(seeds: torch.Tensor, step: int, recipe: Recipe, size: tuple[int, int]) 
         offset = offset + std * normal(seeds, step, NOISE, (copies, 3))
     elif std > 0:
         pixel_noise = std * normal(seeds, step, NOISE, (copies, 3, *size))
-    return Draw(shifts, scale, offset, pixel_noise)
+    affine = None
+    if recipe.affine:
+        g = uniform(seeds, step, GEOMETRY, (copies, 2))
+        g = g[:, 0] if recipe.jitter_shared else g.reshape(-1, 2)
+        angle = torch.deg2rad((g[:, 0] * 2 - 1) * recipe.rotate)
+        zoom = 1 + (g[:, 1] * 2 - 1) * recipe.scale_jitter
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        H, W = size
+        affine = torch.stack([torch.stack([cos, -sin, 2 * shifts[:, 1].float() / W], -1),
+                              torch.stack([sin, cos, 2 * shifts[:, 0].float() / H], -1)], 1)
+        shifts = None
+    return Draw(shifts, affine, scale, offset, pixel_noise)
 
 
 def clean(units: int, device) -> Draw:
     """The identity augmentation (the recipe's clean steps): one copy, no shift, no colour shift, no noise."""
-    return Draw(None, torch.ones(units, 1, 3, device=device), torch.zeros(units, 1, 3, device=device), None)
+    return Draw(None, None, torch.ones(units, 1, 3, device=device), torch.zeros(units, 1, 3, device=device), None)
 
 
 def _roll(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -89,21 +98,35 @@ def roll_each(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     return _RollEach.apply(x, shifts)
 
 
-def jitter(images: torch.Tensor, shifts: torch.Tensor | None, copies: int) -> torch.Tensor:
-    """Jitter(x): [U, 3, H, W] -> [U * S, 3, H, W], S = 1 when the copies share their shift (or there
-    is none: ``shifts`` None), else ``copies``."""
-    if shifts is None:
+def jitter(images: torch.Tensor, shifts: torch.Tensor | None, copies: int,
+           affine: torch.Tensor | None = None) -> torch.Tensor:
+    """Jitter(x): [U, 3, H, W] -> [U * S, 3, H, W], S = 1 when the copies share their geometry (or there
+    is none), else ``copies``: rolled by ``shifts``, or resampled by ``affine`` (grid_sample's theta)."""
+    move = affine if affine is not None else shifts
+    if move is None:
         return images
-    if shifts.shape[0] != images.shape[0]:
+    if move.shape[0] != images.shape[0]:
         images = images.repeat_interleave(copies, dim=0)
-    return roll_each(images, shifts)
+    if affine is None:
+        return roll_each(images, shifts)
+    grid = torch.nn.functional.affine_grid(affine.to(images.dtype), list(images.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
+                                           align_corners=False)
+
+
+def build_copies(rolled: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
+                 pixel_noise: torch.Tensor | None) -> torch.Tensor:
+    """The copies as images: rolled [U, S, 3, H, W] (S = 1 or C), scale and offset [U, C, 3], pixel_noise
+    [U, C, 3, H, W] or None -> [U * C, 3, H, W], a unit's copies adjacent."""
+    U, C = scale.shape[:2]
+    x = rolled * scale[..., None, None] + offset[..., None, None]
+    if pixel_noise is not None:
+        x = x + pixel_noise
+    return x.reshape(U * C, *rolled.shape[2:])
 
 
 def augment(images: torch.Tensor, d: Draw) -> torch.Tensor:
     """A(x) = GS(CS(Jitter(x))) for every copy: [U, 3, H, W] -> [U * C, 3, H, W], a unit's copies adjacent."""
     U, _, H, W = images.shape
-    rolled = jitter(images, d.shifts, d.copies).view(U, -1, 3, H, W)
-    copies = rolled * d.scale[..., None, None] + d.offset[..., None, None]
-    if d.pixel_noise is not None:
-        copies = copies + d.pixel_noise
-    return copies.view(-1, 3, H, W)
+    return build_copies(jitter(images, d.shifts, d.copies, d.affine).view(U, -1, 3, H, W), d.scale, d.offset,
+                        d.pixel_noise)

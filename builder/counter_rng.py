@@ -20,7 +20,7 @@ import torch
 MASK32 = 0xFFFFFFFF
 
 # streams of one step (k above); INIT is drawn at step 0
-INIT, AUGMENT, NOISE = 0, 1, 2
+INIT, AUGMENT, NOISE, GEOMETRY = 0, 1, 2, 3
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:

@@ -1,12 +1,17 @@
 """The forward pass of one optimization step: images in, each image's own unit on the patch grid out.
 
 Two implementations with one contract, ``forward(x [B, 3, H, W], units [U]) -> maps [B, h, w]`` where
-the B images are U groups of B/U adjacent copies and group u reads channel ``units[u]``:
+the B images are U groups of B/U adjacent copies and group u reads channel ``units[u]``, and
+``forward.copies(rolled, scale, offset, pixel_noise, units)``, the same for copies given per source
+image: copy k of unit u is ``scale[u, k] * rolled[u] + offset[u, k] (+ pixel_noise[u, k])`` per channel.
 
 - ``TruncatedViT``, for timm VisionTransformers (ViT, DeiT, CLIP image towers, register models) at the
   ``ffn`` site: the patch embedding, the blocks before the unit's, the unit's block up to its ``fc1``,
   and of ``fc1`` only the rows of the units in the batch (one dot product per token instead of the
-  layer's full width). Plain modules and tensors, so it compiles (``torch.compile``, CUDA graphs).
+  layer's full width). When a unit's copies share their shift and carry no per-pixel noise, they
+  differ by a per-channel affine map, and the patch embedding (linear) is computed once per channel
+  of the source image and combined per copy: its forward and backward cost 1/copies of the usual.
+  Plain modules and tensors, so it compiles (``torch.compile``, CUDA graphs).
 - ``HookForward``, for every other model and site: the traced hook path (``sites.run_to``, stopped by
   an exception) and a gather of each image's channel. Always eager.
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .augment import build_copies
 from .models import LoadedModel
 from .objective import unit_maps
 from .sites import Layer, run_to
@@ -32,10 +38,33 @@ class TruncatedViT(nn.Module):
         self.depth = layer.index
         self.prefix = layer.prefix
         self.grid = layer.grid
+        self.per_channel_embedding = _linear_patchifier(model.patch_embed)
 
     def forward(self, x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        return self._from_tokens(self.model.patch_embed(x), units)
+
+    def copies(self, rolled, scale, offset, pixel_noise, units) -> torch.Tensor:
+        """The maps of every copy, with the patch embedding per source channel where the copies allow."""
+        if pixel_noise is not None or rolled.shape[1] != 1 or not self.per_channel_embedding:
+            return self.forward(build_copies(rolled, scale, offset, pixel_noise), units)
+        pe = self.model.patch_embed
+        U, C = scale.shape[:2]
+        w = pe.proj.weight                                                   # (D, 3, p, q)
+        D, _, p, q = w.shape
+        H, W = rolled.shape[-2:]
+        patches = rolled[:, 0].reshape(U, 3, H // p, p, W // q, q).permute(0, 1, 2, 4, 3, 5)
+        patches = patches.reshape(U, 3, (H // p) * (W // q), p * q)         # (U, 3, T, p*q)
+        per_channel = torch.matmul(patches, w.reshape(D, 3, p * q).permute(1, 2, 0).to(patches.dtype))  # (U, 3, T, D)
+        tokens = torch.einsum("ukc,uctd->uktd", scale.to(per_channel.dtype), per_channel)
+        constant = offset.to(w.dtype) @ w.sum(dim=(2, 3)).t()              # (U, C, D): the offsets' embedding
+        if pe.proj.bias is not None:
+            constant = constant + pe.proj.bias
+        tokens = tokens + constant[:, :, None, :].to(tokens.dtype)
+        return self._from_tokens(pe.norm(tokens.reshape(U * C, -1, D)), units)
+
+    def _from_tokens(self, x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         m = self.model
-        x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
+        x = m.norm_pre(m.patch_drop(m._pos_embed(x)))
         for block in m.blocks[:self.depth]:
             x = block(x)
         block = m.blocks[self.depth]
@@ -60,9 +89,23 @@ class HookForward:
         self.model = model
         self.layer = layer
 
+    def copies(self, rolled, scale, offset, pixel_noise, units) -> torch.Tensor:
+        """The maps of every copy (built as images)."""
+        return self(build_copies(rolled, scale, offset, pixel_noise), units)
+
     def __call__(self, x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         (grid,) = run_to(self.model, x, [self.layer])                    # (B, h, w, C)
         return unit_maps(grid, units.repeat_interleave(grid.shape[0] // units.shape[0]))
+
+
+def _linear_patchifier(pe: nn.Module) -> bool:
+    """Whether ``pe`` is timm's PatchEmbed as a plain patchifying conv (kernel = stride, no padding) on
+    3 channels with tokens out: then it is linear per channel and can be combined per copy."""
+    from timm.layers import PatchEmbed
+    proj = getattr(pe, "proj", None)
+    return (type(pe) is PatchEmbed and isinstance(proj, nn.Conv2d) and proj.in_channels == 3
+            and proj.kernel_size == proj.stride and proj.padding == (0, 0) and proj.groups == 1
+            and proj.dilation == (1, 1) and pe.flatten and not getattr(pe, "dynamic_img_pad", False))
 
 
 def truncatable(model: nn.Module, layer: Layer) -> bool:

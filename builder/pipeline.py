@@ -38,7 +38,7 @@ SPEC_COPY = "spec.toml"
 
 @dataclass(frozen=True)
 class Task:
-    """One visualization shard of the build."""
+    """One picture part of one shard of the build."""
     model: int          # index into spec.models
     site: str
     layer: int
@@ -46,6 +46,7 @@ class Task:
     stop: int
     cost: float         # estimated FLOPs
     bytes: int          # estimated size of its data
+    part: str = "viz"   # the picture part: "viz" (the paper's) or "fourier"
 
     def path(self, spec: BuildSpec) -> str:
         return shard_path(spec.models[self.model].atlas_name, self.site, self.layer, self.start, self.stop)
@@ -60,28 +61,32 @@ def load_spec_model(m: ModelSpec, weights: bool = True) -> LoadedModel:
     return load_model(source, **m.model_args)
 
 
-def recipe_of(spec: BuildSpec, m: ModelSpec) -> Recipe:
-    """The recipe a model's units are optimized with."""
-    return m.recipe or spec.recipe
+def recipe_of(spec: BuildSpec, m: ModelSpec, part: str = "viz") -> Recipe:
+    """The recipe of a model's picture ``part`` ("viz": the paper's picture)."""
+    return (m.recipe or spec.recipe) if part == "viz" else spec.pictures[part]
 
 
 def plan_tasks(spec: BuildSpec) -> list[Task]:
-    """Every visualization shard the spec asks for, with its estimated cost, in a fixed order."""
+    """Every picture part of every shard the spec asks for, with its estimated cost, in a fixed order."""
     tasks = []
     for i, m in enumerate(spec.models):
         if not m.visualize:
             continue
         lm = load_spec_model(m, weights=False)
-        recipe = recipe_of(spec, m)
         h, w = lm.input_size
         for site in m.sites:
             for layer, units in select_layers(lm, site, m.layers, m.units):
-                per_unit = recipe.images_per_unit() * image_pass_flops(lm, layer)
+                flops = image_pass_flops(lm, layer)
                 cells = layer.grid[0] * layer.grid[1]
-                unit_bytes = h * w * 3 + 2 * cells * (1 + spec.k) + 16 * spec.k + 64 * recipe.loss_points + 512
-                for start, stop in plan_ranges([], units, spec.shard_units, "viz"):
-                    n = stop - start
-                    tasks.append(Task(i, site, layer.index, start, stop, per_unit * n, unit_bytes * n))
+                for part in ["viz", *m.pictures]:
+                    recipe = recipe_of(spec, m, part)
+                    unit_bytes = h * w * 3 + 2 * cells + 64 * recipe.loss_points + 64
+                    if part == "viz":  # the probe's rows go into the same shards
+                        unit_bytes += 2 * cells * spec.k + 16 * spec.k + 512
+                    for start, stop in plan_ranges([], units, spec.shard_units, "viz"):
+                        n = stop - start
+                        tasks.append(Task(i, site, layer.index, start, stop, recipe.images_per_unit() * flops * n,
+                                          unit_bytes * n, part))
     return tasks
 
 
@@ -140,7 +145,7 @@ def run_spec(spec: BuildSpec, part: Part, command: str, progress: bool = True) -
     tasks = plan_tasks(spec)
     owner = partition([t.cost for t in tasks], part.count)
     mine = [t for t, o in zip(tasks, owner) if o == part.index]
-    todo = [t for t in mine if not shard_done(spec.out, t.path(spec))]
+    todo = [t for t in mine if not shard_done(spec.out, t.path(spec), t.part)]
     check_room(spec.out, sum(t.bytes for t in todo))
     _keep_spec_copy(spec)
     remove_stale_temps(spec.out)
@@ -150,15 +155,17 @@ def run_spec(spec: BuildSpec, part: Part, command: str, progress: bool = True) -
         lm = load_spec_model(m)
         for site in m.sites:
             layers = {layer.index: layer for layer, _ in select_layers(lm, site, m.layers, m.units)}
-            plan = [(layers[t.layer], t.start, t.stop) for t in todo if t.model == i and t.site == site]
-            if plan:
-                job = VisualizeJob(out=spec.out, name=m.atlas_name, recipe=recipe_of(spec, m), site=site,
-                                   seed=spec.seed, device=str(device), precision=spec.precision,
-                                   compile=spec.compile, batch_units=spec.batch_units, shard_units=spec.shard_units, progress=progress)
-                visualize_shards(lm, job, plan, device)
+            for picture in ["viz", *m.pictures]:
+                plan = [(layers[t.layer], t.start, t.stop) for t in todo
+                        if t.model == i and t.site == site and t.part == picture]
+                if plan:
+                    job = VisualizeJob(out=spec.out, name=m.atlas_name, recipe=recipe_of(spec, m, picture), site=site,
+                                       seed=spec.seed, device=str(device), precision=spec.precision, compile=spec.compile,
+                                       batch_units=spec.batch_units, shard_units=spec.shard_units, progress=progress)
+                    visualize_shards(lm, job, plan, device)
     stats = {"part": part.index, "parts": part.count, "shards": len(mine), "computed": len(todo),
              "finalized": False}
-    missing = [t for t in tasks if not shard_done(spec.out, t.path(spec))]
+    missing = [t for t in tasks if not shard_done(spec.out, t.path(spec), t.part)]
     if not missing:
         stats["finalized"] = finalize(spec, command, tasks, progress, wait=False, again=False) is not None
     return stats
@@ -168,9 +175,9 @@ def build_state(spec: BuildSpec, tasks: list[Task]) -> str:
     """A digest of what a finalize step would work from: the resolved spec and every shard's size and
     modification time. Equal digests: finalizing again would produce the same atlas."""
     h = hashlib.sha256(dump_spec(spec).encode())
-    for t in tasks:
-        st = (spec.out / t.path(spec)).stat()
-        h.update(f"{t.path(spec)} {st.st_size} {st.st_mtime_ns}\n".encode())
+    for path in sorted({t.path(spec) for t in tasks}):
+        st = (spec.out / path).stat()
+        h.update(f"{path} {st.st_size} {st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -185,7 +192,7 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
     from builder.probe import ProbeJob, run_probe
 
     tasks = plan_tasks(spec) if tasks is None else tasks
-    missing = [t.path(spec) for t in tasks if not shard_done(spec.out, t.path(spec))]
+    missing = [t.path(spec) for t in tasks if not shard_done(spec.out, t.path(spec), t.part)]
     if missing:
         raise AtlasError(f"{len(missing)} shards are not complete yet (e.g. {missing[0]}); run `python build.py run "
                          f"{spec.path}` (with the same parts) to finish them first")
@@ -219,6 +226,8 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
                 run_analysis(analysis, lm, job, resume=True)
         coverage = {}
         for t in tasks:
+            if t.part != "viz":
+                continue
             coverage.setdefault(spec.models[t.model].atlas_name, {}).setdefault(t.site, {}).setdefault(
                 f"{t.layer:02d}", []).append([t.start, t.stop])
         if lock.lost:
@@ -227,7 +236,8 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
         write_manifest(spec.out, command, {
             "atlas": spec.atlas_info(),
             "spec": {"file": str(spec.path), "text": dump_spec(spec), "coverage": coverage,
-                     "probe": [m.atlas_name for m in spec.models if m.probe]},
+                     "probe": [m.atlas_name for m in spec.models if m.probe],
+                     "pictures": {m.atlas_name: m.pictures for m in spec.models if m.pictures}},
             "finalized": {"state": state}})
         return render(spec.out, progress=progress, base_url=spec.url)
     finally:
@@ -267,14 +277,16 @@ def plan_report(spec: BuildSpec, parts: int = 1, measure: bool = True) -> str:
     lines = [f"atlas {spec.name} v{spec.version} -> {spec.out}"]
     for i, m in enumerate(spec.models):
         mine = [t for t in tasks if t.model == i]
-        units = sum(t.stop - t.start for t in mine)
+        units = sum(t.stop - t.start for t in mine if t.part == "viz")
         what = [w for w, on in (("visualize", m.visualize), ("probe", m.probe)) if on] + m.analyses
-        lines.append(f"  {m.atlas_name}: sites {','.join(m.sites)}; {len(mine)} shards, {units:,} units, "
+        lines.append(f"  {m.atlas_name}: sites {','.join(m.sites)}; pictures {', '.join(['viz', *m.pictures])}; "
+                     f"{len({t.path(spec) for t in mine})} shards, {units:,} units, "
                      f"{sum(t.cost for t in mine):.3g} FLOPs; {', '.join(what) or 'nothing'}")
     total_cost = sum(t.cost for t in tasks)
-    units = sum(t.stop - t.start for t in tasks)
-    done = sum(shard_done(spec.out, t.path(spec)) for t in tasks)
-    lines.append(f"total: {len(tasks)} shards ({done} already complete), {units:,} units, {total_cost:.3g} FLOPs, "
+    units = sum(t.stop - t.start for t in tasks if t.part == "viz")
+    done = sum(shard_done(spec.out, t.path(spec), t.part) for t in tasks)
+    lines.append(f"total: {len({t.path(spec) for t in tasks})} shards, {len(tasks)} pictures to make ({done} already "
+                 f"complete), {units:,} units, {total_cost:.3g} FLOPs, "
                  f"about {sum(t.bytes for t in tasks) / 1e9:.2f} GB of shards")
     if measure and tasks:
         rate, device = calibrate(spec, tasks)

@@ -20,6 +20,7 @@ class Recipe:
     paper's text literally.
     """
     preset: str = "paper"              # the preset these values started from
+    parametrization: str = "pixel"     # what is optimized: "pixel" (the image) or "fourier" (builder.param)
     steps: int = 400                   # optimizer steps (must be at least 1)
     batch_copies: int = 8              # augmented copies of the image per step
     lr: float = 0.1                    # Adam's learning rate, cosine-annealed to 0 (lr_at)
@@ -29,6 +30,8 @@ class Recipe:
     jitter: int = 32                   # largest circular shift per axis, for a jitter_reference-pixel side
     jitter_reference: int = 224        # the side jitter is given for; scaled for other sides
     jitter_shared: bool = True         # one shift for all copies of a step (their code), else one per copy
+    rotate: float = 0.0                # largest rotation in degrees (an affine transform replaces the roll)
+    scale_jitter: float = 0.0          # largest relative zoom: scale in [1 - s, 1 + s] (affine, like rotate)
     color_shift_mean: float = 1.0      # CS: mu ~ U(-a, a) per copy and channel
     color_shift_log_std: float = 1.0   # CS: sigma = exp(U(-b, b)) per copy and channel; CS(x) = sigma*x + mu
     noise_start: float = 0.5           # GS: noise std at the first step, falling linearly ...
@@ -48,8 +51,18 @@ class Recipe:
             raise AtlasError("recipe jitter must not be negative, jitter_reference and loss_points at least 1")
         if self.noise not in ("pixel", "channel"):
             raise AtlasError(f"noise must be 'pixel' or 'channel', not {self.noise!r}")
+        if self.parametrization not in ("pixel", "fourier"):
+            raise AtlasError(f"parametrization must be 'pixel' or 'fourier', not {self.parametrization!r}")
+        if self.rotate < 0 or not 0 <= self.scale_jitter < 1:
+            raise AtlasError(f"recipe rotate must not be negative and scale_jitter in [0, 1), not {self.rotate} "
+                             f"and {self.scale_jitter}")
         if self.tv_input not in ("augmented", "unnoised"):
             raise AtlasError(f"tv_input must be 'augmented' or 'unnoised', not {self.tv_input!r}")
+
+    @property
+    def affine(self) -> bool:
+        """Whether copies are rotated or zoomed (an affine resampling) rather than rolled."""
+        return self.rotate > 0 or self.scale_jitter > 0
 
     def jitter_pixels(self, size: tuple[int, int]) -> tuple[int, int]:
         """The largest shift, in pixels, for an image of ``size`` (H, W)."""
@@ -91,6 +104,12 @@ PRESETS = {
     # CPU-sized: fewer copies and steps with a larger step size, and the last 8 steps on the clean
     # image so the stored image's own activation climbs (the paper's copies never see it as is).
     "quick": Recipe(preset="quick", steps=32, batch_copies=4, lr=0.2, clean_steps=8),
+    # the second picture (issue 16): lucent's Fourier parametrization and transforms (jitter 8 px at
+    # 224, zoom +-10%, rotation +-10 degrees, no colour shift, noise or TV, lr 0.05), ensembled over 8
+    # copies like the paper's; stored in the shard part "fourier" (docs/DECISIONS.md)
+    "fourier": Recipe(preset="fourier", parametrization="fourier", lr=0.05, tv=0.0, jitter=8, jitter_shared=False,
+                      rotate=10.0, scale_jitter=0.1, color_shift_mean=0.0, color_shift_log_std=0.0,
+                      noise_start=0.0),
 }
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from atlas.format import AtlasError, check_model_name, shard_path, unit_runs
+from atlas.format import AtlasError, check_model_name, picture_part, shard_path, unit_runs
 from atlas.log import append_log
 from atlas.manifest import scan_shards, write_manifest
 from atlas.folder import prepare_atlas_folder
@@ -177,6 +177,12 @@ class VisualizeJob:
     progress: bool = True
     stats: dict = field(default_factory=dict)
 
+    @property
+    def part(self) -> str:
+        """The shard part this job's pictures go to: "viz" for the paper's pixel images, else the
+        parametrization's own ("fourier")."""
+        return picture_part(self.recipe.parametrization)
+
 
 @dataclass
 class LayerRun:
@@ -209,18 +215,18 @@ def _optimize_with_retries(job: VisualizeJob, lm: LoadedModel, run: LayerRun, un
     return result, seeds, retries
 
 
-VIZ_FIELDS = ("image", "activation", "map", "loss")
+PICTURE_FIELDS = ("image", "activation", "map", "loss")
 
 
-def _shard_data(rows: dict[int, tuple], start: int, stop: int) -> dict:
-    """The ``viz`` datasets of units [start, stop) from the per-unit results."""
+def _picture_data(rows: dict[int, tuple], start: int, stop: int) -> dict:
+    """The picture part's datasets of units [start, stop) from the per-unit results."""
     units = range(start, stop)
-    data = {f"viz/{name}": np.stack([rows[u][0][name] for u in units]) for name in VIZ_FIELDS}
-    data["viz/activation"] = data["viz/activation"].astype(np.float32)
-    data["viz/loss"] = data["viz/loss"].astype(np.float32)
-    data["viz/seed"] = np.array([rows[u][1] for u in units], np.int64)
-    data["viz/retries"] = np.array([rows[u][2] for u in units], np.uint8)
-    data["viz/failed"] = np.array([not rows[u][0]["finite"] for u in units])
+    data = {name: np.stack([rows[u][0][name] for u in units]) for name in PICTURE_FIELDS}
+    data["activation"] = data["activation"].astype(np.float32)
+    data["loss"] = data["loss"].astype(np.float32)
+    data["seed"] = np.array([rows[u][1] for u in units], np.int64)
+    data["retries"] = np.array([rows[u][2] for u in units], np.uint8)
+    data["failed"] = np.array([not rows[u][0]["finite"] for u in units])
     return data
 
 
@@ -236,6 +242,7 @@ def visualize_shards(lm: LoadedModel, job: VisualizeJob, plan: list[tuple[Layer,
     the end; if that process dies, this one computes them.
     """
     out = Path(job.out)
+    part = job.part
     precision = resolve_precision(job.precision, device)
     step = Step(resolve_compile(job.compile, device), device)
     bar = tqdm(total=sum(stop - start for _, start, stop in plan), unit="unit", desc=f"visualize {job.name}/{job.site}",
@@ -244,8 +251,9 @@ def visualize_shards(lm: LoadedModel, job: VisualizeJob, plan: list[tuple[Layer,
     while waiting:
         claimed, others = [], []
         for layer, start, stop in waiting:
-            claim = Lock(lock_path(out, "claims/" + shard_path(job.name, layer.site, layer.index, start, stop)))
-            if shard_holds(out / shard_path(job.name, layer.site, layer.index, start, stop), "viz"):
+            rel = shard_path(job.name, layer.site, layer.index, start, stop)
+            claim = Lock(lock_path(out, f"claims/{rel}.{part}"))
+            if shard_holds(out / rel, part):
                 bar.update(stop - start)
                 job.stats["by_others"] = job.stats.get("by_others", 0) + 1
             elif claim.acquire():
@@ -253,8 +261,8 @@ def visualize_shards(lm: LoadedModel, job: VisualizeJob, plan: list[tuple[Layer,
             else:
                 others.append((layer, start, stop))
         if others and not claimed:
-            holder = Lock(lock_path(out, "claims/" + shard_path(job.name, others[0][0].site, others[0][0].index,
-                                                                  *others[0][1:]))).holder() or {}
+            holder = Lock(lock_path(out, f"claims/{shard_path(job.name, others[0][0].site, others[0][0].index, *others[0][1:])}"
+                                         f".{part}")).holder() or {}
             bar.set_postfix_str(f"waiting for {len(others)} shards that {holder.get('host', '?')} pid "
                                 f"{holder.get('pid', '?')} is computing")
             time.sleep(5)
@@ -295,29 +303,33 @@ def _visualize_claimed(lm, job, claimed, device, precision, step, bar) -> None:
                 tqdm.write(f"CUDA out of memory: continuing with {fit} units per batch")
                 continue
             for j, u in enumerate(chunk):
-                rows[u] = ({name: getattr(result, name)[j] for name in (*VIZ_FIELDS, "finite")}, seeds[j], retries[j])
+                rows[u] = ({name: getattr(result, name)[j] for name in (*PICTURE_FIELDS, "finite")}, seeds[j], retries[j])
             i += len(chunk)
             bar.update(len(chunk))
             while pending and all(u in rows for u in range(*pending[0])):
                 start, stop = pending.pop(0)
-                _write_viz(out, job, lm, layer, start, stop, _shard_data(rows, start, stop), device, precision,
-                           time.time() - t0)
+                _write_picture(out, job, lm, layer, start, stop, _picture_data(rows, start, stop), device, precision,
+                               time.time() - t0)
                 for u in range(start, stop):
                     del rows[u]
                 t0 = time.time()
 
 
-def _write_viz(out: Path, job: VisualizeJob, lm: LoadedModel, layer: Layer, start: int, stop: int, data: dict,
-               device: torch.device, precision: str, seconds: float) -> None:
-    """Write one shard's ``viz`` part and its build-log line."""
-    attrs = {**layer_attrs(job.name, lm, layer), "unit_start": start, "unit_stop": stop,
-             "recipe": job.recipe.to_dict(), "seed": job.seed}
+def _write_picture(out: Path, job: VisualizeJob, lm: LoadedModel, layer: Layer, start: int, stop: int, data: dict,
+                   device: torch.device, precision: str, seconds: float) -> None:
+    """Write one shard's picture part and its build-log line. The recipe and run seed go with the part;
+    the ``viz`` part also keeps them as shard attributes, as format 1.0 and 1.1 readers expect."""
+    part = job.part
+    attrs = {**layer_attrs(job.name, lm, layer), "unit_start": start, "unit_stop": stop}
+    if part == "viz":
+        attrs.update(recipe=job.recipe.to_dict(), seed=job.seed)
     path = shard_path(job.name, layer.site, layer.index, start, stop)
-    if not write_part(out / path, attrs, "viz", data,
-                      {"loss_steps": job.recipe.loss_steps(), "device": device.type, "precision": precision}):
-        tqdm.write(f"{path} already holds its viz part (written by another process); kept that one")
+    if not write_part(out / path, attrs, part, {f"{part}/{name}": value for name, value in data.items()},
+                      {"loss_steps": job.recipe.loss_steps(), "device": device.type, "precision": precision,
+                       "recipe": job.recipe.to_dict(), "seed": job.seed}):
+        tqdm.write(f"{path} already holds its {part} part (written by another process); kept that one")
         return
-    append_log(out, {"stage": "visualize", "shard": path, "device": str(device), "units": stop - start,
+    append_log(out, {"stage": "visualize", "shard": path, "part": part, "device": str(device), "units": stop - start,
                      "seconds": round(seconds, 3), "units_per_s": round((stop - start) / max(seconds, 1e-9), 3)})
 
 
@@ -334,9 +346,9 @@ def run_visualize(lm: LoadedModel, job: VisualizeJob, command: str | None = None
     remove_stale_temps(out)
     existing = existing_shards(out, job.name, job.site, lm)
     plan = [(layer, start, stop) for layer, units in selected
-            for start, stop in plan_ranges(existing.get(layer.index, []), units, job.shard_units, "viz")]
+            for start, stop in plan_ranges(existing.get(layer.index, []), units, job.shard_units, job.part)]
     done = sum(1 for layer, units in selected for u in units
-               if any(s <= u < e and "viz" in parts for s, e, parts in existing.get(layer.index, [])))
+               if any(s <= u < e and job.part in parts for s, e, parts in existing.get(layer.index, [])))
     job.stats.update(units=sum(stop - start for _, start, stop in plan), shards=len(plan), already_done=done,
                      device=str(device))
     visualize_shards(lm, job, plan, device)

@@ -2,10 +2,12 @@
 
     [atlas]            name, version, description, authors, license, url, out
     [build]            device, precision, compile, shard_units, batch_units, seed
-    [recipe]           preset and per-field overrides (steps, batch_copies, lr, tv, noise, ...)
+    [recipe]           preset and per-field overrides (steps, batch_copies, lr, tv, noise, ...) of the
+                       paper's picture (part "viz")
+    [pictures.NAME]    the recipe of another picture (NAME: "fourier"; preset defaults to NAME)
     [dataset]          images, labels, boxes, k, batch_size, workers, limit
     [[models]]         name (timm name, optionally .tag), atlas_name, checkpoint | random_init,
-                       sites, layers, units, visualize, probe, analyses, [models.recipe]
+                       sites, layers, units, visualize, probe, analyses, pictures, [models.recipe]
 
 Relative paths are relative to the spec file's folder. Unknown keys are errors (a typo must not
 silently change an expensive build).
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import tomli_w
 
-from atlas.format import SITES, AtlasError, check_model_name
+from atlas.format import PICTURES, SITES, AtlasError, check_model_name, picture_part
 
 from .device import DEFAULT_COMPILE, DEFAULT_DEVICE, DEFAULT_PRECISION
 from .recipe import Recipe, resolve_recipe
@@ -47,6 +49,7 @@ class ModelSpec:
     visualize: bool = True
     probe: bool = True
     analyses: list[str] = field(default_factory=list)
+    pictures: list[str] = field(default_factory=list)   # picture parts beyond "viz", e.g. ["fourier"]
     recipe: Recipe | None = None        # overrides the build's recipe
 
 
@@ -68,6 +71,7 @@ class BuildSpec:
     batch_units: int | None = None
     seed: int = 0
     recipe: Recipe = field(default_factory=Recipe)
+    pictures: dict[str, Recipe] = field(default_factory=dict)   # part -> recipe of the other pictures
     images: Path | None = None
     labels: Path | None = None
     boxes: Path | None = None
@@ -94,7 +98,7 @@ TYPES = {
                 "limit": _INT},
     "models": {"name": _STR, "atlas_name": _STR, "checkpoint": _STR, "random_init": _BOOL, "init_seed": _INT,
                "model_args": "a table", "sites": _STRS, "layers": (_STR, _INT), "units": (_STR, _INT),
-               "visualize": _BOOL, "probe": _BOOL, "analyses": _STRS, "recipe": "a table"},
+               "visualize": _BOOL, "probe": _BOOL, "analyses": _STRS, "pictures": _STRS, "recipe": "a table"},
 }
 _RECIPE_TYPES = {str: _STR, int: _INT, float: _NUM, bool: _BOOL}
 
@@ -150,6 +154,16 @@ def _recipe(table: dict, base: Recipe | None, where: str) -> Recipe:
     return dataclasses.replace(base or Recipe(), **{k: tuple(v) if k == "betas" else v for k, v in values.items()})
 
 
+def _picture_recipe(part: str, table: dict, where: str) -> Recipe:
+    """The recipe of a picture part: its table's preset (default: the part's name) and overrides."""
+    table = dict(table)
+    table.setdefault("preset", part)
+    recipe = _recipe(table, None, where)
+    if picture_part(recipe.parametrization) != part:
+        raise AtlasError(f"{where}: preset {recipe.preset!r} makes {recipe.parametrization} pictures, not {part}")
+    return recipe
+
+
 def load_spec(path: str | Path) -> BuildSpec:
     """Read and check a TOML build spec; raises AtlasError saying what is wrong and where."""
     path = Path(path)
@@ -165,7 +179,7 @@ def load_spec(path: str | Path) -> BuildSpec:
         raise AtlasError(f"cannot read spec {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise AtlasError(f"spec {path} is not valid TOML: {e}") from None
-    _take(data, {"atlas", "build", "recipe", "dataset", "models"}, str(path))
+    _take(data, {"atlas", "build", "recipe", "pictures", "dataset", "models"}, str(path))
     here = path.resolve().parent
     resolve = lambda p: (here / p).resolve() if p else None  # noqa: E731
     atlas = _take(data.get("atlas", {}), TYPES["atlas"], f"{path} [atlas]")
@@ -174,10 +188,12 @@ def load_spec(path: str | Path) -> BuildSpec:
     if "name" not in atlas or "out" not in atlas:
         raise AtlasError(f"{path} [atlas] needs name and out")
     recipe = _recipe(data.get("recipe", {}), None, f"{path} [recipe]")
+    pictures = {part: _picture_recipe(part, table, f"{path} [pictures.{part}]")
+                for part, table in _take(data.get("pictures", {}), set(PICTURES) - {"viz"}, f"{path} [pictures]").items()}
     spec = BuildSpec(path=path, name=str(atlas["name"]), version=str(atlas.get("version", "1")),
                      out=resolve(atlas["out"]), description=atlas.get("description", ""),
                      authors=atlas.get("authors", []), license=atlas.get("license", ""), url=atlas.get("url", ""),
-                     recipe=recipe, images=resolve(dataset.get("images")), labels=resolve(dataset.get("labels")),
+                     recipe=recipe, pictures=pictures, images=resolve(dataset.get("images")), labels=resolve(dataset.get("labels")),
                      boxes=resolve(dataset.get("boxes")), **{k: v for k, v in build.items()},
                      **{k: dataset[k] for k in ("k", "batch_size", "workers", "limit") if k in dataset})
     models = data.get("models", [])
@@ -204,6 +220,12 @@ def load_spec(path: str | Path) -> BuildSpec:
         bad = set(model.analyses) - set(ANALYSIS_NAMES)
         if bad:
             raise AtlasError(f"{where}: unknown analyses {sorted(bad)}; analyses are {', '.join(ANALYSIS_NAMES)}")
+        bad = set(model.pictures) - (set(PICTURES) - {"viz"})
+        if bad:
+            raise AtlasError(f"{where}: unknown pictures {sorted(bad)}; pictures besides viz are "
+                             f"{', '.join(p for p in PICTURES if p != 'viz')}")
+        for part in model.pictures:
+            spec.pictures.setdefault(part, _picture_recipe(part, {}, f"{where} pictures"))
         if model.probe and not spec.images:
             raise AtlasError(f"{where} asks for a probe but [dataset] has no images")
         spec.models.append(model)
@@ -230,6 +252,7 @@ def dump_spec(spec: BuildSpec) -> str:
         "build": table({"device": spec.device, "precision": spec.precision, "compile": spec.compile,
                         "shard_units": spec.shard_units, "batch_units": spec.batch_units, "seed": spec.seed}),
         "recipe": table(spec.recipe.to_dict()),
+        "pictures": {part: table(r.to_dict()) for part, r in spec.pictures.items()},
         "dataset": table({"images": spec.images and str(spec.images), "labels": spec.labels and str(spec.labels),
                           "boxes": spec.boxes and str(spec.boxes), "k": spec.k, "batch_size": spec.batch_size,
                           "workers": spec.workers, "limit": spec.limit}),

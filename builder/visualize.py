@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .augment import clean, draw, initial_images, jitter
+from .augment import build_copies, clean, draw, jitter
 from .counter_rng import seed_tensor
 from .device import compute_dtype
 from .forward import unit_forward
 from .models import LoadedModel
 from .objective import channel_total_variation, unit_losses, unit_maps
+from .param import parametrization
 from .recipe import Recipe
 from .sites import Layer, run_to
 
@@ -36,7 +37,7 @@ class UnitImages:
     pixels: torch.Tensor    # float [n, 3, H, W]: the optimized image before quantization (for checks)
 
 
-def step_losses(images, shifts, scale, offset, pixel_noise, forward, units, mean, std, tv_weight: float,
+def step_losses(images, shifts, affine, scale, offset, pixel_noise, forward, units, mean, std, tv_weight: float,
                 tv_on_noise: bool, autocast: bool):
     """Per-unit losses [U] of one step (see ``augment.Draw`` for the augmentation tensors).
 
@@ -47,15 +48,13 @@ def step_losses(images, shifts, scale, offset, pixel_noise, forward, units, mean
     """
     U, _, H, W = images.shape
     C = scale.shape[1]
-    rolled = jitter(images, shifts, C).view(U, -1, 3, H, W)                     # (U, 1 or C, 3, H, W)
-    x = rolled * (scale / std)[..., None, None] + ((offset - mean) / std)[..., None, None]
-    if pixel_noise is not None:
-        x = x + pixel_noise / std[:, None, None]
-    x = x.view(U * C, 3, H, W)
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-        maps = forward(x, units)                                                # (U * C, h, w)
+    rolled = jitter(images, shifts, C, affine).view(U, -1, 3, H, W)             # (U, 1 or C, 3, H, W)
+    noise = pixel_noise / std[:, None, None] if pixel_noise is not None else None
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=autocast):
+        maps = forward.copies(rolled, scale / std, (offset - mean) / std, noise, units)   # (U * C, h, w)
     if pixel_noise is not None and tv_on_noise:
-        tv = (channel_total_variation(x) * std).mean(dim=1).view(U, C)
+        x = build_copies(rolled, scale, offset, pixel_noise)
+        tv = channel_total_variation(x).mean(dim=1).view(U, C)
     else:
         tv = (channel_total_variation(rolled.view(-1, 3, H, W)).view(U, -1, 3) * scale).mean(dim=2)
     return unit_losses(maps, tv, tv_weight)
@@ -77,10 +76,10 @@ class Step:
             mode = "reduce-overhead" if device is not None and device.type == "cuda" else None
             self.fn = torch.compile(step_losses, mode=mode, dynamic=False)
 
-    def __call__(self, images: torch.Tensor, *args) -> torch.Tensor:
-        """The step's per-unit losses (detached); their gradient is accumulated into ``images.grad``."""
+    def __call__(self, param, params: torch.Tensor, *args) -> torch.Tensor:
+        """The step's per-unit losses (detached); their gradient is accumulated into ``params.grad``."""
         try:
-            losses = self.fn(images, *args)
+            losses = self.fn(param.image(params), *args)
             losses.sum().backward()
         except torch.OutOfMemoryError:
             raise
@@ -90,8 +89,8 @@ class Step:
             tqdm.write(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                        "continuing without it")
             self.fn = step_losses
-            images.grad = None
-            losses = step_losses(images, *args)
+            params.grad = None
+            losses = step_losses(param.image(params), *args)
             losses.sum().backward()
         return losses.detach().clone()
 
@@ -111,8 +110,9 @@ def optimize_units(lm: LoadedModel, layer: Layer, units: list[int], seeds: list[
     channels = torch.tensor(units, device=device)
     mean, std = lm.normalization(device)
     autocast = compute_dtype(precision) != torch.float32
-    images = initial_images(seeds_t, (H, W)).requires_grad_(True)
-    optimizer = torch.optim.Adam([images], lr=recipe.lr, betas=recipe.betas, fused=device.type == "cuda")
+    param = parametrization(recipe.parametrization, (H, W))
+    params = param.init(seeds_t, (H, W)).requires_grad_(True)
+    optimizer = torch.optim.Adam([params], lr=recipe.lr, betas=recipe.betas, fused=device.type == "cuda")
     augmented_steps = recipe.steps - recipe.clean_steps
     record, curve = set(recipe.loss_steps()), []
     for t in range(recipe.steps):
@@ -120,21 +120,20 @@ def optimize_units(lm: LoadedModel, layer: Layer, units: list[int], seeds: list[
             group["lr"] = recipe.lr_at(t)
         d = draw(seeds_t, t, recipe, (H, W)) if t < augmented_steps else clean(len(units), device)
         optimizer.zero_grad(set_to_none=True)
-        losses = step(images, d.shifts, d.scale, d.offset, d.pixel_noise, forward, channels, mean, std,
-                      recipe.tv, recipe.tv_input == "augmented", autocast)
+        losses = step(param, params, d.shifts, d.affine, d.scale, d.offset, d.pixel_noise, forward, channels,
+                      mean, std, recipe.tv, recipe.tv_input == "augmented", autocast)
         optimizer.step()
-        with torch.no_grad():
-            images.clamp_(0, 1)
+        param.project(params)
         if t in record:
             curve.append(losses)
-    pixels = (images.detach() * 255).round().clamp(0, 255).to(torch.uint8)
+    with torch.no_grad():
+        images = param.image(params).detach()
+    pixels = (images * 255).round().clamp(0, 255).to(torch.uint8)
     activation, maps = measure(lm, layer, pixels, channels)
     loss = torch.stack(curve, dim=1).float()
-    finite = torch.isfinite(loss).all(1) & torch.isfinite(images.detach()).flatten(1).all(1) \
-        & torch.isfinite(activation)
+    finite = torch.isfinite(loss).all(1) & torch.isfinite(images).flatten(1).all(1) & torch.isfinite(activation)
     return UnitImages(pixels.permute(0, 2, 3, 1).cpu().numpy(), activation.cpu().numpy(),
-                      maps.to(torch.float16).cpu().numpy(), loss.cpu().numpy(), finite.cpu().numpy(),
-                      images.detach().cpu())
+                      maps.to(torch.float16).cpu().numpy(), loss.cpu().numpy(), finite.cpu().numpy(), images.cpu())
 
 
 @torch.no_grad()

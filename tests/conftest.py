@@ -51,6 +51,8 @@ def site(tmp_path_factory):
     out = base / 'atlas & "co" <x>'
     assert build.main(["visualize", *TINY_MODEL, "--preset", "quick", "--steps", "3", "--layers", "0-1",
                        "--units", "0-39", "--shard-units", "16", "--out", str(out)]) == 0
+    assert build.main(["visualize", *TINY_MODEL, "--preset", "fourier", "--steps", "3", "--layers", "0",
+                       "--units", "0-39", "--shard-units", "16", "--out", str(out)]) == 0   # a second picture
     assert build.main(["probe", *TINY_MODEL, "--images", str(folder), "--labels", str(labels), "--layers", "0-1",
                        "--k", "5", "--workers", "0", "--shard-units", "16", "--out", str(out)]) == 0
     index = render(out, workers=2, progress=False)

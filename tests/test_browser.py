@@ -36,9 +36,11 @@ def wait_for(predicate, timeout=10.0):
 
 
 def all_images_loaded(driver) -> list[str]:
-    """Scroll through the page so lazy images load; return the sources of images that did not."""
+    """Scroll through the page so lazy images load; return the sources of shown images that did not (a
+    lazy image hidden on purpose, like the other picture of a layer page's tiles, is never fetched)."""
     driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")
-    script = "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"
+    script = ("return Array.from(document.images).filter(i => i.getClientRects().length > 0)"
+              ".filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
     wait_for(lambda: not driver.execute_script(script))
     return driver.execute_script(script)
 
@@ -141,3 +143,19 @@ def test_pages_are_readable_without_javascript(browser, site):
         assert not any(o.is_displayed() for o in overlays)
     finally:
         browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": False})
+
+
+def test_the_layer_page_switches_its_tiles_between_pictures(browser, site):
+    from selenium.webdriver.common.by import By
+    out, _ = site
+    browser.get((out / "site" / "vit_tiny_patch16_224" / "ffn" / "L00" / "index.html").as_uri())
+
+    def shown() -> set[str]:
+        return {img.get_attribute("src").split("/img/")[1].split("/")[0]
+                for img in browser.find_elements(By.CSS_SELECTOR, ".tile img") if img.is_displayed()}
+    assert shown() == {"viz"}
+    browser.find_element(By.CSS_SELECTOR, "label[for='picture-fourier']").click()
+    assert wait_for(lambda: shown() == {"fourier"})
+    assert all_images_loaded(browser) == [] and console_errors(browser) == []
+    browser.find_element(By.CSS_SELECTOR, "label[for='picture-viz']").click()
+    assert wait_for(lambda: shown() == {"viz"})

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from atlas.format import AtlasError
-from builder.augment import Draw, augment, clean, draw, initial_images, roll_each
+from builder.augment import Draw, augment, clean, draw, roll_each
 from builder.counter_rng import seed_tensor, uniform
 from builder.device import resolve_compile, resolve_precision
 from builder.forward import HookForward, TruncatedViT, image_pass_flops, truncatable, unit_forward
 from builder.models import ModelSource, load_model
 from builder.objective import total_variation, unit_losses, unit_maps
+from builder.param import Pixel
 from builder.recipe import PRESETS, resolve_recipe, unit_seed
 from builder.schedule import balanced_batches
 from builder.sites import find_layers, run_to
@@ -113,7 +114,7 @@ def test_draw_ranges_shared_jitter_and_per_unit_independence():
     assert paper.shifts.shape == (2, 2) and paper.pixel_noise is None  # one shift per unit, noise per channel
     assert draw(seeds, 399, resolve_recipe("paper"), (64, 64)).offset.abs().max() <= 1  # no noise at std 0
     assert not torch.equal(draw(seeds, 4, recipe, (8, 8)).offset, draw(seeds, 5, recipe, (8, 8)).offset)
-    start = initial_images(seeds, (8, 8))
+    start = Pixel().init(seeds, (8, 8))
     assert start.shape == (2, 3, 8, 8) and 0 < start.min() and start.max() < 1
 
 
@@ -128,10 +129,10 @@ def test_roll_each_is_torch_roll_per_image_and_its_gradient_rolls_back():
 def test_augment_is_color_shift_of_jitter_plus_noise():
     x = torch.rand(2, 3, 8, 8)
     shifts = torch.tensor([[1, 2], [0, -1], [3, 3], [-2, 0]])
-    d = Draw(shifts, torch.full((2, 2, 3), 2.0), torch.full((2, 2, 3), -0.5), torch.full((2, 2, 3, 8, 8), 0.25))
+    d = Draw(shifts, None, torch.full((2, 2, 3), 2.0), torch.full((2, 2, 3), -0.5), torch.full((2, 2, 3, 8, 8), 0.25))
     out = augment(x, d)
     torch.testing.assert_close(out[2], torch.roll(x[1], (3, 3), (1, 2)) * 2.0 - 0.5 + 0.25)
-    shared = Draw(torch.tensor([[1, 2], [3, 3]]), d.scale, d.offset, None)  # one shift per unit
+    shared = Draw(torch.tensor([[1, 2], [3, 3]]), None, d.scale, d.offset, None)  # one shift per unit
     torch.testing.assert_close(augment(x, shared)[3], torch.roll(x[1], (3, 3), (1, 2)) * 2.0 - 0.5)
 
 
@@ -170,9 +171,12 @@ def test_objective_scaling_is_the_authors_loss_times_eight():
 
 def _tv_only_loss(recipe, images, d):
     """step_losses with a forward that reads nothing: the loss is tv * TV of what TV is computed on."""
-    zero = lambda x, units: torch.zeros(x.shape[0], 2, 2)  # noqa: E731
+    class ReadsNothing:
+        def copies(self, rolled, scale, offset, noise, units):
+            return torch.zeros(scale.shape[0] * scale.shape[1], 2, 2)
+    zero = ReadsNothing()
     mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.3, 0.25])
-    return step_losses(images, d.shifts, d.scale, d.offset, d.pixel_noise, zero, torch.tensor([0] * len(images)),
+    return step_losses(images, d.shifts, d.affine, d.scale, d.offset, d.pixel_noise, zero, torch.tensor([0] * len(images)),
                        mean, std, 1.0, recipe.tv_input == "augmented", False)
 
 
@@ -180,7 +184,7 @@ def test_tv_is_computed_on_the_copies_the_recipe_says():
     images = torch.rand(2, 3, 16, 16)
     seeds = seed_tensor([3, 4], CPU)
     noisy = lambda d: augment(images, d).view(2, -1, 3, 16, 16)  # noqa: E731
-    unnoised = lambda d: augment(images, Draw(d.shifts, d.scale, d.offset, None)).view(2, -1, 3, 16, 16)  # noqa: E731
+    unnoised = lambda d: augment(images, Draw(d.shifts, d.affine, d.scale, d.offset, None)).view(2, -1, 3, 16, 16)  # noqa: E731
     per_copy_tv = lambda copies: total_variation(copies.flatten(0, 1)).view(2, -1).mean(1)  # noqa: E731
     # paper: noise per copy and channel, which TV does not see; computed once per source image
     paper = resolve_recipe("paper")
@@ -218,7 +222,7 @@ def test_optimization_raises_the_units_activation(tiny_vit):
     plain = resolve_recipe("quick", steps=30, jitter=0, color_shift_mean=0.0, color_shift_log_std=0.0,
                            noise_start=0.0, tv=0.0)
     result = optimize_units(tiny_vit, layer, units, seeds, plain, CPU)
-    start = initial_images(seed_tensor(seeds, CPU), (32, 32))
+    start = Pixel().init(seed_tensor(seeds, CPU), (32, 32))
     with torch.no_grad():
         (grid,) = run_to(tiny_vit.model, tiny_vit.normalize(start), [layer])
     before = grid[torch.arange(16), :, :, torch.tensor(units)].mean(dim=(1, 2)).numpy()
@@ -289,7 +293,7 @@ def test_truncated_forward_equals_the_hook_path(family):
     layers = find_layers(lm.model, "ffn", lm.input_size)
     model = lm.model.double()
     for layer in layers:
-        assert truncatable(model, layer)
+        assert truncatable(model, layer) and TruncatedViT(model, layer).per_channel_embedding
         fast, hooked = TruncatedViT(model, layer), HookForward(model, layer)
         a = x.clone().requires_grad_(True)
         b = x.clone().requires_grad_(True)
@@ -298,6 +302,15 @@ def test_truncated_forward_equals_the_hook_path(family):
         (ma * torch.linspace(0, 1, ma.numel(), dtype=torch.float64).view_as(ma)).sum().backward()
         (mb * torch.linspace(0, 1, mb.numel(), dtype=torch.float64).view_as(mb)).sum().backward()
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-10)
+        # copies given per source image: the per-channel patch embedding equals building the copies
+        rolled = torch.rand(2, 1, 3, 32, 32, dtype=torch.float64, requires_grad=True)
+        scale, offset = torch.rand(2, 3, 3, dtype=torch.float64) + 0.5, torch.randn(2, 3, 3, dtype=torch.float64)
+        fast_maps = fast.copies(rolled, scale, offset, None, units)
+        slow_maps = hooked.copies(rolled, scale, offset, None, units)
+        torch.testing.assert_close(fast_maps, slow_maps, rtol=1e-10, atol=1e-10)
+        (g_fast,) = torch.autograd.grad(fast_maps.sum(), rolled)
+        (g_slow,) = torch.autograd.grad(slow_maps.sum(), rolled)
+        torch.testing.assert_close(g_fast, g_slow, rtol=1e-9, atol=1e-10)
     lm.model.float()
 
 

@@ -136,7 +136,8 @@ def test_plan_prints_the_work_and_the_calibrated_hours(tmp_path, capsys):
     # the quick preset's own 32 steps, 8 of them clean: the calibration shortens the recipe
     assert build.main(["plan", str(write_spec(tmp_path, steps=32)), "--num-shards", "3"]) == 0
     out = capsys.readouterr().out
-    assert "9 shards (0 already complete), 72 units" in out and "TFLOP/s achieved" in out and "3 parts:" in out
+    assert "9 shards, 9 pictures to make (0 already complete), 72 units" in out and "TFLOP/s achieved" in out \
+        and "3 parts:" in out
 
 
 def test_no_room_and_unwritable_folders_are_refused_before_work(tmp_path):

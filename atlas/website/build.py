@@ -21,7 +21,8 @@ from ..media import model_view, webp
 from ..reader import Atlas
 from .cite import PAPER_BIBTEX, atlas_bibtex, citation_cff
 from .collect import LayerSummary, ThumbnailJob, strongest, summarize_layer, thumbnail_jobs
-from .context import (Renderer, analysis_charts, example_unit, featured, figure_tile, templates_dir, tile)
+from .context import (PICTURE_LABELS, Renderer, analysis_charts, example_unit, featured, figure_tile, templates_dir,
+                      tile)
 from .search import render_search
 from .urls import (MARKER, PAGE_UNITS, RESERVED, THUMB_SIZE, complete_webp, page_path, write_if_changed)
 
@@ -143,6 +144,7 @@ def _render_layers_and_models(r: Renderer, summaries: dict[tuple, LayerSummary])
         info = r.manifest.get("models", {}).get(m, {}).get("sites", {}).get(s, {}).get(f"{layer:02d}", {})
         for p in range(1, pages + 1):
             r.page("layer.html", page_path(m, s, layer, page=p), model=m, site=s, layer=layer, info=info,
+                   picture_parts=[(part, PICTURE_LABELS.get(part, part)) for part in summ.pictures],
                    tiles=tiles[(p - 1) * PAGE_UNITS:p * PAGE_UNITS], page=p, pages=pages,
                    page_links=[(q, page_path(m, s, layer, page=q)) for q in range(1, pages + 1)])
         order = strongest(summ)[:STRIP_UNITS]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..format import AtlasError
+from ..format import PICTURES, AtlasError
 from ..reader import Atlas
 from .urls import view_key
 
@@ -25,6 +25,7 @@ class LayerSummary:
     dead: np.ndarray           # bool
     top_class: list            # (name, count, k) or None per unit
     shard_of: list             # (shard path, row) per unit
+    pictures: dict             # picture part -> bool [units]: which units have that picture
 
     def beats_dataset(self) -> tuple[int, int]:
         """(units whose optimized image activates them more than their best dataset image does,
@@ -45,12 +46,15 @@ def summarize_layer(a: Atlas, model: str, site: str, layer: int) -> LayerSummary
     """Bulk-read a layer's shards into a LayerSummary."""
     refs = a.shards(model, site, layer)
     units, act, dmax, dead, top, where = [], [], [], [], [], []
+    pictures = {part: [] for part in PICTURES}
     dataset = dataset_or_none(a)
     for ref in refs:
         f = a.file(ref.path)
         n = ref.unit_stop - ref.unit_start
         units.append(np.arange(ref.unit_start, ref.unit_stop))
         act.append(f["viz/activation"][()] if "viz" in ref.parts else np.full(n, np.nan))
+        for part, has in pictures.items():
+            has.append(np.full(n, part in ref.parts))
         if "probe" in ref.parts:
             dmax.append(f["stats/max"][()])
             dead.append(f["stats/positive"][()] == 0)
@@ -64,7 +68,8 @@ def summarize_layer(a: Atlas, model: str, site: str, layer: int) -> LayerSummary
             top += [None] * n
         where += [(ref.path, r) for r in range(n)]
     return LayerSummary(model, site, layer, np.concatenate(units), np.concatenate(act), np.concatenate(dmax),
-                        np.concatenate(dead), top, where)
+                        np.concatenate(dead), top, where,
+                        {part: np.concatenate(has) for part, has in pictures.items() if np.concatenate(has).any()})
 
 
 def dataset_or_none(a: Atlas):

@@ -42,6 +42,10 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+# How the website names each picture part.
+PICTURE_LABELS = {"viz": "paper recipe", "fourier": "Fourier"}
+
+
 class Renderer:
     """What every page of one render shares (the atlas, its description, the Jinja environment), and
     each page's context: the mkdocs ``get_context`` step. Worker processes build their own."""
@@ -88,13 +92,8 @@ class Renderer:
                "permalink": self.permalink(page_path(model, site, layer, index)),
                "weights": attrs.get("weights"), "arch": attrs.get("arch"),
                "bibkey": self.key + "_" + "".join(ch if ch.isalnum() else "_" for ch in unit.id)}
-        if "viz" in unit.parts:
-            ctx["viz"] = {"src": viz_path(unit.id), "activation": unit.activation, "seed": unit.seed,
-                          "map": data_uri(map_png(unit.map, float(np.nanmax(unit.map)) if unit.map.size else 0)),
-                          "loss": lines({"loss": list(zip(attrs["viz"]["loss_steps"], unit.loss.tolist()))},
-                                        width=420, height=120, title="loss during optimization",
-                                        x_label="step", y_label="loss"),
-                          "size": attrs.get("image_size")}
+        ctx["pictures"] = [self.picture_context(unit, part, attrs) for part in unit.pictures]
+        ctx["viz"] = next((p for p in ctx["pictures"] if p["part"] == "viz"), None)
         if "probe" in unit.parts:
             top = unit.topk
             scale = max((float(np.nanmax(t.map)) for t in top), default=0.0)
@@ -118,24 +117,41 @@ class Renderer:
                                               title=f"scores of all dataset images for {unit.id}")}
         return ctx
 
+    def picture_context(self, unit, part: str, attrs: dict) -> dict:
+        """What the unit page shows of one of the unit's optimized pictures."""
+        pic = unit.picture(part)
+        steps = attrs.get(part, {}).get("loss_steps", list(range(len(pic.loss))))
+        return {"part": part, "label": PICTURE_LABELS.get(part, part), "src": viz_path(unit.id, part=part),
+                "activation": pic.activation, "seed": pic.seed, "recipe": pic.recipe, "image": pic.image,
+                "run_seed": attrs.get(part, {}).get("seed", attrs.get("seed")),
+                "map": data_uri(map_png(pic.map, float(np.nanmax(pic.map)) if pic.map.size else 0)),
+                "loss": lines({"loss": list(zip(steps, pic.loss.tolist()))}, width=420, height=120,
+                              title=f"loss during optimization ({PICTURE_LABELS.get(part, part)})",
+                              x_label="step", y_label="loss"),
+                "size": attrs.get("image_size")}
+
     def render_unit(self, model: str, site: str, layer: int, index: int, neighbours: dict, layer_page: str) -> None:
-        """Write a unit's page and its optimized image (and tile)."""
+        """Write a unit's page and its optimized pictures (and their tiles)."""
         unit = self.atlas.unit(model, layer, index, site=site)
         ctx = self.unit_context(unit, neighbours, layer_page)
-        if ctx["viz"]:
-            write_if_changed(self.site_dir / viz_path(unit.id), webp(unit.image, quality=80))
-            if max(unit.image.shape[:2]) > TILE_SIZE:
-                write_if_changed(self.site_dir / viz_path(unit.id, tile=True), webp(unit.image, TILE_SIZE, 80))
+        for pic in ctx["pictures"]:
+            image = pic.pop("image")
+            write_if_changed(self.site_dir / pic["src"], webp(image, quality=80))
+            if max(image.shape[:2]) > TILE_SIZE:
+                write_if_changed(self.site_dir / viz_path(unit.id, tile=True, part=pic["part"]),
+                                 webp(image, TILE_SIZE, 80))
         self.page("unit.html", page_path(model, site, layer, index), **ctx)
 
 
 def tile(r: Renderer, summ: LayerSummary, i: int) -> dict:
+    """A unit's tile on layer pages and strips: its paper picture (``src``) and every picture it has."""
     uid = unit_id(summ.model, summ.site, summ.layer, int(summ.units[i]))
-    has_viz = np.isfinite(summ.activation[i])
     big = r.manifest.get("models", {}).get(summ.model, {}).get("image_size") or [0]
-    tile = has_viz and max(big) > TILE_SIZE
+    small = max(big) > TILE_SIZE
+    pictures = [{"part": part, "label": PICTURE_LABELS.get(part, part), "src": viz_path(uid, tile=small, part=part)}
+                for part, has in summ.pictures.items() if has[i]]
     return {"uid": uid, "index": int(summ.units[i]), "href": f"{uid}.html",
-            "src": viz_path(uid, tile=tile) if has_viz else None,
+            "src": next((p["src"] for p in pictures if p["part"] == "viz"), None), "pictures": pictures,
             "top_class": summ.top_class[i], "activation": float(summ.activation[i]),
             "dead": bool(summ.dead[i])}
 

@@ -7,7 +7,8 @@ URL scheme, relative to the website's root; stable for an atlas version (docs/FO
     <model>/<site>/L<ll>/index.html          a layer's units (page-2.html, ... past PAGE_UNITS units)
     <model>/<site>/L<ll>/U<uuuu>.html        a unit: the unit id + ".html"
     search.html, downloads.html, cite.html, analyses/<name>.html
-    img/viz/<model>/<site>/L<ll>/U<uuuu>.webp (and _t.webp tiles), img/data/<view>/<row>.webp
+    img/<picture>/<model>/<site>/L<ll>/U<uuuu>.webp (and _t.webp tiles; picture: viz, fourier)
+    img/data/<view>/<row>.webp               dataset thumbnails
     search/meta.js, search/classes-<n>.js    the static search index (script-loaded: works on file://)
     .vit-atlas-website                       marks the folder as a website ViT Atlas renders into
 """
@@ -35,9 +36,9 @@ def page_path(model: str, site: str, layer: int, unit: int | None = None, page: 
     return f"{model}/{site}/L{layer:02d}/" + ("index.html" if page == 1 else f"page-{page}.html")
 
 
-def viz_path(uid: str, tile: bool = False) -> str:
-    """Website-relative path of a unit's optimized image (or its tile)."""
-    return f"img/viz/{uid}{'_t' if tile else ''}.webp"
+def viz_path(uid: str, tile: bool = False, part: str = "viz") -> str:
+    """Website-relative path of a unit's optimized picture of ``part`` (or its tile)."""
+    return f"img/{part}/{uid}{'_t' if tile else ''}.webp"
 
 
 def relative_root(path: str) -> str:
