@@ -80,7 +80,8 @@ def cmd_probe(args, command: str) -> None:
     job = ProbeJob(out=args.out, name=args.name or args.model, site=args.site, layers=args.layers, units=args.units,
                    k=args.k,
                    batch_size=args.batch_size, device=args.device, precision=args.precision,
-                   shard_units=args.shard_units, checkpoint_seconds=args.checkpoint_every, workers=args.workers)
+                   shard_units=args.shard_units, checkpoint_seconds=args.checkpoint_every, workers=args.workers,
+                   related=args.related, related_k=args.related_k, sketch_dims=args.sketch_dims)
     stats = run_probe(lm, index, job, command)
     print(f"probed {stats['layers']} layers ({stats['shards']} shards) on {stats['images']} images into {args.out}")
     if stats.get("skipped"):
@@ -230,6 +231,11 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--workers", type=int, help="decoding processes (default: min(8, CPUs))")
     _device_args(pr)
     pr.add_argument("--shard-units", type=int, default=256, help="units per new shard file (default 256)")
+    pr.add_argument("--related", default="auto", choices=("auto", "exact", "sketch", "off"),
+                    help="related units from per-image scores: exact, a random-projection sketch, or auto "
+                         "(exact up to 512 MB of float16 scores)")
+    pr.add_argument("--related-k", type=int, default=8, help="related units kept per unit and scope (default 8)")
+    pr.add_argument("--sketch-dims", type=int, default=1024, help="dimensions of the sketch (default 1024)")
     pr.add_argument("--checkpoint-every", type=float, default=300, metavar="SECONDS",
                     help="save the running state this often, so a killed pass resumes (default 300)")
     pr.add_argument("--out", required=True, help="atlas folder")

@@ -8,7 +8,8 @@
 __version__ = "0.1.0"
 
 from .format import FORMAT_VERSION, SITES, AtlasError, parse_unit_id, unit_id  # noqa: E402
-from .reader import Atlas, Dataset, Picture, ShardInfo, TopImage, Unit, UnitStats, open  # noqa: E402,A004
+from .reader import Atlas, Dataset, Picture, RelatedUnit, ShardInfo, TopImage, Unit, UnitFlags, UnitStats, open  # noqa: E402,A004
 
-__all__ = ["FORMAT_VERSION", "SITES", "Atlas", "AtlasError", "Dataset", "Picture", "ShardInfo", "TopImage", "Unit", "UnitStats",
+__all__ = ["FORMAT_VERSION", "SITES", "Atlas", "AtlasError", "Dataset", "Picture", "RelatedUnit", "ShardInfo", "TopImage", "Unit",
+           "UnitFlags", "UnitStats",
            "open", "parse_unit_id", "unit_id", "__version__"]

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import re
 
-FORMAT_VERSION = "1.2"
+FORMAT_VERSION = "1.3"
 MANIFEST = "manifest.json"
 DATASET = "dataset.h5"
+RELATED = "related.h5"      # related units of every probed unit (rebuilt after each probe)
+SCORES = "scores"           # scores/<model>-<site>.h5: per-image scores or their sketch
 SHARDS = "shards"
 CITATION = "CITATION.cff"
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import h5py
 
 from . import __version__
-from .format import DATASET, FORMAT_VERSION, MANIFEST, SHARDS, AtlasError
+from .format import DATASET, FORMAT_VERSION, MANIFEST, RELATED, SCORES, SHARDS, AtlasError
 from .locks import Lock, lock_path
 from .quarantine import quarantine
 from .shard import parts_of, read_attrs, replace_atomically, temp_name
 
 _HASH_CACHE = ".cache/sha256.json"
 # Files other than shards that the manifest covers, relative to the atlas root.
-DATA_FILES = (DATASET, "analyses")
+DATA_FILES = (DATASET, RELATED, SCORES, "analyses")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -11,7 +11,8 @@ import h5py
 import numpy as np
 
 from .dataset import Dataset
-from .format import DATASET, PICTURES, AtlasError, parse_unit_id, unit_id
+from .flags import FLAG_NAMES, THRESHOLDS, flag_values, flags_of
+from .format import DATASET, PICTURES, RELATED, AtlasError, parse_unit_id, unit_id
 from .manifest import describe_shards, read_manifest
 from .shard import read_attrs
 
@@ -25,6 +26,32 @@ class Picture(NamedTuple):
     seed: int             # the unit's own seed
     loss: np.ndarray      # the loss at the part's loss_steps
     recipe: dict          # the recipe that made it (preset, parametrization, ...)
+
+
+class RelatedUnit(NamedTuple):
+    """A unit that fires on the same images: its scope, id and correlation over the probe's images."""
+    scope: str            # "same layer", "same model" or "other models"
+    id: str               # unit id
+    corr: float           # correlation of the two units' per-image scores (estimated: a sketch)
+
+
+@dataclass(frozen=True)
+class UnitFlags:
+    """What kind of unit this is (atlas.flags): the values, and the flags they give."""
+    class_share: float       # share of the top-k images in their most common class
+    top_class: str | None    # that class's name (None without labels)
+    extent: float            # mean fraction of the grid above half the map's maximum (top-k maps)
+    concentration: float     # mean share of the positive activation on the most active token
+    dead: bool
+    class_selective: bool
+    local: bool
+    global_: bool            # "global" (a keyword in Python)
+    outlier_tokens: bool
+
+    @property
+    def names(self) -> list[str]:
+        """The flags that are set, by their names in FLAG_NAMES."""
+        return [n for n in FLAG_NAMES if getattr(self, "global_" if n == "global" else n)]
 
 
 class TopImage(NamedTuple):
@@ -120,6 +147,28 @@ class Unit:
         recipe = read_attrs(f[part]).get("recipe") or read_attrs(f).get("recipe") or {}
         return Picture(part, read("image"), float(read("activation")), read("map"), int(read("seed")),
                        read("loss"), recipe)
+
+    @cached_property
+    def flags(self) -> UnitFlags:
+        """The unit's flags: stored by the probe (format 1.3), else derived from its top-k data."""
+        f = self.atlas.file(self.shard)
+        if "flags/extent" in f and "probe" in self.parts:
+            values = {name: f[f"flags/{name}"][self.row] for name in ("class", "class_share", "extent", "concentration")}
+        else:
+            labels = self.atlas.dataset.labels if (self.atlas.root / DATASET).exists() else None
+            values = {k: v[0] for k, v in flag_values(self._read("topk/index", "probe")[None],
+                                                      self._read("topk/map", "probe")[None], labels).items()}
+        thresholds = read_attrs(f["probe"]).get("flag_thresholds") or THRESHOLDS if "probe" in f else THRESHOLDS
+        on = flags_of(values, self.stats.positive, thresholds)
+        name = self.atlas.dataset.class_name(int(values["class"])) if int(values["class"]) >= 0 else None
+        return UnitFlags(float(values["class_share"]), name, float(values["extent"]), float(values["concentration"]),
+                         on["dead"], on["class_selective"], on["local"], on["global"], on["outlier_tokens"])
+
+    @property
+    def related(self) -> list[RelatedUnit]:
+        """The units most correlated with this one over the probe's images (``related.h5``): the k best in
+        its layer, elsewhere in its model, and in other models; empty when the atlas has none."""
+        return self.atlas.related_units(self.model, self.site, self.layer, self.index)
 
     @cached_property
     def topk(self) -> list[TopImage]:
@@ -233,6 +282,12 @@ class Atlas:
                              f"(units {refs[0].unit_start}..{refs[-1].unit_stop - 1} are)")
         return Unit(self, model, site, layer, index, refs[i])
 
+    def has(self, uid: str, part: str) -> bool:
+        """Whether the atlas holds unit ``uid`` with ``part`` ("viz", "probe", ...)."""
+        model, site, layer, index = parse_unit_id(uid)
+        refs = self._index.get((model, site, layer), [])
+        return any(r.unit_start <= index < r.unit_stop and part in r.parts for r in refs)
+
     def unit_by_id(self, text: str) -> Unit:
         """The unit with id ``<model>/<site>/L<ll>/U<uuuu>``."""
         model, site, layer, index = parse_unit_id(text)
@@ -246,6 +301,36 @@ class Atlas:
             if part in f:
                 attrs[part] = read_attrs(f[part])
         return attrs
+
+    @cached_property
+    def _related(self) -> dict | None:
+        path = self.root / RELATED
+        if not path.exists():
+            return None
+        with h5py.File(path, "r") as f:
+            attrs = read_attrs(f)
+            keys = np.stack([f[n][()] for n in ("model", "site", "layer", "unit")], 1)
+            data = {"models": attrs["models"], "sites": attrs["sites"], "scopes": attrs["scopes"], "keys": keys,
+                    "rows": f["related/row"][()], "corr": f["related/corr"][()], "method": attrs.get("method")}
+        data["index"] = {tuple(k): i for i, k in enumerate(keys.tolist())}
+        return data
+
+    def related_units(self, model: str, site: str, layer: int, unit: int) -> list[RelatedUnit]:
+        """The related units of a unit (see ``Unit.related``)."""
+        r = self._related
+        if not r or model not in r["models"] or site not in r["sites"]:
+            return []
+        i = r["index"].get((r["models"].index(model), r["sites"].index(site), layer, unit))
+        if i is None:
+            return []
+        found = []
+        for scope, (rows, corrs) in enumerate(zip(r["rows"][i], r["corr"][i])):
+            for row, corr in zip(rows, corrs):
+                if row >= 0:
+                    m, s, l, u = r["keys"][row]
+                    found.append(RelatedUnit(r["scopes"][scope], unit_id(r["models"][m], r["sites"][s], int(l), int(u)),
+                                             float(corr)))
+        return found
 
     @cached_property
     def dataset(self) -> Dataset:

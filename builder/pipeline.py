@@ -216,7 +216,8 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
             if m.probe:
                 run_probe(lm, index, ProbeJob(out=spec.out, name=m.atlas_name, layers=m.layers, units=m.units,
                                              k=spec.k, batch_size=spec.batch_size, device=spec.device,
-                                             precision=spec.precision, shard_units=spec.shard_units, progress=progress,
+                                             precision=spec.precision, related=spec.related,
+                                             related_k=spec.related_k, sketch_dims=spec.sketch_dims, shard_units=spec.shard_units, progress=progress,
                                              workers=spec.workers), command)
             for analysis in m.analyses:
                 job = AnalysisJob(out=spec.out, name=m.atlas_name, index=index,

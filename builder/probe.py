@@ -19,8 +19,9 @@ import torch
 from tqdm import tqdm
 
 from atlas.dataset import Dataset, paths_sha256, write_dataset
+from atlas.flags import THRESHOLDS, flag_values
 from atlas.folder import prepare_atlas_folder
-from atlas.format import DATASET, AtlasError, check_model_name, shard_path
+from atlas.format import DATASET, SCORES, AtlasError, check_model_name, shard_path
 from atlas.log import append_log
 from atlas.manifest import write_manifest
 from atlas.quarantine import quarantine
@@ -30,6 +31,7 @@ from .dataset import ImageDataset, ImageIndex, collate, loader_workers
 from .models import LoadedModel
 from .device import DEFAULT_DEVICE, DEFAULT_PRECISION, autocast, resolve_device, resolve_precision
 from .schedule import existing_shards, layer_attrs, plan_ranges, select_layers
+from .related import MODES, ScoreStore, rebuild_related
 from .sites import Layer, run_to
 
 
@@ -55,8 +57,9 @@ class LayerProbe:
         self.hist = torch.zeros((units, len(self.edges) - 1), dtype=torch.long, device=device)
         self.count = 0
 
-    def update(self, grid: torch.Tensor, index: torch.Tensor) -> None:
-        """Fold in a batch: grid [B, h, w, units] (float), index [B] (ascending, after all seen so far)."""
+    def update(self, grid: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Fold in a batch: grid [B, h, w, units] (float), index [B] (ascending, after all seen so far).
+        Returns the batch's scores [units, B]."""
         B, units, k = grid.shape[0], self.score.shape[0], self.k
         scores = grid.mean(dim=(1, 2)).T.contiguous()                          # [units, B]
         self.sum += scores.sum(1, dtype=torch.float64)
@@ -74,15 +77,21 @@ class LayerProbe:
         self.map = torch.where(from_batch[..., None, None], batch_maps, kept_maps)
         self.index = torch.where(from_batch, index[(order - k).clamp(min=0)], self.index.gather(1, order.clamp(max=k - 1)))
         self.score = candidates.gather(1, order)
+        return scores
 
-    def rows(self, start: int, stop: int, new_row: np.ndarray) -> dict[str, np.ndarray]:
-        """The probe part's datasets for units [start, stop); image indices mapped to dataset rows."""
+    def rows(self, start: int, stop: int, new_row: np.ndarray, labels: np.ndarray | None) -> dict[str, np.ndarray]:
+        """The probe part's datasets for units [start, stop); image indices mapped to dataset rows;
+        ``labels`` (by dataset row) give the flags' classes."""
         index = self.index[start:stop].cpu().numpy()
         n = max(self.count, 1)
+        topk = np.where(index >= 0, new_row[np.maximum(index, 0)], -1).astype(np.int64)
+        maps = self.map[start:stop].cpu().numpy().astype(np.float16)
+        flags = flag_values(topk, maps, labels)        # from the stored maps: anyone can re-derive them
         return {
-            "topk/index": np.where(index >= 0, new_row[np.maximum(index, 0)], -1).astype(np.int64),
+            **{f"flags/{name}": value for name, value in flags.items()},
+            "topk/index": topk,
             "topk/score": self.score[start:stop].cpu().numpy().astype(np.float32),
-            "topk/map": self.map[start:stop].cpu().numpy().astype(np.float16),
+            "topk/map": maps,
             "stats/mean": (self.sum[start:stop] / n).cpu().numpy().astype(np.float32),
             "stats/max": self.max[start:stop].cpu().numpy().astype(np.float32),
             "stats/positive": (self.positive[start:stop].double() / n).cpu().numpy().astype(np.float32),
@@ -115,6 +124,9 @@ class ProbeJob:
     device: str = DEFAULT_DEVICE
     precision: str = DEFAULT_PRECISION
     shard_units: int = 256
+    related: str = "auto"         # per-image scores for related units: auto, exact, sketch or off
+    related_k: int = 8            # related units kept per unit and scope
+    sketch_dims: int = 1024       # dimensions of the sketch (related = sketch, or auto on large probes)
     checkpoint_seconds: float = 300.0
     progress: bool = True
     stats: dict = field(default_factory=dict)
@@ -134,7 +146,8 @@ def _check_dataset(out: Path, index: ImageIndex) -> None:
 
 
 def _fingerprint(job: ProbeJob, lm: LoadedModel, layers: list[Layer], index: ImageIndex) -> str:
-    what = [job.name, lm.weights, job.site, [layer.index for layer in layers], job.k, job.precision,
+    what = [job.name, lm.weights, job.site, [layer.index for layer in layers], job.k, job.precision, job.related,
+            job.sketch_dims,
             paths_sha256(index.paths), repr(lm.eval_transform())]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
@@ -159,6 +172,9 @@ def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | 
     check_model_name(job.name)
     if job.k < 1 or job.batch_size < 1 or (job.workers or 0) < 0:
         raise AtlasError("--k and --batch-size must be at least 1, --workers at least 0")
+    if job.related not in MODES or job.related_k < 1 or job.sketch_dims < 8:
+        raise AtlasError(f"--related must be one of {', '.join(MODES)}, --related-k at least 1 and --sketch-dims "
+                         "at least 8")
     device = resolve_device(job.device)
     job.precision = resolve_precision(job.precision, device)
     selected = select_layers(lm, job.site, job.layers, job.units)
@@ -177,6 +193,9 @@ def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | 
 
     lm.model.to(device)
     probes = [LayerProbe(layer.units, layer.grid, job.k, device) for layer in layers]
+    kept = {layer.index: torch.tensor(units, device=device) for layer, units in selected if plan[layer.index]}
+    store = ScoreStore([len(kept[layer.index]) for layer in layers], len(index.paths), job.related, job.sketch_dims,
+                       out / ".probe" / f"{job.name}-{job.site}.scores.npy", device)
     state_path = out / ".probe" / f"{job.name}-{job.site}.pt"
     fingerprint = _fingerprint(job, lm, layers, index)
     start, skipped = 0, {}
@@ -185,12 +204,13 @@ def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | 
         start, skipped = state["position"], state["skipped"]
         for probe, s in zip(probes, state["layers"]):
             probe.load(s)
+        store.load(state.get("scores", {}))
 
     def save_state(position: int) -> None:
         state_path.parent.mkdir(exist_ok=True)
         tmp = temp_name(state_path)
         torch.save({"fingerprint": fingerprint, "position": position, "skipped": skipped,
-                    "layers": [p.state() for p in probes]}, tmp)
+                    "layers": [p.state() for p in probes], "scores": store.state()}, tmp)
         replace_atomically(tmp, state_path)
 
     transform = lm.eval_transform()
@@ -207,7 +227,8 @@ def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | 
             ids_device = ids.to(device)
 
             def fold(i, grid):
-                probes[i].update(grid.float(), ids_device)
+                scores = probes[i].update(grid.float(), ids_device)
+                store.update(i, scores[kept[layers[i].index]], ids_device)
             with torch.no_grad(), autocast(device, job.precision):
                 run_to(lm.model, x.to(device, non_blocking=True), layers, on_capture=fold)
         position += len(ids) + len(bad)
@@ -232,19 +253,26 @@ def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | 
                       index.class_names, [(index.paths[i], skipped[i]) for i in sorted(skipped)],
                       {"layout": index.layout, "class_ids": index.class_ids,
                        "candidates_sha256": paths_sha256(index.paths)})
-    part_attrs = {"k": job.k, "images": len(good), "transform": repr(transform),
+    labels = np.asarray(index.labels)[good] if len(index.labels) else None
+    part_attrs = {"k": job.k, "images": len(good), "transform": repr(transform), "flag_thresholds": THRESHOLDS,
                   "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in lm.data_config.items()},
                   "precision": job.precision, "dataset_paths_sha256": paths_sha256([index.paths[i] for i in good])}
     for layer, probe in zip(layers, probes):
         for start_unit, stop_unit in plan[layer.index]:
             attrs = {**layer_attrs(job.name, lm, layer), "unit_start": start_unit, "unit_stop": stop_unit}
             rel = shard_path(job.name, job.site, layer.index, start_unit, stop_unit)
-            if not write_part(out / rel, attrs, "probe", probe.rows(start_unit, stop_unit, new_row), part_attrs):
+            if not write_part(out / rel, attrs, "probe", probe.rows(start_unit, stop_unit, new_row, labels),
+                              part_attrs):
                 tqdm.write(f"{rel} already holds its probe part (written by another process); kept that one")
     append_log(out, {"stage": "probe", "model": job.name, "site": job.site, "device": str(device),
                      "images": len(index.paths), "seconds": round(seconds, 3),
                      "images_per_s": round((len(index.paths) - start) / max(seconds, 1e-9), 3)})
+    table = [(layer.index, int(u)) for layer in layers for u in kept[layer.index].tolist()]
+    store.write(out / SCORES / f"{job.name}-{job.site}.h5", table, good,
+                {"model": job.name, "site": job.site, "dataset_paths_sha256": part_attrs["dataset_paths_sha256"]})
+    related = rebuild_related(out, job.related_k) if job.related != "off" else None
     state_path.unlink(missing_ok=True)
     write_manifest(out, command)
+    job.stats.update(related=str(related) if related else None)
     job.stats.update(skipped=len(skipped), skipped_files=[(index.paths[i], r) for i, r in sorted(skipped.items())])
     return job.stats

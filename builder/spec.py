@@ -79,6 +79,9 @@ class BuildSpec:
     batch_size: int = 64
     workers: int | None = None
     limit: int | None = None
+    related: str = "auto"
+    related_k: int = 8
+    sketch_dims: int = 1024
     models: list[ModelSpec] = field(default_factory=list)
 
     def atlas_info(self) -> dict:
@@ -95,7 +98,7 @@ TYPES = {
     "build": {"device": _STR, "precision": _STR, "compile": _STR, "shard_units": _INT, "batch_units": _INT,
               "seed": _INT},
     "dataset": {"images": _STR, "labels": _STR, "boxes": _STR, "k": _INT, "batch_size": _INT, "workers": _INT,
-                "limit": _INT},
+                "limit": _INT, "related": _STR, "related_k": _INT, "sketch_dims": _INT},
     "models": {"name": _STR, "atlas_name": _STR, "checkpoint": _STR, "random_init": _BOOL, "init_seed": _INT,
                "model_args": "a table", "sites": _STRS, "layers": (_STR, _INT), "units": (_STR, _INT),
                "visualize": _BOOL, "probe": _BOOL, "analyses": _STRS, "pictures": _STRS, "recipe": "a table"},
@@ -195,7 +198,8 @@ def load_spec(path: str | Path) -> BuildSpec:
                      authors=atlas.get("authors", []), license=atlas.get("license", ""), url=atlas.get("url", ""),
                      recipe=recipe, pictures=pictures, images=resolve(dataset.get("images")), labels=resolve(dataset.get("labels")),
                      boxes=resolve(dataset.get("boxes")), **{k: v for k, v in build.items()},
-                     **{k: dataset[k] for k in ("k", "batch_size", "workers", "limit") if k in dataset})
+                     **{k: dataset[k] for k in ("k", "batch_size", "workers", "limit", "related", "related_k",
+                                                "sketch_dims") if k in dataset})
     models = data.get("models", [])
     if not isinstance(models, list):
         raise AtlasError(f"{path}: models must be [[models]] tables, one per model (see examples/), not {models!r}"[:300])
@@ -255,7 +259,8 @@ def dump_spec(spec: BuildSpec) -> str:
         "pictures": {part: table(r.to_dict()) for part, r in spec.pictures.items()},
         "dataset": table({"images": spec.images and str(spec.images), "labels": spec.labels and str(spec.labels),
                           "boxes": spec.boxes and str(spec.boxes), "k": spec.k, "batch_size": spec.batch_size,
-                          "workers": spec.workers, "limit": spec.limit}),
+                          "workers": spec.workers, "limit": spec.limit, "related": spec.related,
+                          "related_k": spec.related_k, "sketch_dims": spec.sketch_dims}),
         "models": models,
     }
     return "# the build spec this atlas was made from (resolved: absolute paths, full recipe)\n\n" \

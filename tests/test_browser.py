@@ -159,3 +159,43 @@ def test_the_layer_page_switches_its_tiles_between_pictures(browser, site):
     assert all_images_loaded(browser) == [] and console_errors(browser) == []
     browser.find_element(By.CSS_SELECTOR, "label[for='picture-viz']").click()
     assert wait_for(lambda: shown() == {"viz"})
+
+
+def test_following_a_related_unit_and_filtering_a_layer_page(browser, site):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+    out, _ = site
+    browser.get((out / "site" / "vit_tiny_patch16_224" / "ffn" / "L01" / "U0007.html").as_uri())
+    link = browser.find_element(By.CSS_SELECTOR, "section.related a.related-unit")
+    target = link.get_attribute("href")
+    link.click()
+    assert browser.current_url == target and "/U0007.html" not in target
+    assert all_images_loaded(browser) == [] and console_errors(browser) == []
+
+    browser.get((out / "site" / "vit_tiny_patch16_224" / "ffn" / "L00" / "index.html").as_uri())
+    flag = Select(browser.find_element(By.ID, "flag-filter"))
+    name = flag.options[1].get_attribute("value")               # the first flag this layer has
+    flag.select_by_value(name)
+    tiles = browser.find_elements(By.CSS_SELECTOR, "ul.tiles > li")
+    shown = [t for t in tiles if t.is_displayed()]
+    assert 0 < len(shown) < len(tiles)
+    assert all(name in t.find_element(By.CSS_SELECTOR, "a").get_attribute("data-flags").split() for t in shown)
+    assert browser.find_element(By.ID, "filter-count").text == f"{len(shown)} of {len(tiles)} units"
+    Select(browser.find_element(By.ID, "tile-sort")).select_by_value("strength")
+    strengths = [float(t.find_element(By.CSS_SELECTOR, "a").get_attribute("data-strength") or "-inf")
+                 for t in browser.find_elements(By.CSS_SELECTOR, "ul.tiles > li") if t.is_displayed()]
+    assert strengths == sorted(strengths, reverse=True) and console_errors(browser) == []
+
+
+def test_search_by_flag(browser, site):
+    from selenium.webdriver.common.by import By
+    import atlas
+    out, _ = site
+    a = atlas.open(out)
+    local = [u for layer in (0, 1) for u in range(128)
+             if a.has(f"vit_tiny_patch16_224/ffn/L{layer:02d}/U{u:04d}", "probe")
+             and a.unit("vit_tiny_patch16_224", layer, u).flags.local]
+    browser.get((out / "site" / "search.html").as_uri() + "?q=local")
+    assert wait_for(lambda: "flagged local" in browser.find_element(By.ID, "search-status").text)
+    found = browser.find_elements(By.CSS_SELECTOR, "#search-results li")
+    assert len(found) == min(len(local), 200) and console_errors(browser) == []

@@ -26,7 +26,9 @@ def test_the_demo_builds_a_complete_verified_atlas_and_site(demo):
     assert verify(demo) == []
     manifest = json.loads((demo / "manifest.json").read_text())
     layers = manifest["models"][VIT]["sites"]["ffn"]
-    assert len(layers) == 6 and all(v["units"] == 256 and set(v["parts"]) == {"viz", "probe"} for v in layers.values())
+    assert len(layers) == 6 and all(v["units"] == 256 and set(v["parts"]) == {"viz", "fourier", "probe"}
+                                    for v in layers.values())
+    assert {f["path"] for f in manifest["files"]} >= {"dataset.h5", "related.h5", f"scores/{VIT}-ffn.h5"}
     assert manifest["atlas"]["name"] == "vit-atlas-demo"
     site = demo / "site"
     assert (site / "index.html").exists() and (site / f"{VIT}/ffn/L05/U0255.html").exists()
@@ -65,3 +67,41 @@ def test_late_units_prefer_a_class_and_the_analyses_compare_vit_and_cnn(demo):
     assert set(fg) == {VIT, CNN} and all(r["images"] == 1000 and r["accuracy"]["full"]["top1"] >= 0.9 for r in fg.values())
     mixing = json.loads((demo / "analyses/token-mixing.json").read_text())["results"][VIT]
     assert mixing["accuracy"] >= 0.9 and 0 <= mixing["patch_average"] <= 1
+
+
+def test_the_last_layer_is_mostly_global_and_earlier_layers_mostly_local(demo):
+    """Spatial extent from the stored top-k maps: a measure that were noise would not change with depth."""
+    share = {}
+    with atlas.open(demo) as a:
+        for layer in a.layers(VIT):
+            flags = [a.unit(VIT, layer, u).flags for u in a.units(VIT, layer)]
+            live = [f for f in flags if not f.dead]
+            share[layer] = (np.mean([f.local for f in live]), np.mean([f.global_ for f in live]))
+    assert share[5][1] > 0.5 and all(share[layer][0] > 0.5 for layer in range(5)), share
+    assert share[0][0] - share[5][0] > 0.2
+
+
+def test_related_units_sketch_recall_against_exact_on_the_demo(demo, tmp_path):
+    """The demo's related units are exact; the sketch the probe uses at scale (d = 1024) must find at
+    least 80% of them in every scope."""
+    import shutil
+    import h5py
+    from builder.related import rebuild_related
+    with h5py.File(demo / "related.h5") as f:
+        assert f.attrs["method"] == "exact"
+        exact = f["related/row"][()]
+    copy = tmp_path / "copy"
+    shutil.copytree(demo, copy, ignore=shutil.ignore_patterns("site", "images", "shards"))
+    rebuild_related(copy, force_sketch=1024)
+    with h5py.File(copy / "related.h5") as f:
+        sketch = f["related/row"][()]
+    for scope in (0, 1):
+        recall = np.mean([len(set(exact[i, scope]) & set(sketch[i, scope])) / 8 for i in range(len(exact))])
+        assert recall >= 0.8, (scope, recall)
+
+
+def test_every_demo_unit_has_both_pictures(demo):
+    with atlas.open(demo) as a:
+        u = a.unit(VIT, 5, 17)
+        assert u.pictures == ["viz", "fourier"] and u.picture("fourier").recipe["parametrization"] == "fourier"
+        assert len(u.related) == 16 and {r.scope for r in u.related} == {"same layer", "same model"}

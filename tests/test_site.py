@@ -67,7 +67,10 @@ def test_every_page_type_is_rendered_at_its_documented_url(site):
     assert (out / "CITATION.cff").read_text() == (s / "CITATION.cff").read_text()
     # units with a probe but no optimized image (40-127) still get pages, without a broken image
     page = (s / "vit_tiny_patch16_224/ffn/L01/U0100.html").read_text()
-    assert "no optimized image yet" in page and "img/viz" not in page
+    assert "no optimized image yet" in page and "img/viz/vit_tiny_patch16_224/ffn/L01/U0100" not in page
+    import re
+    for src in re.findall(r'src="(\.\./[^"]+)"', page):          # every image it shows exists
+        assert (s / "vit_tiny_patch16_224/ffn/L01" / src).resolve().is_file(), src
 
 
 def test_index_features_the_strongest_unit_of_each_layer(site):

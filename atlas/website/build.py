@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..flags import FLAG_NAMES
 from ..folder import own_folder
 from ..format import CITATION, AtlasError
 from ..images import ImageError, load_rgb
@@ -27,6 +28,8 @@ from .search import render_search
 from .urls import (MARKER, PAGE_UNITS, RESERVED, THUMB_SIZE, complete_webp, page_path, write_if_changed)
 
 STRIP_UNITS = 10           # strongest units shown per layer on the model page
+FLAG_LABELS = {"dead": "dead units", "class_selective": "class-selective units", "local": "local units",
+               "global": "global units", "outlier_tokens": "outlier-token units"}
 SLICE_UNITS = 64           # unit pages per worker job
 
 
@@ -145,6 +148,8 @@ def _render_layers_and_models(r: Renderer, summaries: dict[tuple, LayerSummary])
         for p in range(1, pages + 1):
             r.page("layer.html", page_path(m, s, layer, page=p), model=m, site=s, layer=layer, info=info,
                    picture_parts=[(part, PICTURE_LABELS.get(part, part)) for part in summ.pictures],
+                   flag_filters=[(name, FLAG_LABELS[name]) for name in FLAG_NAMES
+                                 if any(name in f for f in summ.flags)],
                    tiles=tiles[(p - 1) * PAGE_UNITS:p * PAGE_UNITS], page=p, pages=pages,
                    page_links=[(q, page_path(m, s, layer, page=q)) for q in range(1, pages + 1)])
         order = strongest(summ)[:STRIP_UNITS]

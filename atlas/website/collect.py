@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..flags import FLAG_NAMES, flag_values, flags_of
 from ..format import PICTURES, AtlasError
 from ..reader import Atlas
 from .urls import view_key
@@ -26,6 +27,8 @@ class LayerSummary:
     top_class: list            # (name, count, k) or None per unit
     shard_of: list             # (shard path, row) per unit
     pictures: dict             # picture part -> bool [units]: which units have that picture
+    flags: list                # per unit: the names of its flags (atlas.flags.FLAG_NAMES), [] without a probe
+    extent: np.ndarray         # per unit: its spatial extent (nan without a probe)
 
     def beats_dataset(self) -> tuple[int, int]:
         """(units whose optimized image activates them more than their best dataset image does,
@@ -47,6 +50,7 @@ def summarize_layer(a: Atlas, model: str, site: str, layer: int) -> LayerSummary
     refs = a.shards(model, site, layer)
     units, act, dmax, dead, top, where = [], [], [], [], [], []
     pictures = {part: [] for part in PICTURES}
+    flags, extents = [], []
     dataset = dataset_or_none(a)
     for ref in refs:
         f = a.file(ref.path)
@@ -59,6 +63,15 @@ def summarize_layer(a: Atlas, model: str, site: str, layer: int) -> LayerSummary
             dmax.append(f["stats/max"][()])
             dead.append(f["stats/positive"][()] == 0)
             index = f["topk/index"][()]
+            positive = f["stats/positive"][()]
+            if "flags/extent" in f:
+                values = {n: f[f"flags/{n}"][()] for n in ("class", "class_share", "extent", "concentration")}
+            else:  # an atlas from before stored flags: derived from its top-k data
+                values = flag_values(index, f["topk/map"][()], dataset.labels if dataset else None)
+            for r in range(n):
+                on = flags_of({k: v[r] for k, v in values.items()}, float(positive[r]))
+                flags.append([name for name in FLAG_NAMES if on[name]])
+            extents.append(values["extent"])
             for row in index:
                 classes = top_classes(row, dataset.labels, dataset.class_names) if dataset else []
                 top.append((classes[0][0], classes[0][1], int((row >= 0).sum())) if classes else None)
@@ -66,10 +79,13 @@ def summarize_layer(a: Atlas, model: str, site: str, layer: int) -> LayerSummary
             dmax.append(np.full(n, np.nan))
             dead.append(np.zeros(n, bool))
             top += [None] * n
+            flags += [[] for _ in range(n)]
+            extents.append(np.full(n, np.nan, np.float32))
         where += [(ref.path, r) for r in range(n)]
     return LayerSummary(model, site, layer, np.concatenate(units), np.concatenate(act), np.concatenate(dmax),
                         np.concatenate(dead), top, where,
-                        {part: np.concatenate(has) for part, has in pictures.items() if np.concatenate(has).any()})
+                        {part: np.concatenate(has) for part, has in pictures.items() if np.concatenate(has).any()},
+                        flags, np.concatenate(extents))
 
 
 def dataset_or_none(a: Atlas):

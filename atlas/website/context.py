@@ -88,6 +88,7 @@ class Renderer:
         ctx = {"uid": unit.id, "model": model, "site": site, "layer": layer, "index": index,
                "shard": unit.shard, "row": unit.row, "grid": attrs.get("grid"), "viz": None, "topk": [],
                "top_classes": [], "stats": None, "recipe": attrs.get("recipe"), "seed": attrs.get("seed"),
+               "flags": None, "related": [],
                "neighbours": neighbours, "layer_page": layer_page,
                "permalink": self.permalink(page_path(model, site, layer, index)),
                "weights": attrs.get("weights"), "arch": attrs.get("arch"),
@@ -109,6 +110,8 @@ class Renderer:
             if self.dataset:
                 ctx["top_classes"] = top_classes(np.array([t.index for t in top]), self.dataset.labels,
                                                   self.dataset.class_names)
+            ctx["flags"] = unit.flags
+            ctx["related"] = self.related_context(unit)
             s = unit.stats
             marker = unit.activation if "viz" in unit.parts else None
             ctx["stats"] = {"mean": s.mean, "max": s.max, "positive": s.positive, "dead": s.dead,
@@ -116,6 +119,18 @@ class Renderer:
                             "hist": histogram(s.hist, s.hist_edges, marker, "optimized image" if marker is not None else "",
                                               title=f"scores of all dataset images for {unit.id}")}
         return ctx
+
+    def related_context(self, unit) -> list[dict]:
+        """The unit's related units by scope, each linking to its page, with its paper picture's tile."""
+        groups: dict[str, list] = {}
+        for r in unit.related:
+            if not (self.atlas.has(r.id, "viz") or self.atlas.has(r.id, "probe")):
+                continue  # a unit the probe scored but the atlas does not keep
+            size = self.manifest.get("models", {}).get(r.id.split("/", 1)[0], {}).get("image_size") or [0]
+            groups.setdefault(r.scope, []).append(
+                {"id": r.id, "href": f"{r.id}.html", "corr": r.corr,
+                 "src": viz_path(r.id, tile=max(size) > TILE_SIZE) if self.atlas.has(r.id, "viz") else None})
+        return [{"scope": scope, "units": units} for scope, units in groups.items()]
 
     def picture_context(self, unit, part: str, attrs: dict) -> dict:
         """What the unit page shows of one of the unit's optimized pictures."""
@@ -153,7 +168,8 @@ def tile(r: Renderer, summ: LayerSummary, i: int) -> dict:
     return {"uid": uid, "index": int(summ.units[i]), "href": f"{uid}.html",
             "src": next((p["src"] for p in pictures if p["part"] == "viz"), None), "pictures": pictures,
             "top_class": summ.top_class[i], "activation": float(summ.activation[i]),
-            "dead": bool(summ.dead[i])}
+            "dead": bool(summ.dead[i]), "flags": summ.flags[i], "extent": float(summ.extent[i]),
+            "share": summ.top_class[i][1] / summ.top_class[i][2] if summ.top_class[i] else 0.0}
 
 
 def featured(r: Renderer, summaries: dict) -> list[dict]:

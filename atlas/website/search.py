@@ -6,6 +6,7 @@ import zlib
 
 import numpy as np
 
+from ..flags import FLAG_NAMES
 from ..format import unit_id, unit_runs
 from .context import Renderer
 from .urls import TILE_SIZE, write_if_changed
@@ -38,4 +39,10 @@ def render_search(r: Renderer, summaries: dict) -> None:
         size = r.manifest.get("models", {}).get(m, {}).get("image_size") or [0]
         meta["tiles"][m] = max(size) > TILE_SIZE
     write_if_changed(r.site_dir / "search/meta.js", "AtlasSearch.meta(" + json.dumps(meta) + ");\n")
+    flags: dict = {}
+    for (m, s, layer), summ in summaries.items():
+        runs = {name: [list(run) for run in unit_runs([int(u) for u, f in zip(summ.units, summ.flags) if name in f])]
+                for name in FLAG_NAMES}
+        flags.setdefault(m, {}).setdefault(s, {})[f"{layer:02d}"] = {k: v for k, v in runs.items() if v}
+    write_if_changed(r.site_dir / "search/flags.js", "AtlasSearch.flags(" + json.dumps(flags) + ");\n")
     r.page("search.html", "search.html")

@@ -27,6 +27,34 @@
     }
   });
 
+  /* ---- layer pages: filter tiles by flag, sort them ---------------------------------------- */
+  var filterForm = document.querySelector("form.tile-filter");
+  if (filterForm) {
+    filterForm.hidden = false;
+    var list = document.querySelector("ul.tiles");
+    var items = Array.prototype.slice.call(list.children);
+    var flagSelect = document.getElementById("flag-filter"), sortSelect = document.getElementById("tile-sort");
+    var count = document.getElementById("filter-count");
+    var number = function (li, key) {
+      var v = li.firstElementChild.getAttribute("data-" + key);
+      return v === "" || v === null ? -Infinity : parseFloat(v);
+    };
+    var apply = function () {
+      var flag = flagSelect.value, key = sortSelect.value, shown = 0;
+      var order = items.slice();
+      if (key !== "unit") { order.sort(function (a, b) { return number(b, key) - number(a, key); }); }
+      order.forEach(function (li) {
+        var flags = (li.firstElementChild.getAttribute("data-flags") || "").split(" ");
+        li.hidden = flag !== "" && flags.indexOf(flag) === -1;
+        if (!li.hidden) { shown += 1; }
+        list.appendChild(li);
+      });
+      count.textContent = shown + " of " + items.length + " units";
+    };
+    flagSelect.addEventListener("change", apply);
+    sortSelect.addEventListener("change", apply);
+  }
+
   /* ---- search ---------------------------------------------------------------------------- */
   var results = document.getElementById("search-results");
   var status = document.getElementById("search-status");
@@ -98,7 +126,50 @@
     return items;
   }
 
+  /* Flags: "global", "flag:class-selective", ... list every unit with that flag (search/flags.js). */
+  var FLAG_WORDS = { "dead": "dead", "class-selective": "class_selective", "class selective": "class_selective",
+                     "local": "local", "global": "global", "outlier-tokens": "outlier_tokens",
+                     "outlier tokens": "outlier_tokens", "outlier": "outlier_tokens" };
+  var flagsData = null;
+
+  function flagQuery(q) {
+    var word = q.toLowerCase().replace(/^flag:\s*/, "");
+    return FLAG_WORDS.hasOwnProperty(word) ? FLAG_WORDS[word] : null;
+  }
+
+  function flagMatches(flag) {
+    var items = [];
+    Object.keys(flagsData).forEach(function (model) {
+      Object.keys(flagsData[model]).forEach(function (site) {
+        Object.keys(flagsData[model][site]).forEach(function (key) {
+          var runs = (flagsData[model][site][key][flag] || []), info = meta.models[model][site][key];
+          runs.forEach(function (r) {
+            for (var u = r[0]; u < r[1]; u++) {
+              items.push({ id: unitId(model, site, parseInt(key, 10), u), detail: flag.replace("_", " "),
+                           image: inRuns(info.viz, u) });
+            }
+          });
+        });
+      });
+    });
+    return items;
+  }
+
   function run() {
+    var flag = flagQuery(query);
+    if (flag) {
+      if (flagsData === null) {
+        flagsData = false;
+        var s = document.createElement("script");
+        s.src = root + "search/flags.js";
+        s.onerror = function () { status.textContent = "Could not load the flag index."; };
+        document.body.appendChild(s);
+      }
+      if (!flagsData) { status.textContent = "Loading\u2026"; return; }
+      var flagged = flagMatches(flag);
+      show(flagged, flagged.length + " units flagged " + flag.replace("_", " "));
+      return;
+    }
     var ids = idMatches(query);
     if (ids.length) { show(ids, ids.length + " unit" + (ids.length > 1 ? "s" : "") + " with that id"); return; }
     var q = query.toLowerCase();
@@ -135,6 +206,10 @@
       var box = document.getElementById("q2");
       if (box) { box.value = query; }
       if (query) { run(); } else { status.textContent = meta.classes.length + " classes indexed. Type a unit id or a class."; }
+    },
+    flags: function (data) {
+      flagsData = data;
+      run();
     },
     classes: function (k, part) {
       loaded[k] = part;
