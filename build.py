@@ -165,6 +165,16 @@ def cmd_finalize(args, command: str) -> None:
     print(f"finalized {args.dir}: manifest written, site at {index}")
 
 
+def cmd_export(args, command: str) -> None:
+    from atlas.export import export_parquet
+    if args.format != "parquet":
+        raise AtlasError(f"--format {args.format}: only parquet is supported")
+    if args.max_file_mb <= 0:
+        raise AtlasError(f"--max-file-mb must be positive, not {args.max_file_mb}")
+    card = export_parquet(args.dir, args.out, args.max_file_mb)
+    print(f"exported {args.dir} to {args.out} (dataset card: {card})")
+
+
 def cmd_verify(args, command: str) -> None:
     from atlas.verify import quarantine_notes, verify
     problems = verify(args.dir)
@@ -285,6 +295,12 @@ def parser() -> argparse.ArgumentParser:
     fi = sub.add_parser("finalize", help="probe, analyses, manifest and site once every shard exists")
     fi.add_argument("dir", help="atlas folder built with `run`")
     fi.set_defaults(run=cmd_finalize)
+    ex = sub.add_parser("export", help="write the atlas as Parquet tables with a Hugging Face dataset card")
+    ex.add_argument("dir", help="atlas folder")
+    ex.add_argument("--format", default="parquet", help="parquet (the only format so far)")
+    ex.add_argument("--out", required=True, help="output folder (new, empty, or an earlier export)")
+    ex.add_argument("--max-file-mb", type=float, default=256, help="largest Parquet file, in MiB (default 256)")
+    ex.set_defaults(run=cmd_export)
     ve = sub.add_parser("verify", help="check an atlas against its manifest: files, schema, values, coverage")
     ve.add_argument("dir", help="atlas folder")
     ve.set_defaults(run=cmd_verify)

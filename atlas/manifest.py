@@ -12,11 +12,15 @@ from . import __version__
 from .format import DATASET, FORMAT_VERSION, MANIFEST, RELATED, SCORES, SHARDS, AtlasError
 from .locks import Lock, lock_path
 from .quarantine import quarantine
-from .shard import parts_of, read_attrs, replace_atomically, temp_name
+from .shard import parts_of, read_attrs, replace_atomically, temp_name, write_atomically
 
 _HASH_CACHE = ".cache/sha256.json"
 # Files other than shards that the manifest covers, relative to the atlas root.
 DATA_FILES = (DATASET, RELATED, SCORES, "analyses")
+
+
+BLOCK = 32 * 1024          # bytes per hashed block of a shard (remote readers verify each block they fetch)
+BLOCKS = "blocks"          # blocks/<shard path>: the sha256 of each block of that shard, 32 bytes each
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -26,6 +30,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def hash_with_blocks(path: Path) -> tuple[str, bytes]:
+    """The file's sha256 (hex) and the sha256 of each BLOCK-sized block (raw digests, concatenated)."""
+    whole, blocks = hashlib.sha256(), []
+    with open(path, "rb") as f:
+        while block := f.read(BLOCK):
+            whole.update(block)
+            blocks.append(hashlib.sha256(block).digest())
+    return whole.hexdigest(), b"".join(blocks)
 
 
 class _HashCache:
@@ -47,6 +61,20 @@ class _HashCache:
         digest = sha256_file(root / rel)
         self.entries[rel] = [*key, digest]
         return st.st_size, digest
+
+    def with_blocks(self, root: Path, rel: str) -> tuple[int, str, dict]:
+        """(size, sha256, blocks entry) of a shard, writing ``blocks/<rel>`` when the shard changed."""
+        st = (root / rel).stat()
+        key = [st.st_size, st.st_mtime_ns]
+        hit = self.entries.get(rel)
+        target = root / BLOCKS / rel
+        if hit and hit[:2] == key and len(hit) == 4 and target.is_file():
+            return st.st_size, hit[2], {"path": f"{BLOCKS}/{rel}", "size": BLOCK, "sha256": hit[3]}
+        digest, blocks = hash_with_blocks(root / rel)
+        write_atomically(target, blocks)
+        blocks_digest = hashlib.sha256(blocks).hexdigest()
+        self.entries[rel] = [*key, digest, blocks_digest]
+        return st.st_size, digest, {"path": f"{BLOCKS}/{rel}", "size": BLOCK, "sha256": blocks_digest}
 
     def save(self, keep: set[str]) -> None:
         self.entries = {k: v for k, v in self.entries.items() if k in keep}
@@ -121,17 +149,19 @@ def scan_shards(root: Path, quarantine_damaged: bool = True) -> list[dict]:
 
 def describe_shards(root: Path, cache: _HashCache | None = None,
                     quarantine_damaged: bool = True) -> tuple[list[dict], dict]:
-    """One manifest entry per shard, and the models section gathered from their attributes."""
-    cache = cache or _HashCache(root)
+    """One manifest entry per shard, and the models section gathered from their attributes. With a
+    ``cache`` (the manifest writer) each shard's block hashes are written too; readers pass none."""
+    writer, cache = cache is not None, cache or _HashCache(root)
     entries, models = [], {}
     for shard in scan_shards(root, quarantine_damaged):
         attrs, parts, rel = shard["attrs"], shard["parts"], shard["path"]
-        size, digest = cache.sha256(root, rel)
-        entries.append({
-            "path": rel, "model": attrs["model"], "site": attrs["site"], "layer": int(attrs["layer"]),
-            "unit_start": int(attrs["unit_start"]), "unit_stop": int(attrs["unit_stop"]),
-            "parts": parts, "bytes": size, "sha256": digest,
-        })
+        entry = {"path": rel, "model": attrs["model"], "site": attrs["site"], "layer": int(attrs["layer"]),
+                 "unit_start": int(attrs["unit_start"]), "unit_stop": int(attrs["unit_stop"]), "parts": parts}
+        if writer:
+            entry["bytes"], entry["sha256"], entry["blocks"] = cache.with_blocks(root, rel)
+        else:
+            entry["bytes"], entry["sha256"] = cache.sha256(root, rel)
+        entries.append(entry)
         model = models.setdefault(attrs["model"], {
             "arch": attrs.get("arch"), "weights": attrs.get("weights"),
             "image_size": attrs.get("image_size"), "sites": {}})
@@ -183,6 +213,10 @@ def _write_manifest(root: Path, command: str | None, info: dict | None) -> dict:
         size, digest = cache.sha256(root, rel)
         files.append({"path": rel, "bytes": size, "sha256": digest})
     cache.save({e["path"] for e in shards} | {e["path"] for e in files})
+    current = {e["blocks"]["path"] for e in shards}
+    for old in (root / BLOCKS).rglob("*.h5") if (root / BLOCKS).is_dir() else []:
+        if old.relative_to(root).as_posix() not in current:
+            old.unlink()
     history = list(previous.get("history", []))
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     if command:

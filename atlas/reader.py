@@ -14,6 +14,7 @@ from .dataset import Dataset
 from .flags import FLAG_NAMES, THRESHOLDS, flag_values, flags_of
 from .format import DATASET, PICTURES, RELATED, AtlasError, parse_unit_id, unit_id
 from .manifest import describe_shards, read_manifest
+from .remote import RemoteAtlas, is_url
 from .shard import read_attrs
 
 
@@ -155,7 +156,7 @@ class Unit:
         if "flags/extent" in f and "probe" in self.parts:
             values = {name: f[f"flags/{name}"][self.row] for name in ("class", "class_share", "extent", "concentration")}
         else:
-            labels = self.atlas.dataset.labels if (self.atlas.root / DATASET).exists() else None
+            labels = self.atlas.dataset.labels if self.atlas.has_dataset else None
             values = {k: v[0] for k, v in flag_values(self._read("topk/index", "probe")[None],
                                                       self._read("topk/map", "probe")[None], labels).items()}
         thresholds = read_attrs(f["probe"]).get("flag_thresholds") or THRESHOLDS if "probe" in f else THRESHOLDS
@@ -190,10 +191,12 @@ class Atlas:
     """An atlas folder opened for reading. Use ``atlas.open(DIR)``."""
 
     def __init__(self, root: str | Path, skip: frozenset[str] = frozenset()):
-        self.root = Path(root)
+        self.remote = RemoteAtlas(str(root)) if is_url(root) else None
+        self.root = self.remote.fetch_manifest() if self.remote else Path(root)
         if not self.root.is_dir():
             raise AtlasError(f"{self.root} is not an atlas folder (it does not exist)")
         self.manifest = read_manifest(self.root)
+        self._entries = {e["path"]: e for e in (self.manifest or {}).get("shards", [])}
         if self.manifest is not None:
             shards, self.models_info = self.manifest["shards"], self.manifest.get("models", {})
         else:  # an atlas still being built: read the shards themselves
@@ -228,7 +231,7 @@ class Atlas:
             if len(self._files) >= 64:
                 self._files.pop(next(iter(self._files))).close()
             try:
-                f = h5py.File(self.root / rel, "r")
+                f = self.remote.shard(self._entries[rel]) if self.remote else h5py.File(self.root / rel, "r")
             except OSError as e:
                 raise AtlasError(f"shard {rel} of {self.root} cannot be read ({str(e).splitlines()[0][:160]}): "
                                  f"run `python build.py verify {self.root}`, then the command that built it to "
@@ -304,8 +307,8 @@ class Atlas:
 
     @cached_property
     def _related(self) -> dict | None:
-        path = self.root / RELATED
-        if not path.exists():
+        path = self.data_file(RELATED)
+        if path is None:
             return None
         with h5py.File(path, "r") as f:
             attrs = read_attrs(f)
@@ -332,15 +335,30 @@ class Atlas:
                                              float(corr)))
         return found
 
+    def data_file(self, name: str) -> Path | None:
+        """The local path of a whole data file (``dataset.h5``, ``related.h5``, ...), fetched and checked
+        against the manifest when the atlas is remote; None when the atlas has none."""
+        if self.remote:
+            entry = next((e for e in (self.manifest or {}).get("files", []) if e["path"] == name), None)
+            return self.remote.whole(name, entry["sha256"]) if entry else None
+        path = self.root / name
+        return path if path.exists() else None
+
+    @property
+    def has_dataset(self) -> bool:
+        """Whether the atlas holds a probe's image index (dataset.h5)."""
+        return self.data_file(DATASET) is not None
+
     @cached_property
     def dataset(self) -> Dataset:
         """The probe's image index; raises AtlasError before any probe ran."""
-        path = self.root / DATASET
-        if not path.exists():
+        path = self.data_file(DATASET)
+        if path is None:
             raise AtlasError(f"{self.root} has no {DATASET} yet: run `python build.py probe ... --out {self.root}`")
         return Dataset(path)
 
 
 def open(root: str | Path) -> Atlas:  # noqa: A001 - the API the project promises is atlas.open
-    """Open the atlas folder ``root`` for reading."""
+    """Open the atlas folder ``root`` for reading, or a hosted atlas by its URL ("https://host/path/atlas/":
+    the manifest is fetched, shards are read lazily by verified range requests; atlas.remote)."""
     return Atlas(root)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import http.server
+import io
 import posixpath
 import urllib.parse
 from pathlib import Path
@@ -32,6 +33,8 @@ def published_files(root: Path) -> set[str]:
     manifest = read_manifest(root) or {}
     for entry in manifest.get("shards", []) + manifest.get("files", []):
         files.add(str(entry["path"]))
+        if entry.get("blocks"):
+            files.add(str(entry["blocks"]["path"]))
     return files
 
 
@@ -54,6 +57,23 @@ def resolve_request(root: Path, url_path: str, published: set[str]) -> Path | No
     if real_root in target.parents and target.relative_to(real_root).as_posix() in published and rel in published:
         return target
     return None
+
+
+def _byte_range(header: str | None, size: int):
+    """(start, stop) of a single-range ``Range: bytes=a-b`` header, None for none (or one we answer with
+    the whole file), "unsatisfiable" for a range outside the file."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header[6:].strip().partition("-")
+    try:
+        if first == "":                                   # the last N bytes
+            n = int(last)
+            return (max(0, size - n), size) if n > 0 else "unsatisfiable"
+        start = int(first)
+        stop = min(size, int(last) + 1) if last else size
+    except ValueError:
+        return None
+    return (start, stop) if start < size and start < stop else "unsatisfiable"
 
 
 class AtlasRequestHandler(http.server.SimpleHTTPRequestHandler):
@@ -82,9 +102,25 @@ class AtlasRequestHandler(http.server.SimpleHTTPRequestHandler):
             self.send_error(404, "not part of this atlas's site")
             return None
         size = target.stat().st_size
-        self.send_response(200)
+        wanted = _byte_range(self.headers.get("Range"), size)
+        if wanted == "unsatisfiable":
+            f.close()
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.end_headers()
+            return None
+        if wanted:
+            start, stop = wanted
+            f.seek(start)
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
+            size = stop - start
+            f = io.BytesIO(f.read(size))
+        else:
+            self.send_response(200)
         self.send_header("Content-Type", self.guess_type(str(target)))
         self.send_header("Content-Length", str(size))
+        self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
         return f
 

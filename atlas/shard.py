@@ -37,6 +37,19 @@ def replace_atomically(tmp: Path, path: Path) -> None:
         os.close(dir_fd)
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` under a temporary name, then rename it to ``path`` (created with its folders):
+    readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def remove_stale_temps(folder: Path) -> int:
     """Delete temporary files left by killed processes of this host, and lock files of dead holders
     (``locks.remove_dead_locks``); returns how many."""

@@ -18,7 +18,7 @@ import numpy as np
 from .dataset import Dataset
 from .format import CITATION, DATASET, FORMAT_VERSION, MANIFEST, PARTS, PICTURES, SHARDS, unit_id
 from .locks import LOCKS
-from .manifest import read_manifest, sha256_file, shard_files
+from .manifest import BLOCKS, read_manifest, sha256_file, shard_files
 from .quarantine import QUARANTINE, quarantined
 
 REQUIRED_ATTRS = ("format_version", "model", "site", "layer", "unit_start", "unit_stop")
@@ -53,6 +53,12 @@ def _check_files(root: Path, manifest: dict) -> list[Problem]:
             problems.append(Problem(entry["path"], f"size {size} bytes, manifest says {entry['bytes']}"))
         elif sha256_file(path) != entry["sha256"]:
             problems.append(Problem(entry["path"], "sha256 differs from the manifest (corrupted or changed)"))
+    for entry in manifest.get("shards", []):
+        blocks = entry.get("blocks")
+        if blocks and not (root / blocks["path"]).is_file():
+            problems.append(Problem(blocks["path"], "missing (the shard's block hashes; rerun `build.py finalize`)"))
+        elif blocks and sha256_file(root / blocks["path"]) != blocks["sha256"]:
+            problems.append(Problem(blocks["path"], "sha256 differs from the manifest (corrupted or changed)"))
     listed = {e["path"] for e in manifest.get("shards", [])}
     problems += [Problem(rel, "shard not in the manifest (rerun `build.py finalize`)")
                  for rel in shard_files(root) if rel not in listed]
@@ -137,7 +143,7 @@ def _check_coverage(root: Path, manifest: dict) -> list[Problem]:
 
 
 # Files and folders of an atlas that are not data: the manifest does not list them.
-NOT_DATA = (MANIFEST, CITATION, "spec.toml", "site", "logs", LOCKS, ".cache", ".probe", QUARANTINE)
+NOT_DATA = (MANIFEST, CITATION, "spec.toml", "site", "logs", LOCKS, ".cache", ".probe", QUARANTINE, BLOCKS)
 
 
 def _check_unlisted(root: Path, manifest: dict) -> list[Problem]:

@@ -105,3 +105,22 @@ def test_every_demo_unit_has_both_pictures(demo):
         u = a.unit(VIT, 5, 17)
         assert u.pictures == ["viz", "fourier"] and u.picture("fourier").recipe["parametrization"] == "fourier"
         assert len(u.related) == 16 and {r.scope for r in u.related} == {"same layer", "same model"}
+
+
+def test_one_unit_of_the_served_demo_is_read_remotely_with_little_transfer(demo, tmp_path, monkeypatch):
+    import threading
+    from atlas.serve import make_server
+    monkeypatch.setenv("VIT_ATLAS_CACHE", str(tmp_path / "cache"))
+    server = make_server(demo, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        remote = atlas.open(f"http://127.0.0.1:{server.server_address[1]}/")
+        unit = remote.unit(VIT, 3, 42)
+        with atlas.open(demo) as local:
+            assert np.array_equal(unit.image, local.unit(VIT, 3, 42).image)
+            assert unit.activation == local.unit(VIT, 3, 42).activation
+        shard_bytes = sum(s["bytes"] for s in json.loads((demo / "manifest.json").read_text())["shards"])
+        assert remote.remote.fetched < 0.05 * shard_bytes
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -118,5 +118,6 @@ def test_reader_returns_exactly_what_bare_h5py_reads(tmp_path):
 
 
 def test_every_part_lists_its_datasets():
-    assert set(PARTS) == {"viz", "probe"}
+    assert set(PARTS) == {"viz", "fourier", "probe"}
     assert PARTS["viz"] == ("viz/image", "viz/activation", "viz/map", "viz/seed", "viz/loss")
+    assert PARTS["fourier"] == ("fourier/image", "fourier/activation", "fourier/map", "fourier/seed", "fourier/loss")

@@ -181,6 +181,15 @@ def _read_analyses(root: Path) -> dict[str, dict]:
     return found
 
 
+def atlas_url(r: Renderer) -> str:
+    """Where the atlas folder is hosted, for `atlas.open(URL)`: --base-url without its trailing "site/"
+    (the website lives in the atlas folder), else the spec's url, else a placeholder."""
+    base = r.base_url or (r.info.get("url") or "")
+    if base.rstrip("/").endswith("/site"):
+        base = base.rstrip("/")[:-len("site")]
+    return base if base else "https://example.org/path/to/atlas/"
+
+
 def _render_top_pages(r: Renderer, summaries: dict[tuple, LayerSummary]) -> None:
     m = r.manifest
     shards = m.get("shards", [])
@@ -205,7 +214,7 @@ def _render_top_pages(r: Renderer, summaries: dict[tuple, LayerSummary]) -> None
     r.page("index.html", "index.html", model_rows=models, dataset=dataset, analyses=sorted(analyses),
            featured=featured(r, summaries),
            history=m.get("history", []), total_bytes=total_bytes, shard_count=len(shards))
-    r.page("downloads.html", "downloads.html", shards=shards, files=files, dataset=dataset,
+    r.page("downloads.html", "downloads.html", shards=shards, files=files, dataset=dataset, remote_url=atlas_url(r),
            example=example_unit(summaries), total_bytes=total_bytes)
     r.page("cite.html", "cite.html", cff=citation_cff(r.info, m), atlas_bibtex=atlas_bibtex(r.info, m, r.key),
            paper_bibtex=PAPER_BIBTEX, example=example_unit(summaries))

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from ..format import unit_id
-from ..shard import temp_name
+from ..shard import write_atomically
 
 PAGE_UNITS = 256           # units per layer page
 TILE_SIZE = 96             # layer-grid tiles of optimized images larger than this
@@ -63,13 +62,7 @@ def write_if_changed(path: Path, data: bytes | str) -> bool:
             return False
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, data)
     return True
 
 

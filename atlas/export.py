@@ -1,0 +1,267 @@
+"""`build.py export ATLAS --format parquet --out DIR`: the atlas as Parquet tables a hub can host as is.
+
+    DIR/README.md                                the dataset card (YAML header that `datasets` reads)
+    DIR/units/<model>/<site>/part-00000.parquet  one row per unit, files of at most --max-file-mb
+    DIR/dataset/part-00000.parquet               the dataset index: row, path, label, class_name
+
+A unit row holds its id, model, site, layer and unit; each optimized picture (``image`` for the
+paper's, ``fourier_image`` for the Fourier one) as PNG bytes in the `datasets` Image convention
+(a struct of ``bytes`` and ``path``), with its activation and activation map; the top-k dataset rows
+with their scores and maps; the statistics; the flags; and the related units. Rows are read shard by
+shard in bulk (the reader API reads a unit at a time). Needs pyarrow: ``pip install -e '.[export]'``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .flags import FLAG_NAMES, THRESHOLDS, flag_values, flags_of
+from .format import PICTURES, AtlasError, unit_id
+from .reader import Atlas
+from .shard import read_attrs
+
+UNIT_FEATURES_NOTE = "maps are lists of rows of floats (float16 in the atlas), on the unit's patch grid"
+
+
+def _pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise AtlasError("build.py export needs pyarrow: pip install -e '.[export]' (or pip install pyarrow)") from None
+    return pyarrow
+
+
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _unit_schema(pa, pictures: list[str]):
+    map_type = pa.list_(pa.list_(pa.float32()))
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    fields = [("id", pa.string()), ("model", pa.string()), ("site", pa.string()), ("layer", pa.int16()),
+              ("unit", pa.int32())]
+    for part in pictures:
+        prefix = "" if part == "viz" else f"{part}_"
+        fields += [(f"{prefix}image", image_type), (f"{prefix}activation", pa.float32()), (f"{prefix}map", map_type),
+                   (f"{prefix}preset", pa.string())]
+    fields += [("topk_index", pa.list_(pa.int64())), ("topk_score", pa.list_(pa.float32())),
+               ("topk_map", pa.list_(map_type)), ("stats_mean", pa.float32()), ("stats_max", pa.float32()),
+               ("stats_positive", pa.float32()), ("flags", pa.list_(pa.string())), ("flag_class", pa.int64()),
+               ("flag_class_name", pa.string()), ("flag_class_share", pa.float32()), ("flag_extent", pa.float32()),
+               ("flag_concentration", pa.float32()),
+               ("related", pa.list_(pa.struct([("scope", pa.string()), ("id", pa.string()), ("corr", pa.float32())])))]
+    return pa.schema(fields)
+
+
+def _hf_metadata(pictures: list[str]) -> bytes:
+    """The schema metadata `datasets` reads to know which columns are images."""
+    features = {("image" if p == "viz" else f"{p}_image"): {"_type": "Image"} for p in pictures}
+    return json.dumps({"info": {"features": features}}).encode()
+
+
+def _shard_rows(a: Atlas, model: str, site: str, layer: int, ref, pictures: list[str]) -> list[tuple[dict, int]]:
+    """Every unit row of one shard, read in bulk, with its approximate size in bytes."""
+    f = a.file(ref.path)
+    n = ref.unit_stop - ref.unit_start
+    cols: dict = {}
+    for part in pictures:
+        if part in ref.parts:
+            preset = (read_attrs(f[part]).get("recipe") or read_attrs(f).get("recipe") or {}).get("preset")
+            cols[part] = ({name: f[f"{part}/{name}"][()] for name in ("image", "activation", "map")}, preset)
+    probe = "probe" in ref.parts
+    if probe:
+        topk = {name: f[f"topk/{name}"][()] for name in ("index", "score", "map")}
+        stats = {name: f[f"stats/{name}"][()] for name in ("mean", "max", "positive")}
+        labels = a.dataset.labels if a.has_dataset else None
+        if "flags/extent" in f:
+            values = {name: f[f"flags/{name}"][()] for name in ("class", "class_share", "extent", "concentration")}
+        else:
+            values = flag_values(topk["index"], topk["map"], labels)
+        thresholds = read_attrs(f["probe"]).get("flag_thresholds") or THRESHOLDS if "probe" in f else THRESHOLDS
+    rows = []
+    for r in range(n):
+        u = ref.unit_start + r
+        row = {"id": unit_id(model, site, layer, u), "model": model, "site": site, "layer": layer, "unit": u}
+        for part in pictures:
+            prefix = "" if part == "viz" else f"{part}_"
+            if part in cols:
+                data, preset = cols[part]
+                row[f"{prefix}image"] = {"bytes": _png(data["image"][r]), "path": f"{row['id']}.{part}.png"}
+                row[f"{prefix}activation"] = float(data["activation"][r])
+                row[f"{prefix}map"] = data["map"][r].astype(np.float32).tolist()
+                row[f"{prefix}preset"] = preset
+        if probe:
+            keep = topk["index"][r] >= 0
+            row.update(topk_index=topk["index"][r][keep].tolist(), topk_score=topk["score"][r][keep].tolist(),
+                       topk_map=topk["map"][r][keep].astype(np.float32).tolist(),
+                       stats_mean=float(stats["mean"][r]), stats_max=float(stats["max"][r]),
+                       stats_positive=float(stats["positive"][r]))
+            one = {k: v[r] for k, v in values.items()}
+            on = flags_of(one, float(stats["positive"][r]), thresholds)
+            cls = int(one["class"])
+            row.update(flags=[name for name in FLAG_NAMES if on[name]], flag_class=cls,
+                       flag_class_name=a.dataset.class_name(cls) if cls >= 0 and a.has_dataset else None,
+                       flag_class_share=float(one["class_share"]), flag_extent=float(one["extent"]),
+                       flag_concentration=float(one["concentration"]))
+        row["related"] = [{"scope": x.scope, "id": x.id, "corr": x.corr}
+                          for x in a.related_units(model, site, layer, u)]
+        maps = sum(1 for p in pictures if p in cols) + (int(keep.sum()) if probe else 0)
+        cells = int(np.prod(f["topk/map"].shape[2:] if probe else cols[next(iter(cols))][0]["map"].shape[1:]))
+        size = sum(len(row[k]["bytes"]) for k in row if k.endswith("image") and row[k]) + 4 * maps * cells + 512
+        rows.append((row, size))
+    return rows
+
+
+class _PartWriter:
+    """Parquet files of bounded size: rows go out in batches, and a batch that would take the current
+    file past ``max_bytes`` starts the next file. A batch's bytes are predicted from its rows' estimate
+    times the largest written/estimated ratio seen so far (Parquet's list offsets and pages add to it)."""
+
+    def __init__(self, pa, folder: Path, schema, max_bytes: int):
+        self.pa, self.folder, self.schema, self.max_bytes = pa, folder, schema, max_bytes
+        self.rows, self.size, self.files = [], 0, []
+        self.sink = self.writer = None
+        self.ratio = 1.5
+
+    def add(self, row: dict, size: int) -> None:
+        self.rows.append(row)
+        self.size += size
+        if self.size >= min(16 * 2**20, self.max_bytes // 4):
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow.parquet as pq
+        if not self.rows:
+            return
+        if self.writer is not None and self.sink.tell() + self.size * self.ratio > self.max_bytes:
+            self._close_file()
+        if self.writer is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self.folder / f"part-{len(self.files):05d}.parquet"
+            self.files.append(path)
+            self.sink = self.pa.OSFile(str(path), "wb")
+            self.writer = pq.ParquetWriter(self.sink, self.schema, compression="zstd")
+        before = self.sink.tell()
+        self.writer.write_table(self.pa.Table.from_pylist(self.rows, schema=self.schema))
+        self.ratio = max(self.ratio, (self.sink.tell() - before) / max(self.size, 1))
+        self.rows, self.size = [], 0
+
+    def _close_file(self) -> None:
+        self.writer.close()
+        self.sink.close()
+        self.writer = self.sink = None
+
+    def close(self) -> list[Path]:
+        self._flush()
+        if self.writer is not None:
+            self._close_file()
+        return self.files
+
+
+def export_parquet(root: str | Path, out: str | Path, max_file_mb: float = 256, progress: bool = True) -> Path:
+    """Write the atlas at ``root`` as Parquet tables and a dataset card into ``out``; returns the card."""
+    pa = _pyarrow()
+    from tqdm import tqdm
+    root, out = Path(root), Path(out)
+    a = Atlas(root)
+    if not a.models:
+        raise AtlasError(f"{root} holds no shards: nothing to export")
+    if out.exists() and any(out.iterdir()) and not (out / "README.md").exists():
+        raise AtlasError(f"--out {out} is not empty and is not an export; give a new or empty folder")
+    for old in ("units", "dataset"):
+        shutil.rmtree(out / old, ignore_errors=True)
+    configs, total = [], sum(r.unit_stop - r.unit_start for m in a.models for s in a.sites(m)
+                             for layer in a.layers(m, s) for r in a.shards(m, s, layer))
+    bar = tqdm(total=total, unit="unit", desc="export", disable=not progress, dynamic_ncols=True)
+    for model in a.models:
+        for site in a.sites(model):
+            refs = [(layer, r) for layer in a.layers(model, site) for r in a.shards(model, site, layer)]
+            pictures = [p for p in PICTURES if any(p in r.parts for _, r in refs)]
+            schema = _unit_schema(pa, pictures).with_metadata({"huggingface": _hf_metadata(pictures)})
+            writer = _PartWriter(pa, out / "units" / model / site, schema, int(max_file_mb * 2**20))
+            for layer, ref in refs:
+                for row, size in _shard_rows(a, model, site, layer, ref, pictures):
+                    writer.add(row, size)
+                bar.update(ref.unit_stop - ref.unit_start)
+            files = writer.close()
+            configs.append({"name": f"{model}-{site}", "path": f"units/{model}/{site}/*.parquet", "files": len(files),
+                            "schema": schema, "images": {c for c in schema.names if c.endswith("image")}})
+    bar.close()
+    if a.has_dataset:
+        d = a.dataset
+        index_table = pa.table({"row": pa.array(np.arange(len(d)), pa.int64()), "path": pa.array(d.paths, pa.string()),
+                          "label": pa.array(np.asarray(d.labels), pa.int64()),
+                          "class_name": pa.array([d.class_name(int(x)) for x in d.labels], pa.string())})
+        import pyarrow.parquet as pq
+        (out / "dataset").mkdir(parents=True, exist_ok=True)
+        pq.write_table(index_table, out / "dataset" / "part-00000.parquet", compression="zstd")
+        configs.append({"name": "dataset_index", "path": "dataset/*.parquet", "schema": index_table.schema,
+                        "images": set()})
+    card = out / "README.md"
+    card.write_text(dataset_card(a, configs), encoding="utf-8")
+    return card
+
+
+def _yaml_type(pa, t, indent: str) -> list[str]:
+    """The `datasets` YAML of an Arrow type (after ``name:``): dtype, list, or a struct's fields."""
+    if pa.types.is_list(t):
+        inner = t.value_type
+        if pa.types.is_struct(inner):
+            return [f"{indent}list:"] + [line for field in inner for line in _yaml_field(pa, field.name, field.type,
+                                                                                         indent + "  ")]
+        if pa.types.is_list(inner):
+            return [f"{indent}list:"] + _yaml_type(pa, inner, indent + "  ")
+        return [f"{indent}list: {_dtype(pa, inner)}"]
+    return [f"{indent}dtype: {_dtype(pa, t)}"]
+
+
+def _yaml_field(pa, name: str, t, indent: str, image: bool = False) -> list[str]:
+    return [f"{indent}- name: {name}"] + ([f"{indent}  dtype: image"] if image else _yaml_type(pa, t, indent + "  "))
+
+
+def _dtype(pa, t) -> str:
+    return {pa.string(): "string", pa.binary(): "binary"}.get(t, str(t))
+
+
+def dataset_card(a: Atlas, configs: list[dict]) -> str:
+    """README.md with the YAML header the Hugging Face hub and `datasets` read: a config per model and
+    site (and the dataset index), each with its features as the Parquet files hold them."""
+    import pyarrow as pa
+    info = (a.manifest or {}).get("atlas") or {}
+    name = info.get("name") or a.root.resolve().name
+    license_ = (info.get("license") or "other").lower()
+    lines = ["---", f"license: {license_}", "pretty_name: " + json.dumps(f"{name}: a ViT Atlas neuron atlas"),
+             "tags:", "- interpretability", "- vision-transformer", "- feature-visualization", "configs:"]
+    for c in configs:
+        lines += [f"- config_name: {c['name']}", "  data_files:", "  - split: train", f"    path: {c['path']}"]
+    lines += ["dataset_info:"]
+    for c in configs:
+        lines += [f"- config_name: {c['name']}", "  features:"]
+        for field in c["schema"]:
+            lines += _yaml_field(pa, field.name, field.type, "  ", image=field.name in c["images"])
+    units = next(c["name"] for c in configs if c["name"] != "dataset_index")
+    lines += ["---", "", f"# {name}", "", info.get("description") or "A neuron atlas of vision transformers.", "",
+              "Exported from a ViT Atlas atlas by `python build.py export`. One row per unit "
+              "(the post-GELU hidden units of each block's MLP, and other sites where the atlas has them):",
+              "", "- `image` (and `fourier_image` where built): the image optimized to maximally activate the unit, "
+              "PNG; `activation`: the unit's mean activation over patch tokens for it; `map`: its values on the "
+              "patch grid; `preset`: the recipe that made it;",
+              "- `topk_index`, `topk_score`, `topk_map`: the most activating dataset images (rows of the "
+              "`dataset_index` config), their scores and activation maps;",
+              "- `stats_*`: mean, max and share of positive scores over the whole dataset;",
+              f"- `flags` ({', '.join(FLAG_NAMES)}) and the values behind them (`flag_*`);",
+              "- `related`: the most correlated units in the same layer, the same model and other models.", "",
+              f"Maps: {UNIT_FEATURES_NOTE}. Unit ids (`<model>/<site>/L<ll>/U<uuuu>`) are the atlas website's own.",
+              "", "```python", "from datasets import load_dataset",
+              f"units = load_dataset(\"path/to/this/folder\", \"{units}\", split=\"train\")", "```", ""]
+    if info.get("license"):
+        lines += [f"License of the atlas: {info['license']}. Dataset images keep their own terms.", ""]
+    return "\n".join(lines)
