@@ -30,20 +30,23 @@ def main():
     p.add_argument("atlas")
     p.add_argument("--model", default="vit_atlas_demo")
     p.add_argument("--site", default="ffn")
+    p.add_argument("--part", default="viz", help="picture part: viz (the paper's) or fourier")
     args = p.parse_args()
     by_layer = defaultdict(lambda: {"live": 0, "beat": 0, "rough": []})
     recipe = None
     for path in sorted((Path(args.atlas) / "shards" / args.model / args.site).glob("L*/U*.h5")):
         with h5py.File(path, "r") as f:
             layer = int(f.attrs["layer"])
-            recipe = recipe or f.attrs.get("recipe")
+            if f"{args.part}/image" not in f:
+                continue
+            recipe = recipe or f[args.part].attrs.get("recipe") or f.attrs.get("recipe")
             stats = by_layer[layer]
-            stats["rough"].extend(roughness_of(f["viz/image"][:]))
+            stats["rough"].extend(roughness_of(f[f"{args.part}/image"][:]))
             if "stats" in f:
                 live = f["stats/positive"][:] > 0
                 stats["live"] += int(live.sum())
-                stats["beat"] += int((f["viz/activation"][:] > f["stats/max"][:])[live].sum())
-    print(f"{args.atlas}: {args.model}/{args.site}, recipe {recipe}")
+                stats["beat"] += int((f[f"{args.part}/activation"][:] > f["stats/max"][:])[live].sum())
+    print(f"{args.atlas}: {args.model}/{args.site} part {args.part}, recipe {recipe}")
     print("layer  live units  beat the data  mean roughness")
     live = beat = 0
     rough = []
