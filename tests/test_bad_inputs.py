@@ -341,3 +341,12 @@ def _with_verify(p, fn):
     for action in p._subparsers._group_actions:
         action.choices["verify"].set_defaults(run=fn)
     return p
+
+
+def test_verify_names_files_the_manifest_does_not_list(atlas):
+    folder, _ = atlas
+    assert build.main(["verify", str(folder)]) == 0
+    (folder / "shards" / "notes.txt").write_text("mine")
+    (folder / "stray.bin").write_bytes(b"\x00" * 10)
+    rc, out, err = run_cli("verify", str(folder))
+    assert rc == 2 and "shards/notes.txt: not listed in the manifest" in out and "stray.bin: not listed" in out

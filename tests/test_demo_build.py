@@ -121,6 +121,16 @@ def test_one_unit_of_the_served_demo_is_read_remotely_with_little_transfer(demo,
             assert unit.activation == local.unit(VIT, 3, 42).activation
         shard_bytes = sum(s["bytes"] for s in json.loads((demo / "manifest.json").read_text())["shards"])
         assert remote.remote.fetched < 0.05 * shard_bytes
+        # a served shard changed after the manifest was written is refused (restored afterwards)
+        shard = demo / "shards" / VIT / "ffn" / "L02" / "U00000-00256.h5"
+        original = shard.read_bytes()
+        try:
+            shard.write_bytes(original[:100] + bytes([original[100] ^ 0xFF]) + original[101:])
+            monkeypatch.setenv("VIT_ATLAS_CACHE", str(tmp_path / "cache2"))
+            with pytest.raises(atlas.AtlasError, match="tampered"):
+                atlas.open(f"http://127.0.0.1:{server.server_address[1]}/").unit(VIT, 2, 7).image
+        finally:
+            shard.write_bytes(original)
     finally:
         server.shutdown()
         server.server_close()
