@@ -20,7 +20,7 @@ DATA_FILES = (DATASET, RELATED, SCORES, "analyses")
 
 
 BLOCK = 32 * 1024          # bytes per hashed block of a shard (remote readers verify each block they fetch)
-BLOCKS = "blocks"          # blocks/<shard path>: the sha256 of each block of that shard, 32 bytes each
+BLOCKS = "blocks"          # blocks/<shard path>.sha256: the sha256 of each block of that shard, 32 bytes each
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -67,14 +67,15 @@ class _HashCache:
         st = (root / rel).stat()
         key = [st.st_size, st.st_mtime_ns]
         hit = self.entries.get(rel)
-        target = root / BLOCKS / rel
+        target = root / BLOCKS / f"{rel}.sha256"
+        entry = {"path": f"{BLOCKS}/{rel}.sha256", "size": BLOCK}
         if hit and hit[:2] == key and len(hit) == 4 and target.is_file():
-            return st.st_size, hit[2], {"path": f"{BLOCKS}/{rel}", "size": BLOCK, "sha256": hit[3]}
+            return st.st_size, hit[2], {**entry, "sha256": hit[3]}
         digest, blocks = hash_with_blocks(root / rel)
         write_atomically(target, blocks)
         blocks_digest = hashlib.sha256(blocks).hexdigest()
         self.entries[rel] = [*key, digest, blocks_digest]
-        return st.st_size, digest, {"path": f"{BLOCKS}/{rel}", "size": BLOCK, "sha256": blocks_digest}
+        return st.st_size, digest, {**entry, "sha256": blocks_digest}
 
     def save(self, keep: set[str]) -> None:
         self.entries = {k: v for k, v in self.entries.items() if k in keep}
@@ -214,8 +215,8 @@ def _write_manifest(root: Path, command: str | None, info: dict | None) -> dict:
         files.append({"path": rel, "bytes": size, "sha256": digest})
     cache.save({e["path"] for e in shards} | {e["path"] for e in files})
     current = {e["blocks"]["path"] for e in shards}
-    for old in (root / BLOCKS).rglob("*.h5") if (root / BLOCKS).is_dir() else []:
-        if old.relative_to(root).as_posix() not in current:
+    for old in (root / BLOCKS).rglob("*") if (root / BLOCKS).is_dir() else []:
+        if old.is_file() and old.relative_to(root).as_posix() not in current:
             old.unlink()
     history = list(previous.get("history", []))
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -4,7 +4,7 @@
 needs whole (``dataset.h5``, ``related.h5``, a shard's block hashes) are fetched into a local cache and
 checked against the manifest's sha256. Shards are never fetched whole: h5py reads them through a
 file-like object that fetches, with HTTP range requests, only the 32 KiB blocks it touches, and checks
-each block against the shard's block hashes (``blocks/<shard path>``, itself checked against the
+each block against the shard's block hashes (``blocks/<shard path>.sha256``, itself checked against the
 manifest). A changed byte in any block the reader uses is refused with an error naming the shard.
 
 The cache lives in ``$VIT_ATLAS_CACHE`` or ``~/.cache/vit-atlas``, one folder per atlas URL: whole files
