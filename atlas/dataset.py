@@ -8,7 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .shard import read_attrs, replace_atomically, temp_name
+from .shard import atomic_file, attr_value, read_attrs
 
 
 def paths_sha256(paths: list[str]) -> str:
@@ -19,10 +19,8 @@ def paths_sha256(paths: list[str]) -> str:
 def write_dataset(path: Path, root: Path, paths: list[str], labels: np.ndarray, class_names: list[str],
                   skipped: list[tuple[str, str]], attrs: dict) -> None:
     """Write dataset.h5 atomically: rows are the images the probe scored, in order."""
-    path = Path(path)
-    tmp = temp_name(path)
     text = h5py.string_dtype()
-    try:
+    with atomic_file(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("path", data=np.array(paths, dtype=object), dtype=text, track_times=False)
             f.create_dataset("label", data=np.asarray(labels, np.int64), track_times=False)
@@ -32,10 +30,7 @@ def write_dataset(path: Path, root: Path, paths: list[str], labels: np.ndarray, 
             f.attrs["class_names"] = json.dumps(class_names)
             f.attrs["paths_sha256"] = paths_sha256(paths)
             for key, value in attrs.items():
-                f.attrs[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
-        replace_atomically(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+                f.attrs[key] = attr_value(value)
 
 
 class Dataset:

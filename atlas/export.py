@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .flags import FLAG_NAMES, THRESHOLDS, flag_values, flags_of
+from .flags import FLAG_NAMES, flags_of, shard_flag_values
 from .format import PICTURES, AtlasError, unit_id
 from .reader import Atlas
-from .shard import read_attrs
+from .shard import picture_recipe
 
 UNIT_FEATURES_NOTE = "maps are lists of rows of floats (float16 in the atlas), on the unit's patch grid"
 
@@ -74,18 +74,13 @@ def _shard_rows(a: Atlas, model: str, site: str, layer: int, ref, pictures: list
     cols: dict = {}
     for part in pictures:
         if part in ref.parts:
-            preset = (read_attrs(f[part]).get("recipe") or read_attrs(f).get("recipe") or {}).get("preset")
+            preset = picture_recipe(f, part).get("preset")
             cols[part] = ({name: f[f"{part}/{name}"][()] for name in ("image", "activation", "map")}, preset)
     probe = "probe" in ref.parts
     if probe:
         topk = {name: f[f"topk/{name}"][()] for name in ("index", "score", "map")}
         stats = {name: f[f"stats/{name}"][()] for name in ("mean", "max", "positive")}
-        labels = a.dataset.labels if a.has_dataset else None
-        if "flags/extent" in f:
-            values = {name: f[f"flags/{name}"][()] for name in ("class", "class_share", "extent", "concentration")}
-        else:
-            values = flag_values(topk["index"], topk["map"], labels)
-        thresholds = read_attrs(f["probe"]).get("flag_thresholds") or THRESHOLDS if "probe" in f else THRESHOLDS
+        values, thresholds = shard_flag_values(f, slice(None), a.labels)
     rows = []
     for r in range(n):
         u = ref.unit_start + r

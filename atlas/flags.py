@@ -21,10 +21,15 @@ Flags (booleans, from the values and the thresholds below; ``THRESHOLDS`` is sto
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
+
+from .shard import read_attrs
 
 THRESHOLDS = {"class_selective": 0.5, "global": 0.4, "outlier_tokens": 0.3}
 FLAG_NAMES = ("dead", "class_selective", "local", "global", "outlier_tokens")
+VALUE_NAMES = ("class", "class_share", "extent", "concentration")
 
 
 def class_share(topk_index: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +70,7 @@ def concentration(maps: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def flag_values(topk_index: np.ndarray, topk_map: np.ndarray, labels: np.ndarray | None) -> dict[str, np.ndarray]:
-    """The stored values (``flags/class``, ``class_share``, ``extent``, ``concentration``) of n units."""
+    """The stored values (``flags/<VALUE_NAMES>``) of n units."""
     valid = topk_index >= 0
     cls, share = class_share(topk_index, labels)
     return {"class": cls, "class_share": share, "extent": extent(topk_map, valid),
@@ -81,3 +86,14 @@ def flags_of(values: dict, positive: float, thresholds: dict = THRESHOLDS) -> di
             "local": ext == ext and ext < thresholds["global"] and positive > 0,
             "global": ext == ext and ext >= thresholds["global"] and positive > 0,
             "outlier_tokens": bool(values["concentration"] >= thresholds["outlier_tokens"]) and not selective}
+
+
+def shard_flag_values(f, rows, labels: Callable[[], np.ndarray | None]) -> tuple[dict[str, np.ndarray], dict]:
+    """A probed shard's flag values for ``rows`` (an index or slice of its units) and the thresholds that
+    cut them: the stored ``flags/*`` (format 1.3), else derived from its top-k data as the probe would
+    (``labels()`` gives the dataset's labels, read only then)."""
+    if "flags/extent" in f:
+        values = {name: f[f"flags/{name}"][rows] for name in VALUE_NAMES}
+    else:
+        values = flag_values(f["topk/index"][rows], f["topk/map"][rows], labels())
+    return values, read_attrs(f["probe"]).get("flag_thresholds") or THRESHOLDS

@@ -12,7 +12,7 @@ from . import __version__
 from .format import DATASET, FORMAT_VERSION, MANIFEST, RELATED, SCORES, SHARDS, AtlasError
 from .locks import Lock, lock_path
 from .quarantine import quarantine
-from .shard import parts_of, read_attrs, replace_atomically, temp_name, write_atomically
+from .shard import parts_of, read_attrs, write_atomically
 
 _HASH_CACHE = ".cache/sha256.json"
 # Files other than shards that the manifest covers, relative to the atlas root.
@@ -85,12 +85,7 @@ class _HashCache:
 
 def write_json(path: Path, data) -> None:
     """Write JSON atomically (temporary file, then rename)."""
-    tmp = temp_name(Path(path))
-    try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n", encoding="utf-8")
-        replace_atomically(tmp, Path(path))
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, (json.dumps(data, indent=1, sort_keys=False) + "\n").encode("utf-8"))
 
 
 def shard_files(root: Path) -> list[str]:

@@ -11,11 +11,11 @@ import h5py
 import numpy as np
 
 from .dataset import Dataset
-from .flags import FLAG_NAMES, THRESHOLDS, flag_values, flags_of
+from .flags import FLAG_NAMES, flags_of, shard_flag_values
 from .format import DATASET, PICTURES, RELATED, AtlasError, parse_unit_id, unit_id
 from .manifest import describe_shards, read_manifest
 from .remote import RemoteAtlas, is_url
-from .shard import read_attrs
+from .shard import picture_recipe, read_attrs
 
 
 class Picture(NamedTuple):
@@ -103,10 +103,13 @@ class Unit:
         """Stable id ``<model>/<site>/L<ll>/U<uuuu>``."""
         return unit_id(self.model, self.site, self.layer, self.index)
 
-    def _read(self, name: str, part: str):
+    def _require(self, part: str) -> None:
         if part not in self.parts:
             how = "probe" if part == "probe" else "visualize" + ("" if part == "viz" else f" --preset {part}")
             raise AtlasError(f"{self.id}: shard {self.shard} has no {part!r} part yet (run `python build.py {how}`)")
+
+    def _read(self, name: str, part: str):
+        self._require(part)
         return self.atlas.file(self.shard)[name][self.row]
 
     @cached_property
@@ -145,21 +148,17 @@ class Unit:
             raise AtlasError(f"no picture part {part!r}; pictures are {', '.join(PICTURES)}")
         f = self.atlas.file(self.shard)
         read = lambda name: self._read(f"{part}/{name}", part)  # noqa: E731
-        recipe = read_attrs(f[part]).get("recipe") or read_attrs(f).get("recipe") or {}
+        recipe = picture_recipe(f, part)
         return Picture(part, read("image"), float(read("activation")), read("map"), int(read("seed")),
                        read("loss"), recipe)
 
     @cached_property
     def flags(self) -> UnitFlags:
         """The unit's flags: stored by the probe (format 1.3), else derived from its top-k data."""
-        f = self.atlas.file(self.shard)
-        if "flags/extent" in f and "probe" in self.parts:
-            values = {name: f[f"flags/{name}"][self.row] for name in ("class", "class_share", "extent", "concentration")}
-        else:
-            labels = self.atlas.dataset.labels if self.atlas.has_dataset else None
-            values = {k: v[0] for k, v in flag_values(self._read("topk/index", "probe")[None],
-                                                      self._read("topk/map", "probe")[None], labels).items()}
-        thresholds = read_attrs(f["probe"]).get("flag_thresholds") or THRESHOLDS if "probe" in f else THRESHOLDS
+        self._require("probe")
+        values, thresholds = shard_flag_values(self.atlas.file(self.shard), slice(self.row, self.row + 1),
+                                               self.atlas.labels)
+        values = {name: value[0] for name, value in values.items()}
         on = flags_of(values, self.stats.positive, thresholds)
         name = self.atlas.dataset.class_name(int(values["class"])) if int(values["class"]) >= 0 else None
         return UnitFlags(float(values["class_share"]), name, float(values["extent"]), float(values["concentration"]),
@@ -343,6 +342,10 @@ class Atlas:
             return self.remote.whole(name, entry["sha256"]) if entry else None
         path = self.root / name
         return path if path.exists() else None
+
+    def labels(self) -> np.ndarray | None:
+        """The dataset's labels by row, or None when the atlas holds no dataset.h5."""
+        return self.dataset.labels if self.has_dataset else None
 
     @property
     def has_dataset(self) -> bool:

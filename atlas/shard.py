@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -37,17 +38,24 @@ def replace_atomically(tmp: Path, path: Path) -> None:
         os.close(dir_fd)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` under a temporary name, then rename it to ``path`` (created with its folders):
-    readers see the old file or the new one, never half of one."""
+@contextmanager
+def atomic_file(path: Path):
+    """Yield a temporary sibling of ``path`` (its folders created) to write; when the block ends without
+    an error it replaces ``path`` atomically, and the temporary file never outlives the block."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        yield tmp
+        replace_atomically(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through ``atomic_file``: readers see the old file or the new one."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def remove_stale_temps(folder: Path) -> int:
@@ -75,7 +83,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _attr_value(value):
+def picture_recipe(f: h5py.File, part: str) -> dict:
+    """The recipe that made a shard's picture ``part``: the part's own attribute (format 1.2), else the
+    shard's (the ``viz`` part of older atlases)."""
+    return read_attrs(f[part]).get("recipe") or read_attrs(f).get("recipe") or {}
+
+
+def attr_value(value):
+    """An HDF5 attribute value: lists, tuples and dicts as JSON text, everything else as is."""
     if isinstance(value, (dict, list, tuple)):
         return json.dumps(value, sort_keys=True)
     return value
@@ -128,13 +143,13 @@ def write_part(path: Path, attrs: dict, part: str, datasets: dict[str, np.ndarra
                 f.attrs["format_version"] = FORMAT_VERSION
                 for key, value in attrs.items():
                     if key not in f.attrs:
-                        f.attrs[key] = _attr_value(value)
+                        f.attrs[key] = attr_value(value)
                 for name, array in datasets.items():
                     _create(f, name, np.asarray(array))
                 if part_attrs:
                     group = f.require_group(part)
                     for key, value in part_attrs.items():
-                        group.attrs[key] = _attr_value(value)
+                        group.attrs[key] = attr_value(value)
             replace_atomically(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -144,7 +159,7 @@ def write_part(path: Path, attrs: dict, part: str, datasets: dict[str, np.ndarra
 def _check_same_shard(f: h5py.File, attrs: dict, path: Path) -> None:
     """Every attribute both the shard and this run have must agree (model, range, weights, ...)."""
     for key, value in attrs.items():
-        if key in f.attrs and _plain(f.attrs[key]) != _attr_value(value):
+        if key in f.attrs and _plain(f.attrs[key]) != attr_value(value):
             raise AtlasError(
                 f"{path} holds {key}={_plain(f.attrs[key])!r} but this run has {key}={value!r}; "
                 "write into a different --out folder")

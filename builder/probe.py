@@ -25,7 +25,7 @@ from atlas.format import DATASET, SCORES, AtlasError, check_model_name, shard_pa
 from atlas.log import append_log
 from atlas.manifest import write_manifest
 from atlas.quarantine import quarantine
-from atlas.shard import remove_stale_temps, replace_atomically, temp_name, write_part
+from atlas.shard import atomic_file, remove_stale_temps, write_part
 
 from .dataset import ImageDataset, ImageIndex, collate, loader_workers
 from .models import LoadedModel
@@ -207,11 +207,9 @@ def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | 
         store.load(state.get("scores", {}))
 
     def save_state(position: int) -> None:
-        state_path.parent.mkdir(exist_ok=True)
-        tmp = temp_name(state_path)
-        torch.save({"fingerprint": fingerprint, "position": position, "skipped": skipped,
-                    "layers": [p.state() for p in probes], "scores": store.state()}, tmp)
-        replace_atomically(tmp, state_path)
+        with atomic_file(state_path) as tmp:
+            torch.save({"fingerprint": fingerprint, "position": position, "skipped": skipped,
+                        "layers": [p.state() for p in probes], "scores": store.state()}, tmp)
 
     transform = lm.eval_transform()
     loader = torch.utils.data.DataLoader(

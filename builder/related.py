@@ -26,7 +26,7 @@ import torch
 from atlas.dataset import Dataset
 from atlas.format import DATASET, FORMAT_VERSION, RELATED, SCORES
 from atlas.locks import Lock, lock_path
-from atlas.shard import replace_atomically, temp_name
+from atlas.shard import atomic_file, attr_value
 
 from .counter_rng import uniform
 
@@ -54,11 +54,8 @@ class ScoreStore:
         if mode == "exact":
             memmap.parent.mkdir(exist_ok=True)
             shape = (candidates, total)
-            if memmap.exists():
-                self.scores = np.lib.format.open_memmap(memmap, mode="r+")
-                if self.scores.shape != shape:
-                    self.scores = np.lib.format.open_memmap(memmap, mode="w+", dtype=np.float16, shape=shape)
-            else:
+            self.scores = np.lib.format.open_memmap(memmap, mode="r+") if memmap.exists() else None
+            if self.scores is None or self.scores.shape != shape:      # no earlier pass, or another one's
                 self.scores = np.lib.format.open_memmap(memmap, mode="w+", dtype=np.float16, shape=shape)
         elif mode == "sketch":
             self.proj = torch.zeros(total, d, dtype=torch.float64, device=device)
@@ -101,12 +98,10 @@ class ScoreStore:
         decoded (dataset rows, in order) or the sketch."""
         if self.mode == "off":
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_name(path)
-        try:
+        with atomic_file(path) as tmp:
             with h5py.File(tmp, "w") as f:
                 f.attrs.update({"format_version": FORMAT_VERSION, "mode": self.mode, "images": len(good),
-                                **{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in attrs.items()}})
+                                **{k: attr_value(v) for k, v in attrs.items()}})
                 f.create_dataset("layer", data=np.array([t[0] for t in table], np.int16))
                 f.create_dataset("unit", data=np.array([t[1] for t in table], np.int32))
                 if self.mode == "exact":
@@ -122,9 +117,6 @@ class ScoreStore:
                     f.create_dataset("sketch", data=_unit_rows(sketch).float().cpu().numpy())
                     f.create_dataset("mean", data=mean.float().cpu().numpy())
                     f.create_dataset("std", data=std.float().cpu().numpy())
-            replace_atomically(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         self.discard()
 
     def discard(self) -> None:
@@ -220,8 +212,7 @@ def rebuild_related(out: str | Path, k: int = 8, force_sketch: int | None = None
         rows_out, corr_out = top_related(torch.cat(vectors, dim=0).float(), keys, k)
     target = out / RELATED
     with Lock(lock_path(out, f"writes/{RELATED}")).wait(600, f"writing {RELATED}"):
-        tmp = temp_name(target)
-        try:
+        with atomic_file(target) as tmp:
             with h5py.File(tmp, "w") as f:
                 f.attrs.update({"format_version": FORMAT_VERSION, "k": k, "scopes": json.dumps(list(SCOPES)),
                                 "models": json.dumps(models), "sites": json.dumps(sites),
@@ -231,7 +222,4 @@ def rebuild_related(out: str | Path, k: int = 8, force_sketch: int | None = None
                     f.create_dataset(name, data=keys[:, i].numpy().astype(np.int32))
                 f.create_dataset("related/row", data=rows_out, compression="gzip", compression_opts=1)
                 f.create_dataset("related/corr", data=corr_out, compression="gzip", compression_opts=1)
-            replace_atomically(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
     return target

@@ -243,6 +243,10 @@ def visualize_shards(lm: LoadedModel, job: VisualizeJob, plan: list[tuple[Layer,
     """
     out = Path(job.out)
     part = job.part
+
+    def claim_lock(rel: str) -> Lock:
+        return Lock(lock_path(out, f"claims/{rel}.{part}"))
+
     precision = resolve_precision(job.precision, device)
     step = Step(resolve_compile(job.compile, device), device)
     bar = tqdm(total=sum(stop - start for _, start, stop in plan), unit="unit", desc=f"visualize {job.name}/{job.site}",
@@ -252,7 +256,7 @@ def visualize_shards(lm: LoadedModel, job: VisualizeJob, plan: list[tuple[Layer,
         claimed, others = [], []
         for layer, start, stop in waiting:
             rel = shard_path(job.name, layer.site, layer.index, start, stop)
-            claim = Lock(lock_path(out, f"claims/{rel}.{part}"))
+            claim = claim_lock(rel)
             if shard_holds(out / rel, part):
                 bar.update(stop - start)
                 job.stats["by_others"] = job.stats.get("by_others", 0) + 1
@@ -261,8 +265,8 @@ def visualize_shards(lm: LoadedModel, job: VisualizeJob, plan: list[tuple[Layer,
             else:
                 others.append((layer, start, stop))
         if others and not claimed:
-            holder = Lock(lock_path(out, f"claims/{shard_path(job.name, others[0][0].site, others[0][0].index, *others[0][1:])}"
-                                         f".{part}")).holder() or {}
+            layer, start, stop = others[0]
+            holder = claim_lock(shard_path(job.name, layer.site, layer.index, start, stop)).holder() or {}
             bar.set_postfix_str(f"waiting for {len(others)} shards that {holder.get('host', '?')} pid "
                                 f"{holder.get('pid', '?')} is computing")
             time.sleep(5)
