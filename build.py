@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import shlex
 import sys
@@ -169,8 +170,6 @@ def cmd_export(args, command: str) -> None:
     from atlas.export import export_parquet
     if args.format != "parquet":
         raise AtlasError(f"--format {args.format}: only parquet is supported")
-    if args.max_file_mb <= 0:
-        raise AtlasError(f"--max-file-mb must be positive, not {args.max_file_mb}")
     card = export_parquet(args.dir, args.out, args.max_file_mb)
     print(f"exported {args.dir} to {args.out} (dataset card: {card})")
 
@@ -325,16 +324,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _close_progress_bars() -> None:
+    from tqdm import tqdm
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     command = "python build.py " + shlex.join(argv)
     try:
-        if args.command is None:  # the default: the demo atlas
-            args = parser().parse_args(["demo"])
-            command = "python build.py"
-        args.run(args, command)
+        try:
+            if args.command is None:  # the default: the demo atlas
+                args = parser().parse_args(["demo"])
+                command = "python build.py"
+            args.run(args, command)
+        except BaseException:
+            _close_progress_bars()    # so that the one line below starts a line of its own
+            raise
     except AtlasError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -342,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: run the same command again to resume where it stopped", file=sys.stderr)
         return 130
     except OSError as e:
+        if e.errno == errno.ENOSPC or "No space left on device" in str(e):
+            where = f" ({e.filename})" if e.filename else ""
+            print(f"error: no space left on the device{where}: free some space and run the same command again "
+                  "(finished work is kept; files being written were left out)", file=sys.stderr)
+            return 2
         if e.filename is None:
             raise
         where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")

@@ -8,7 +8,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .shard import atomic_file, attr_value, read_attrs
+from .format import AtlasError
+from .shard import attr_value, new_h5, read_attrs
+
+
+def _inside(rel: str) -> bool:
+    """Whether ``rel`` is a relative path that stays inside the folder it is joined to."""
+    parts = rel.split("/")
+    return bool(rel) and not rel.startswith("/") and "\x00" not in rel and all(
+        part not in ("", ".", "..") for part in parts)
 
 
 def paths_sha256(paths: list[str]) -> str:
@@ -20,17 +28,16 @@ def write_dataset(path: Path, root: Path, paths: list[str], labels: np.ndarray, 
                   skipped: list[tuple[str, str]], attrs: dict) -> None:
     """Write dataset.h5 atomically: rows are the images the probe scored, in order."""
     text = h5py.string_dtype()
-    with atomic_file(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("path", data=np.array(paths, dtype=object), dtype=text, track_times=False)
-            f.create_dataset("label", data=np.asarray(labels, np.int64), track_times=False)
-            f.create_dataset("skipped", data=np.array(skipped, dtype=object).reshape(-1, 2), dtype=text,
-                             track_times=False)
-            f.attrs["root"] = str(root)
-            f.attrs["class_names"] = json.dumps(class_names)
-            f.attrs["paths_sha256"] = paths_sha256(paths)
-            for key, value in attrs.items():
-                f.attrs[key] = attr_value(value)
+    with new_h5(path) as f:
+        f.create_dataset("path", data=np.array(paths, dtype=object), dtype=text, track_times=False)
+        f.create_dataset("label", data=np.asarray(labels, np.int64), track_times=False)
+        f.create_dataset("skipped", data=np.array(skipped, dtype=object).reshape(-1, 2), dtype=text,
+                         track_times=False)
+        f.attrs["root"] = str(root)
+        f.attrs["class_names"] = json.dumps(class_names)
+        f.attrs["paths_sha256"] = paths_sha256(paths)
+        for key, value in attrs.items():
+            f.attrs[key] = attr_value(value)
 
 
 class Dataset:
@@ -38,14 +45,25 @@ class Dataset:
 
     def __init__(self, path: Path):
         self.file = Path(path)
-        with h5py.File(path, "r") as f:
-            self.paths = [p.decode() if isinstance(p, bytes) else p for p in f["path"][()]]
-            self.labels = f["label"][()]
-            self.attrs = read_attrs(f)
-            self.skipped = [(p.decode(), r.decode()) for p, r in f["skipped"][()]]
-        self.root = Path(self.attrs.get("root", ""))
-        names = self.attrs.get("class_names", [])
-        self.class_names = json.loads(names) if isinstance(names, str) else list(names)
+        try:
+            with h5py.File(path, "r") as f:
+                self.paths = [p.decode() if isinstance(p, bytes) else p for p in f["path"][()]]
+                self.labels = np.asarray(f["label"][()], np.int64)
+                self.attrs = read_attrs(f)
+                self.skipped = [(p.decode(), r.decode()) for p, r in f["skipped"][()]]
+            names = self.attrs.get("class_names", [])
+            self.class_names = json.loads(names) if isinstance(names, str) else list(names)
+        except (OSError, KeyError, ValueError, TypeError, UnicodeDecodeError, AttributeError) as e:
+            raise AtlasError(f"{path} is not a readable dataset index ({str(e).splitlines()[0][:120]}); rerun the "
+                             "probe to rebuild it (`build.py verify` says more)") from None
+        if self.labels.shape != (len(self.paths),) or not all(isinstance(n, str) for n in self.class_names):
+            raise AtlasError(f"{path}: its labels {self.labels.shape} do not fit its {len(self.paths)} paths, or its "
+                             "class names are not text; rerun the probe to rebuild it")
+        bad = next((p for p in self.paths if not _inside(p)), None)
+        if bad is not None:
+            raise AtlasError(f"{path}: image path {bad[:120]!r} is not a relative path inside the image folder; "
+                             "the dataset index is damaged or hostile")
+        self.root = Path(str(self.attrs.get("root", "")))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -53,3 +71,18 @@ class Dataset:
     def class_name(self, label: int) -> str | None:
         """The name of a label, or None for an unknown label (-1) or a dataset without names."""
         return self.class_names[label] if 0 <= label < len(self.class_names) else None
+
+
+def images_inside(root: Path, d: Dataset) -> str | None:
+    """The folder (relative to the atlas at ``root``) of the probed images ``d`` when it lies inside the
+    atlas (the demo's does), wherever the atlas was moved or copied to since: the longest tail of the
+    folder dataset.h5 records under which the atlas holds the dataset's first image. None otherwise."""
+    if not len(d):
+        return None
+    parts = d.root.parts[1:] if d.root.is_absolute() else d.root.parts
+    for i in range(len(parts)):
+        rel = "/".join(parts[i:])
+        if rel and ".." not in parts[i:] and (root / rel / d.paths[0]).is_file() and \
+                root.resolve() in (root / rel).resolve().parents:
+            return rel
+    return None

@@ -12,8 +12,11 @@ shard in bulk (the reader API reads a unit at a time). Needs pyarrow: ``pip inst
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
+import math
+import os
 import shutil
 from pathlib import Path
 
@@ -21,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from .flags import FLAG_NAMES, flags_of, shard_flag_values
+from .folder import own_folder
 from .format import PICTURES, AtlasError, unit_id
 from .reader import Atlas
 from .shard import picture_recipe
@@ -161,18 +165,91 @@ class _PartWriter:
         return self.files
 
 
+EXPORT_MARKER = ".vit-atlas-export"    # marks a folder an export owns (it may replace what the export wrote)
+EXPORT_ITEMS = ("units", "dataset", "README.md")
+STAGING = ".export-staging"           # the export being written; moved into place when complete
+PREVIOUS = ".export-previous"         # the export being replaced, while the new one moves in
+COMPLETE = "COMPLETE"                 # in STAGING: everything is written, only the swap remains
+
+
+def _owned_folder(out: Path, root: Path) -> Path:
+    """``out`` if the export may write there: new, empty, or an earlier export (it holds the marker);
+    never the atlas itself, a folder inside it, or a folder holding it."""
+    atlas_root, target = root.resolve(), out.resolve()
+    if target == atlas_root or atlas_root in target.parents or target in atlas_root.parents:
+        raise AtlasError(f"--out {out} is the atlas {root}, inside it or above it; export into a folder of its own")
+    return own_folder(out, "--out", lambda folder: (folder / EXPORT_MARKER).is_file(),
+                      "is not empty and is not an export (it has no .vit-atlas-export); give a new or empty folder")
+
+
+def _swap_in(out: Path) -> None:
+    """Move a complete staged export into place (the previous export first aside, then gone). Every
+    step can be interrupted: ``_recover`` finishes the swap from wherever it stopped."""
+    staging, previous = out / STAGING, out / PREVIOUS
+    previous.mkdir(exist_ok=True)
+    for name in EXPORT_ITEMS:
+        if (staging / name).exists():
+            if (out / name).exists():
+                os.replace(out / name, previous / name)
+            os.replace(staging / name, out / name)
+    shutil.rmtree(previous)
+    shutil.rmtree(staging)
+
+
+def _recover(out: Path) -> None:
+    """Finish what a killed export left: a complete staged export is moved in; an incomplete one is
+    dropped (the previous export, never touched before the swap, stays as it was)."""
+    staging, previous = out / STAGING, out / PREVIOUS
+    if (staging / COMPLETE).is_file():
+        _swap_in(out)
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+        if previous.exists():   # cannot happen without COMPLETE; kept safe all the same
+            for name in EXPORT_ITEMS:
+                if (previous / name).exists() and not (out / name).exists():
+                    os.replace(previous / name, out / name)
+            shutil.rmtree(previous, ignore_errors=True)
+
+
 def export_parquet(root: str | Path, out: str | Path, max_file_mb: float = 256, progress: bool = True) -> Path:
-    """Write the atlas at ``root`` as Parquet tables and a dataset card into ``out``; returns the card."""
+    """Write the atlas at ``root`` as Parquet tables and a dataset card into ``out``; returns the card.
+
+    The export is written into ``out/.export-staging`` and moved into place when complete, so a killed or
+    failed export leaves the previous one as it was, and the same command completes it; ``out`` must be
+    new, empty, or an earlier export (marked by ``.vit-atlas-export``)."""
     pa = _pyarrow()
-    from tqdm import tqdm
     root, out = Path(root), Path(out)
+    if not math.isfinite(max_file_mb) or max_file_mb <= 0:
+        raise AtlasError(f"--max-file-mb must be a positive number of MiB, not {max_file_mb}")
     a = Atlas(root)
     if not a.models:
         raise AtlasError(f"{root} holds no shards: nothing to export")
-    if out.exists() and any(out.iterdir()) and not (out / "README.md").exists():
-        raise AtlasError(f"--out {out} is not empty and is not an export; give a new or empty folder")
-    for old in ("units", "dataset"):
-        shutil.rmtree(out / old, ignore_errors=True)
+    out = _owned_folder(out, root)
+    (out / EXPORT_MARKER).write_text(json.dumps({"atlas": str(root.resolve())}) + "\n", encoding="utf-8")
+    _recover(out)
+    damaged = a.damaged_shards()
+    for rel, why in sorted(damaged.items()):
+        print(f"warning: leaving out {rel}: {why} (run `python build.py verify {root}`)")
+    if damaged:
+        a = Atlas(root, frozenset(damaged))
+    staging = out / STAGING
+    staging.mkdir()
+    try:
+        card = _write_export(pa, a, staging, max_file_mb, progress)
+        (staging / COMPLETE).write_text("", encoding="utf-8")
+    except BaseException as e:
+        shutil.rmtree(staging, ignore_errors=True)       # frees the disk; the previous export is untouched
+        if isinstance(e, OSError) and (getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e)):
+            raise AtlasError(f"no space left on the device of {out} while exporting; the partial export was removed "
+                             "and the previous one is intact: free some space and run the same command again") from None
+        raise
+    _swap_in(out)
+    return out / card.name
+
+
+def _write_export(pa, a: Atlas, out: Path, max_file_mb: float, progress: bool) -> Path:
+    """Write the tables and the card of atlas ``a`` into the (empty) folder ``out``; returns the card."""
+    from tqdm import tqdm
     configs, total = [], sum(r.unit_stop - r.unit_start for m in a.models for s in a.sites(m)
                              for layer in a.layers(m, s) for r in a.shards(m, s, layer))
     bar = tqdm(total=total, unit="unit", desc="export", disable=not progress, dynamic_ncols=True)
@@ -193,8 +270,8 @@ def export_parquet(root: str | Path, out: str | Path, max_file_mb: float = 256, 
     if a.has_dataset:
         d = a.dataset
         index_table = pa.table({"row": pa.array(np.arange(len(d)), pa.int64()), "path": pa.array(d.paths, pa.string()),
-                          "label": pa.array(np.asarray(d.labels), pa.int64()),
-                          "class_name": pa.array([d.class_name(int(x)) for x in d.labels], pa.string())})
+                                "label": pa.array(np.asarray(d.labels), pa.int64()),
+                                "class_name": pa.array([d.class_name(int(x)) for x in d.labels], pa.string())})
         import pyarrow.parquet as pq
         (out / "dataset").mkdir(parents=True, exist_ok=True)
         pq.write_table(index_table, out / "dataset" / "part-00000.parquet", compression="zstd")

@@ -38,8 +38,20 @@ PARTS = {
 ROW_CHUNKED = tuple(f"{part}/{name}" for part in PICTURES for name in ("image", "map")) + ("topk/map",)
 
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-UNIT_ID = re.compile(r"^(?P<model>[A-Za-z0-9][A-Za-z0-9_.\-]*)/(?P<site>[a-z]+)/L(?P<layer>\d{2,})/U(?P<unit>\d{4,})$")
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
+_SITE = r"[a-z][a-z0-9_\-]*"
+MODEL_NAME = re.compile(f"^{_NAME}$")
+SITE_NAME = re.compile(f"^{_SITE}$")
+UNIT_ID = re.compile(rf"^(?P<model>{_NAME})/(?P<site>{_SITE})/L(?P<layer>\d{{2,}})/U(?P<unit>\d{{4,}})$")
+
+# The paths an atlas's data may name (a manifest entry, a shard attribute, a remote listing): each
+# is checked against these rules before it is joined to a folder (``data_path``), so nothing read
+# from an atlas can pick a place outside it to read or write.
+SHARD_PATH = re.compile(rf"^{SHARDS}/(?P<model>{_NAME})/(?P<site>{_SITE})/L(?P<layer>\d{{2,}})/"
+                        r"U(?P<start>\d{5,})-(?P<stop>\d{5,})\.h5$")
+DATA_PATH = re.compile(rf"^(?:{re.escape(DATASET)}|{re.escape(RELATED)}|{SCORES}/{_NAME}\.h5|analyses/{_NAME}\.json)$")
+BLOCKS_PATH = re.compile(rf"^blocks/(?P<shard>{SHARD_PATH.pattern[1:-1]})\.sha256$")
+MAX_UNITS = 10**7          # a layer wider than this is not a layer (a manifest claiming it is, is damaged)
 
 
 def picture_part(parametrization: str) -> str:
@@ -56,11 +68,25 @@ class AtlasError(Exception):
 
 def check_model_name(name: str) -> str:
     """Return ``name`` if it can name a model in an atlas (it becomes a folder and part of unit ids)."""
-    if not MODEL_NAME.match(name):
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
         raise AtlasError(
             f"model name {name!r} cannot be used in an atlas: use letters, digits, '_', '.' and '-' "
             "(start with a letter or digit); pass --name to choose another")
     return name
+
+
+def data_path(rel, kind: str, where: str) -> str:
+    """``rel`` if it is an atlas path of ``kind`` ("shard", "data file" or "block hashes"), else
+    AtlasError naming ``where`` it came from (a manifest field, a shard attribute). Only such paths
+    are ever joined to an atlas folder or a cache: relative, inside the atlas, of the format's names."""
+    rules = {"shard": (SHARD_PATH, "shards/<model>/<site>/L<ll>/U<start>-<stop>.h5"),
+             "data file": (DATA_PATH, "dataset.h5, related.h5, scores/<name>.h5 or analyses/<name>.json"),
+             "block hashes": (BLOCKS_PATH, "blocks/<shard path>.sha256")}
+    pattern, shape = rules[kind]
+    if not isinstance(rel, str) or not pattern.fullmatch(rel) or any(part in ("", ".", "..") for part in rel.split("/")):
+        raise AtlasError(f"{where} is {str(rel)[:120]!r}, not a {kind} path of the atlas format ({shape}); "
+                         "refusing to read or write outside the atlas: the atlas is damaged or hostile")
+    return rel
 
 
 def unit_id(model: str, site: str, layer: int, unit: int) -> str:
@@ -70,7 +96,7 @@ def unit_id(model: str, site: str, layer: int, unit: int) -> str:
 
 def parse_unit_id(text: str) -> tuple[str, str, int, int]:
     """Split a unit id into (model, site, layer, unit); raises AtlasError on a malformed id."""
-    m = UNIT_ID.match(text.strip())
+    m = UNIT_ID.fullmatch(text.strip()) if isinstance(text, str) else None
     if not m or m["site"] not in SITES:
         raise AtlasError(f"{text!r} is not a unit id; expected <model>/<site>/L<ll>/U<uuuu>, "
                          "e.g. vit_atlas_demo/ffn/L03/U0042")

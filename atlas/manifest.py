@@ -4,12 +4,14 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import h5py
 
 from . import __version__
-from .format import DATASET, FORMAT_VERSION, MANIFEST, RELATED, SCORES, SHARDS, AtlasError
+from .format import (DATA_PATH, DATASET, FORMAT_VERSION, MANIFEST, MAX_UNITS, MODEL_NAME, PARTS, RELATED, SCORES,
+                     SHARD_PATH, SHARDS, AtlasError, data_path, shard_path)
 from .locks import Lock, lock_path
 from .quarantine import quarantine
 from .shard import parts_of, read_attrs, write_atomically
@@ -97,16 +99,16 @@ def shard_files(root: Path) -> list[str]:
 
 
 def data_files(root: Path) -> list[str]:
-    """Relative paths of the atlas's non-shard data files (dataset index, analyses), sorted."""
+    """Relative paths of the atlas's non-shard data files (dataset index, scores, related units,
+    analyses), sorted: only files named by the format's rules (anything else is not data)."""
     found = []
     for name in DATA_FILES:
         p = root / name
         if p.is_file():
             found.append(name)
         elif p.is_dir():
-            found += [q.relative_to(root).as_posix() for q in p.rglob("*")
-                      if q.is_file() and ".tmp-" not in q.name]
-    return sorted(found)
+            found += [q.relative_to(root).as_posix() for q in p.rglob("*") if q.is_file()]
+    return sorted(rel for rel in found if DATA_PATH.fullmatch(rel))
 
 
 SHARD_ATTRS = ("model", "site", "layer", "unit_start", "unit_stop")
@@ -122,6 +124,15 @@ def read_shard_header(path: Path) -> dict:
     missing = [a for a in SHARD_ATTRS if a not in attrs]
     if missing:
         raise AtlasError(f"{path} lacks the shard attributes {missing}")
+    try:
+        named = shard_path(attrs["model"], attrs["site"], int(attrs["layer"]), int(attrs["unit_start"]),
+                           int(attrs["unit_stop"]))
+    except (TypeError, ValueError):
+        named = None
+    if named is None or not SHARD_PATH.fullmatch(named) or not Path(path).as_posix().endswith("/" + named):
+        raise AtlasError(f"{path} is not a readable shard (its attributes model={attrs['model']!r}, "
+                         f"site={attrs['site']!r}, layer={attrs['layer']!r}, units {attrs['unit_start']!r}.."
+                         f"{attrs['unit_stop']!r} do not name its own path)")
     return {"attrs": attrs, "parts": parts}
 
 
@@ -187,6 +198,76 @@ def read_manifest(root: Path) -> dict | None:
     if str(data.get("format_version", "")).split(".")[0] != FORMAT_VERSION.split(".")[0]:
         raise AtlasError(f"{path} has format version {data.get('format_version')}; "
                          f"this reader understands {FORMAT_VERSION}")
+    return check_manifest(data, str(path))
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_manifest(data: dict, where: str) -> dict:
+    """``data`` if every manifest field a reader or writer relies on has the type and the names the
+    format gives it (docs/FORMAT.md), else AtlasError naming the field: paths are the format's own
+    (inside the atlas, ``atlas.format.data_path``), unit ranges are ranges, sizes are sizes. A manifest
+    read from disk or from a server is checked before anything in it is used."""
+    def fail(field: str, value, why: str):
+        raise AtlasError(f"{where}: {field} is {str(value)[:80]!r}: {why}; the manifest is damaged or hostile "
+                         "(move it aside and rerun the command that built the atlas, or ask the atlas's host)")
+
+    def whole(field: str, value, lo: int = 0, hi: int = 2**62) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            fail(field, value, f"not a whole number from {lo} to {hi}")
+        return value
+
+    def digest(field: str, value) -> None:
+        if not isinstance(value, str) or not _SHA256.fullmatch(value):
+            fail(field, value, "not a sha256 (64 hex digits)")
+
+    def listed(key: str) -> list:
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
+            fail(key, value, "not a list of objects")
+        return value
+
+    for i, e in enumerate(listed("shards")):
+        field = f"shards[{i}]"
+        rel = data_path(e.get("path"), "shard", f"{where}: {field}.path")
+        m = SHARD_PATH.fullmatch(rel)
+        for key in ("model", "site"):
+            if e.get(key) != m[key]:
+                fail(f"{field}.{key}", e.get(key), f"not the {key} its path {rel} names")
+        for key, named in (("layer", "layer"), ("unit_start", "start"), ("unit_stop", "stop")):
+            if whole(f"{field}.{key}", e.get(key), 0, MAX_UNITS) != int(m[named]):
+                fail(f"{field}.{key}", e.get(key), f"not the {key} its path {rel} names")
+        if e["unit_start"] >= e["unit_stop"]:
+            fail(f"{field}.unit_stop", e["unit_stop"], "not above unit_start")
+        parts = e.get("parts")
+        if not isinstance(parts, list) or not all(p in PARTS for p in parts):
+            fail(f"{field}.parts", parts, f"not a list of parts ({', '.join(PARTS)})")
+        whole(f"{field}.bytes", e.get("bytes"))
+        digest(f"{field}.sha256", e.get("sha256"))
+        blocks = e.get("blocks")
+        if blocks is not None:
+            if not isinstance(blocks, dict) or blocks.get("path") != f"{BLOCKS}/{rel}.sha256":
+                fail(f"{field}.blocks", blocks, f"not the block hashes of {rel} ({BLOCKS}/{rel}.sha256)")
+            whole(f"{field}.blocks.size", blocks.get("size"), 1, 2**30)
+            digest(f"{field}.blocks.sha256", blocks.get("sha256"))
+    for i, e in enumerate(listed("files")):
+        data_path(e.get("path"), "data file", f"{where}: files[{i}].path")
+        whole(f"files[{i}].bytes", e.get("bytes"))
+        digest(f"files[{i}].sha256", e.get("sha256"))
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        fail("models", models, "not an object")
+    for name, info in models.items():
+        if not MODEL_NAME.fullmatch(name) or not isinstance(info, dict) or not isinstance(info.get("sites", {}), dict):
+            fail(f"models[{name!r}]", info, "not a model of the format (a name of letters, digits, '_', '.', '-')")
+        for site, layers in info.get("sites", {}).items():
+            if not isinstance(layers, dict) or not all(isinstance(k, str) and k.isdigit() and isinstance(v, dict)
+                                                       for k, v in layers.items()):
+                fail(f"models[{name!r}].sites[{site!r}]", layers, "not an object of layers")
+    for key in ("atlas", "spec", "dataset", "finalized"):
+        if not isinstance(data.get(key, {}), dict):
+            fail(key, data[key], "not an object")
     return data
 
 

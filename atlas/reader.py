@@ -12,10 +12,10 @@ import numpy as np
 
 from .dataset import Dataset
 from .flags import FLAG_NAMES, flags_of, shard_flag_values
-from .format import DATASET, PICTURES, RELATED, AtlasError, parse_unit_id, unit_id
-from .manifest import describe_shards, read_manifest
+from .format import DATASET, MODEL_NAME, PICTURES, RELATED, SITE_NAME, AtlasError, parse_unit_id, unit_id
+from .manifest import describe_shards, read_manifest, sha256_file
 from .remote import RemoteAtlas, is_url
-from .shard import picture_recipe, read_attrs
+from .shard import picture_recipe, read_attrs, shard_problems
 
 
 class Picture(NamedTuple):
@@ -86,6 +86,106 @@ class ShardInfo:
     parts: tuple[str, ...]
 
 
+class PictureRows(NamedTuple):
+    """One picture part of every unit of a shard, read in bulk (see ``Picture`` for one unit)."""
+    part: str
+    image: np.ndarray        # uint8 [n, H, W, 3]
+    activation: np.ndarray   # float32 [n]
+    map: np.ndarray          # float16 [n, h, w]
+    seed: np.ndarray         # int64 [n]
+    loss: np.ndarray         # float32 [n, L]
+    loss_steps: list         # the steps the loss columns sample
+    recipe: dict
+    run_seed: int | None     # the run's seed, from which each unit's seed is derived
+
+
+class ShardData:
+    """Every unit of one shard, read in bulk and on demand: what the website, the export and verify read
+    instead of one ``Unit`` at a time. Arrays have one row per unit, ``units[i]`` being row i's index."""
+
+    def __init__(self, atlas: "Atlas", ref: ShardInfo):
+        self.atlas, self.ref, self.path, self.parts = atlas, ref, ref.path, ref.parts
+        self.units = np.arange(ref.unit_start, ref.unit_stop)
+
+    def _read(self, name: str):
+        try:
+            return self.atlas.file(self.path)[name][()]
+        except (OSError, KeyError, ValueError) as e:
+            raise self.atlas.damaged(self.path, f"{name} cannot be read: {str(e).splitlines()[0][:120]}") from None
+
+    @cached_property
+    def attrs(self) -> dict:
+        """The shard's attributes, and each part's under its name (``attrs["probe"]["k"]``, ...)."""
+        f = self.atlas.file(self.path)
+        attrs = read_attrs(f)
+        for part in (*PICTURES, "probe"):
+            if part in f:
+                attrs[part] = read_attrs(f[part])
+        return attrs
+
+    def picture(self, part: str, images: bool = True) -> PictureRows | None:
+        """The picture part ``part`` of every unit (None when the shard lacks it); ``images=False``
+        leaves the images out (an empty array), for readers that need the numbers only."""
+        if part not in self.parts:
+            return None
+        f, attrs = self.atlas.file(self.path), self.attrs.get(part, {})
+        loss = self._read(f"{part}/loss")
+        return PictureRows(part, self._read(f"{part}/image") if images else np.zeros((0,), np.uint8),
+                           self._read(f"{part}/activation"), self._read(f"{part}/map"), self._read(f"{part}/seed"),
+                           loss, list(attrs.get("loss_steps", range(loss.shape[1] if loss.ndim > 1 else 0))),
+                           picture_recipe(f, part), attrs.get("seed", self.attrs.get("seed")))
+
+    def activation(self, part: str = "viz") -> np.ndarray:
+        """The picture's activation per unit (NaN where the shard lacks the part)."""
+        if part not in self.parts:
+            return np.full(len(self.units), np.nan, np.float32)
+        return self._read(f"{part}/activation")
+
+    @property
+    def probed(self) -> bool:
+        """Whether the shard holds the probe part."""
+        return "probe" in self.parts
+
+    @cached_property
+    def topk_index(self) -> np.ndarray:
+        """int64 [n, k]: dataset rows of each unit's top images (-1 empty)."""
+        return self._read("topk/index")
+
+    @cached_property
+    def topk_score(self) -> np.ndarray:
+        """float32 [n, k]."""
+        return self._read("topk/score")
+
+    @cached_property
+    def topk_map(self) -> np.ndarray:
+        """float16 [n, k, h, w]."""
+        return self._read("topk/map")
+
+    @cached_property
+    def stats(self) -> dict[str, np.ndarray]:
+        """mean, max, positive [n], hist [n, bins], hist_edges [bins + 1]."""
+        return {name: self._read(f"stats/{name}") for name in ("mean", "max", "positive", "hist", "hist_edges")}
+
+    @cached_property
+    def flag_values(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Each unit's flag values (atlas.flags.VALUE_NAMES) and the thresholds that cut them."""
+        try:
+            return shard_flag_values(self.atlas.file(self.path), slice(None), self.atlas.labels)
+        except (OSError, KeyError, ValueError) as e:
+            raise self.atlas.damaged(self.path, f"its flags cannot be read: {str(e).splitlines()[0][:120]}") from None
+
+    @cached_property
+    def flags(self) -> list[list[str]]:
+        """Per unit, the names of its flags (atlas.flags.FLAG_NAMES)."""
+        values, thresholds = self.flag_values
+        positive = self.stats["positive"]
+        out = []
+        for r in range(len(self.units)):
+            on = flags_of({k: v[r] for k, v in values.items()}, float(positive[r]), thresholds)
+            out.append([name for name in FLAG_NAMES if on[name]])
+        return out
+
+
 class Unit:
     """One unit of an atlas; each property reads its own rows from the shard on first use."""
 
@@ -110,7 +210,11 @@ class Unit:
 
     def _read(self, name: str, part: str):
         self._require(part)
-        return self.atlas.file(self.shard)[name][self.row]
+        f = self.atlas.file(self.shard)
+        try:
+            return f[name][self.row]
+        except (OSError, KeyError, ValueError) as e:
+            raise self.atlas.damaged(self.shard, f"{name} cannot be read: {str(e).splitlines()[0][:120]}") from None
 
     @cached_property
     def image(self) -> np.ndarray:
@@ -176,6 +280,10 @@ class Unit:
         index = self._read("topk/index", "probe")
         score = self._read("topk/score", "probe")
         maps = self._read("topk/map", "probe")
+        rows = len(self.atlas.dataset) if self.atlas.has_dataset else None
+        if rows is not None and ((index < -1) | (index >= rows)).any():
+            raise self.atlas.damaged(self.shard, f"topk/index of row {self.row} names images outside dataset.h5's "
+                                                 f"{rows} rows")
         return [TopImage(int(i), float(s), m) for i, s, m in zip(index, score, maps) if i >= 0]
 
     @cached_property
@@ -189,24 +297,31 @@ class Unit:
 class Atlas:
     """An atlas folder opened for reading. Use ``atlas.open(DIR)``."""
 
-    def __init__(self, root: str | Path, skip: frozenset[str] = frozenset()):
-        self.remote = RemoteAtlas(str(root)) if is_url(root) else None
-        self.root = self.remote.fetch_manifest() if self.remote else Path(root)
-        if not self.root.is_dir():
-            raise AtlasError(f"{self.root} is not an atlas folder (it does not exist)")
-        self.manifest = read_manifest(self.root)
+    def __init__(self, root: str | Path, skip: frozenset[str] = frozenset(), allow_hosts=()):
+        self.remote = RemoteAtlas(str(root), allow_hosts) if is_url(root) else None
+        if self.remote:
+            self.root, self.manifest = self.remote.fetch_manifest()
+        else:
+            self.root = Path(root)
+            if not self.root.is_dir():
+                raise AtlasError(f"{self.root} is not an atlas folder (it does not exist)")
+            self.manifest = read_manifest(self.root)
         self._entries = {e["path"]: e for e in (self.manifest or {}).get("shards", [])}
         if self.manifest is not None:
-            shards, self.models_info = self.manifest["shards"], self.manifest.get("models", {})
+            shards, self.models_info = self.manifest.get("shards", []), self.manifest.get("models", {})
         else:  # an atlas still being built: read the shards themselves
             shards, self.models_info = describe_shards(self.root, quarantine_damaged=False)
+            self.manifest = None
+        self.shard_entries = shards
         self._index: dict[tuple[str, str, int], list[ShardInfo]] = {}
+        self._refs: dict[str, ShardInfo] = {}
         for e in shards:
             if e["path"] in skip:
                 continue
             key = (e["model"], e["site"], int(e["layer"]))
-            self._index.setdefault(key, []).append(
-                ShardInfo(e["path"], int(e["unit_start"]), int(e["unit_stop"]), tuple(e["parts"])))
+            ref = ShardInfo(e["path"], int(e["unit_start"]), int(e["unit_stop"]), tuple(e["parts"]))
+            self._index.setdefault(key, []).append(ref)
+            self._refs[ref.path] = ref
         for refs in self._index.values():
             refs.sort(key=lambda r: r.unit_start)
         self._files: dict[str, h5py.File] = {}
@@ -232,21 +347,51 @@ class Atlas:
             try:
                 f = self.remote.shard(self._entries[rel]) if self.remote else h5py.File(self.root / rel, "r")
             except OSError as e:
-                raise AtlasError(f"shard {rel} of {self.root} cannot be read ({str(e).splitlines()[0][:160]}): "
-                                 f"run `python build.py verify {self.root}`, then the command that built it to "
-                                 "recompute it") from None
+                raise self.damaged(rel, str(e).splitlines()[0][:160]) from None
+            try:
+                problems = self._shard_problems(rel, f)
+            except (OSError, KeyError, ValueError, TypeError) as e:
+                problems = [f"its structure cannot be read ({str(e).splitlines()[0][:120]})"]
+            if problems:
+                f.close()
+                raise self.damaged(rel, problems[0])
             self._files[rel] = f
         return f
 
-    def damaged_shards(self) -> list[str]:
-        """The shards this atlas lists that cannot be opened (run `build.py verify` for the details)."""
-        bad = []
-        for refs in self._index.values():
-            for ref in refs:
-                try:
-                    self.file(ref.path)
-                except AtlasError:
-                    bad.append(ref.path)
+    def _shard_problems(self, rel: str, f: h5py.File, values: bool = False) -> list[str]:
+        """What is wrong with shard ``rel`` (open as ``f``): its unit range against the one its path and
+        the manifest give, then its schema (atlas.shard.shard_problems)."""
+        ref = self._refs[rel]
+        attrs = read_attrs(f)
+        if (attrs.get("unit_start"), attrs.get("unit_stop")) != (ref.unit_start, ref.unit_stop):
+            return [f"it holds units {attrs.get('unit_start')}..{attrs.get('unit_stop')}, not the "
+                    f"{ref.unit_start}..{ref.unit_stop} its path and the manifest name"]
+        return shard_problems(f, len(self.dataset) if values else None, values)
+
+    def damaged(self, rel: str, why: str) -> AtlasError:
+        """The error for a shard that cannot be used: which, why, and what to run."""
+        return AtlasError(f"shard {rel} of {self.root} cannot be used ({why}): run `python build.py verify "
+                          f"{self.root}`, then the command that built it to recompute it")
+
+    def damaged_shards(self) -> dict[str, str]:
+        """The shards this atlas lists that cannot be used, with why: unreadable, not of the schema, top-k
+        rows outside the dataset, or (a local atlas with a manifest) bytes that differ from the manifest's
+        sha256. What readers of every unit (the website, the export) leave out; `build.py verify` says more."""
+        bad = {}
+        rows = len(self.dataset) if self.has_dataset else None   # a damaged dataset.h5 is the atlas's problem
+        for rel in sorted(self._refs):
+            try:
+                f = self.file(rel)
+                problems = self._shard_problems(rel, f, values=rows is not None)
+                entry = self._entries.get(rel)
+                if not problems and entry and not self.remote and sha256_file(self.root / rel) != entry["sha256"]:
+                    problems = ["its bytes differ from the manifest's sha256"]
+            except AtlasError as e:
+                problems = [str(e).split(" cannot be used (", 1)[-1].rsplit("): run", 1)[0]]
+            except (OSError, KeyError, ValueError) as e:
+                problems = [str(e).splitlines()[0][:120]]
+            if problems:
+                bad[rel] = problems[0]
         return bad
 
     @property
@@ -295,6 +440,10 @@ class Atlas:
         model, site, layer, index = parse_unit_id(text)
         return self.unit(model, layer, index, site=site)
 
+    def shard_data(self, ref: ShardInfo) -> ShardData:
+        """Every unit of the shard ``ref`` (from ``shards``), read in bulk on demand."""
+        return ShardData(self, ref)
+
     def shard_attrs(self, model: str, layer: int, site: str = "ffn") -> dict:
         """Attributes of the first shard of a layer (recipe, seed, grid, ...)."""
         f = self.file(self.shards(model, site, layer)[0].path)
@@ -309,12 +458,12 @@ class Atlas:
         path = self.data_file(RELATED)
         if path is None:
             return None
-        with h5py.File(path, "r") as f:
-            attrs = read_attrs(f)
-            keys = np.stack([f[n][()] for n in ("model", "site", "layer", "unit")], 1)
-            data = {"models": attrs["models"], "sites": attrs["sites"], "scopes": attrs["scopes"], "keys": keys,
-                    "rows": f["related/row"][()], "corr": f["related/corr"][()], "method": attrs.get("method")}
-        data["index"] = {tuple(k): i for i, k in enumerate(keys.tolist())}
+        try:
+            data = read_related(path)
+        except AtlasError as e:
+            print(f"warning: leaving out related units: {e}")
+            return None
+        data["index"] = {tuple(k): i for i, k in enumerate(data["keys"].tolist())}
         return data
 
     def related_units(self, model: str, site: str, layer: int, unit: int) -> list[RelatedUnit]:
@@ -337,10 +486,13 @@ class Atlas:
     def data_file(self, name: str) -> Path | None:
         """The local path of a whole data file (``dataset.h5``, ``related.h5``, ...), fetched and checked
         against the manifest when the atlas is remote; None when the atlas has none."""
+        entry = next((e for e in (self.manifest or {}).get("files", []) if e["path"] == name), None)
         if self.remote:
-            entry = next((e for e in (self.manifest or {}).get("files", []) if e["path"] == name), None)
-            return self.remote.whole(name, entry["sha256"]) if entry else None
+            return self.remote.whole(name, entry["sha256"], entry["bytes"]) if entry else None
         path = self.root / name
+        if entry and not path.exists():
+            print(f"warning: {self.root} lists {name} in its manifest but it is missing "
+                  f"(run `python build.py verify {self.root}`)")
         return path if path.exists() else None
 
     def labels(self) -> np.ndarray | None:
@@ -361,7 +513,35 @@ class Atlas:
         return Dataset(path)
 
 
-def open(root: str | Path) -> Atlas:  # noqa: A001 - the API the project promises is atlas.open
+def read_related(path: Path) -> dict:
+    """``related.h5`` read whole and checked (docs/FORMAT.md): model and site lists of the format's
+    names, rows and correlations of matching shapes, every row index inside the table. AtlasError when
+    it is not such a file."""
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = read_attrs(f)
+            keys = np.stack([f[n][()] for n in ("model", "site", "layer", "unit")], 1).astype(np.int64)
+            data = {"models": attrs["models"], "sites": attrs["sites"], "scopes": attrs["scopes"], "keys": keys,
+                    "rows": f["related/row"][()], "corr": f["related/corr"][()], "method": attrs.get("method")}
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise AtlasError(f"{path.name} is not a readable related-units file ({str(e).splitlines()[0][:100]})") from None
+    rows, corr, n = data["rows"], data["corr"], len(keys)
+    named = all(isinstance(x, list) and all(isinstance(v, str) for v in x)
+                for x in (data["models"], data["sites"], data["scopes"]))
+    if not named or not all(MODEL_NAME.fullmatch(m) for m in data["models"]) or \
+            not all(SITE_NAME.fullmatch(s) for s in data["sites"]):
+        raise AtlasError(f"{path.name}: its models, sites or scopes are not lists of the format's names")
+    if rows.ndim != 3 or rows.shape[0] != n or rows.shape[1] != len(data["scopes"]) or corr.shape != rows.shape:
+        raise AtlasError(f"{path.name}: related/row {rows.shape} and related/corr {corr.shape} do not fit its "
+                         f"{n} units and {len(data['scopes'])} scopes")
+    if ((rows < -1) | (rows >= n)).any() or (keys[:, 0] >= len(data["models"])).any() or \
+            (keys[:, 1] >= len(data["sites"])).any() or (keys < 0).any():
+        raise AtlasError(f"{path.name}: rows or unit keys point outside its own table")
+    return data
+
+
+def open(root: str | Path, allow_hosts=()) -> Atlas:  # noqa: A001 - the API the project promises is atlas.open
     """Open the atlas folder ``root`` for reading, or a hosted atlas by its URL ("https://host/path/atlas/":
-    the manifest is fetched, shards are read lazily by verified range requests; atlas.remote)."""
-    return Atlas(root)
+    the manifest is fetched, shards are read lazily by verified range requests; atlas.remote). A hosted
+    atlas is read from its own host only; ``allow_hosts`` names others its redirects may lead to."""
+    return Atlas(root, allow_hosts=allow_hosts)

@@ -1,32 +1,46 @@
 """Reading a hosted atlas: ``atlas.open("https://host/path/atlas/")``.
 
-``manifest.json`` is fetched whole: it is the root of trust (serve it over HTTPS). Data files the reader
-needs whole (``dataset.h5``, ``related.h5``, a shard's block hashes) are fetched into a local cache and
-checked against the manifest's sha256. Shards are never fetched whole: h5py reads them through a
-file-like object that fetches, with HTTP range requests, only the 32 KiB blocks it touches, and checks
-each block against the shard's block hashes (``blocks/<shard path>.sha256``, itself checked against the
-manifest). A changed byte in any block the reader uses is refused with an error naming the shard.
+``manifest.json`` is fetched whole (at most ``MANIFEST_CAP`` bytes): it is the root of trust (serve it
+over HTTPS), and it is checked field by field (``atlas.manifest.check_manifest``) before anything in it
+is used. Data files the reader needs whole (``dataset.h5``, ``related.h5``, a shard's block hashes) are
+fetched, checked against the manifest's sha256, and only then written to the local cache. Shards are
+never fetched whole: h5py reads them through a file-like object that fetches, with HTTP range requests,
+only the 32 KiB blocks it touches, and checks each block against the shard's block hashes
+(``blocks/<shard path>.sha256``, itself checked against the manifest) before h5py sees it.
 
-The cache lives in ``$VIT_ATLAS_CACHE`` or ``~/.cache/vit-atlas``, one folder per atlas URL: whole files
-under their atlas paths, verified blocks content-addressed under ``blocks/``. Plain ``urllib``: any
-static host that answers range requests (GitHub Pages, S3, nginx, ``build.py serve``) works.
+What a server can make the reader do is bounded: every answer is read up to the size the manifest
+gives (a fixed cap for the manifest), every request has a deadline for the whole exchange (connect,
+headers, body: ``REQUEST_SECONDS``), redirects are followed only to the atlas's own scheme and host
+(or to hosts passed in ``allow_hosts``), and every failure is an ``AtlasError``. The cache holds only
+names the reader chooses: ``manifest.json``, and content-addressed ``files/<sha256>`` and
+``blocks/<sha256>``; nothing from the server picks a path.
+
+The cache lives in ``$VIT_ATLAS_CACHE`` or ``~/.cache/vit-atlas``, one folder per atlas URL. Plain
+``urllib`` (proxies from the environment work): any static host that answers range requests (GitHub
+Pages, S3, nginx, ``build.py serve``) works, and one that answers them with the whole file is read
+correctly too, only slower.
 """
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import os
+import socket
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from .format import MANIFEST, AtlasError
-from .manifest import BLOCK
+from .format import MANIFEST, AtlasError, data_path
+from .manifest import BLOCK, check_manifest
 from .shard import write_atomically
 
-TIMEOUT = 60
+REQUEST_SECONDS = 120         # the whole of one request: connect, headers and body
+MANIFEST_CAP = 64 * 2**20     # the largest manifest.json the reader accepts
+_CHUNK = 1 << 16
 
 
 def is_url(text) -> bool:
@@ -40,51 +54,155 @@ def cache_folder(url: str) -> Path:
     return base / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
+class _Watchdog:
+    """Closes the sockets of one request when its deadline passes, so no server can hold the reader
+    longer than the deadline (socket timeouts bound each read, not a server sending a byte a second)."""
+
+    def __init__(self, seconds: float):
+        self.sockets: list[socket.socket] = []
+        self.expired = False
+        self.timer = threading.Timer(seconds, self._expire)
+        self.timer.daemon = True
+
+    def _expire(self) -> None:
+        self.expired = True
+        for sock in self.sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def __enter__(self) -> "_Watchdog":
+        _WATCHDOG.current = self
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.timer.cancel()
+        _WATCHDOG.current = None
+
+
+_WATCHDOG = threading.local()
+
+
+def _watched(base):
+    """A connection class that hands its socket to the current request's watchdog."""
+    class Watched(base):
+        def connect(self):
+            super().connect()
+            dog = getattr(_WATCHDOG, "current", None)
+            if dog is not None:
+                dog.sockets.append(self.sock)
+    return Watched
+
+
+class _HTTP(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_watched(http.client.HTTPConnection), req)
+
+
+class _HTTPS(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(_watched(http.client.HTTPSConnection), req, context=self._context)
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to the atlas's own scheme and host, or to an allowed host, over http(s);
+    never from https to http."""
+    max_redirections = 5
+
+    def __init__(self, origin: urllib.parse.SplitResult, allow_hosts: frozenset[str]):
+        super().__init__()
+        self.origin, self.allow_hosts = origin, allow_hosts
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        target = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl))
+        same = (target.scheme, target.netloc) == (self.origin.scheme, self.origin.netloc)
+        allowed = target.scheme in ("http", "https") and (same or target.hostname in self.allow_hosts)
+        if not allowed or (self.origin.scheme == "https" and target.scheme != "https"):
+            raise AtlasError(f"{req.full_url} redirects to {urllib.parse.urlunsplit(target)[:200]}, outside the atlas's "
+                             f"host {self.origin.netloc}; refusing it (pass allow_hosts=[...] to atlas.open to trust "
+                             "that host)")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 class RemoteAtlas:
     """Fetches an atlas's files from ``url`` (see the module docstring); counts the bytes it fetched."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, allow_hosts=()):
         self.url = url if url.endswith("/") else url + "/"
+        origin = urllib.parse.urlsplit(self.url)
+        if origin.scheme not in ("http", "https") or not origin.hostname:
+            raise AtlasError(f"{url} is not an http(s) URL of an atlas")
         self.cache = cache_folder(self.url)
+        self.opener = urllib.request.build_opener(_HTTP, _HTTPS(), _Redirects(origin, frozenset(allow_hosts)))
         self.fetched = 0
         self.requests = 0
 
-    def get(self, rel: str, start: int | None = None, stop: int | None = None) -> bytes:
-        """The bytes of ``rel`` (relative to the atlas URL), or of [start, stop) with a range request."""
+    def get(self, rel: str, start: int | None = None, stop: int | None = None, cap: int | None = None) -> bytes:
+        """The bytes of ``rel`` (relative to the atlas URL), or of [start, stop) with a range request;
+        an answer longer than ``cap`` bytes (or than the range) is refused without being read whole."""
+        where = self.url + rel
         request = urllib.request.Request(self.url + urllib.parse.quote(rel))
         if start is not None:
             request.add_header("Range", f"bytes={start}-{stop - 1}")
+            cap = stop
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-                data = response.read()
-                if start is not None and response.status != 206:
-                    data = data[start:stop]          # a host that ignores ranges: still correct, just slower
+            with _Watchdog(REQUEST_SECONDS) as dog:
+                try:
+                    with self.opener.open(request, timeout=REQUEST_SECONDS) as response:
+                        ranged = start is not None and response.status == 206
+                        if ranged:
+                            data = _read_capped(response, stop - start, where)
+                            if len(data) != stop - start:
+                                raise AtlasError(f"{where}: asked for {stop - start} bytes at {start}, got {len(data)}")
+                        elif start is not None:     # a host that answers ranges with the whole file: still correct
+                            data = _read_capped(response, stop, where, truncate=True)[start:stop]
+                        else:
+                            data = _read_capped(response, cap, where)
+                    if dog.expired:
+                        raise OSError("deadline passed")
+                except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError):
+                    if dog.expired:
+                        raise AtlasError(f"{where}: the server took more than {REQUEST_SECONDS} s to answer; "
+                                         "try again later") from None
+                    raise
+        except AtlasError:
+            raise
         except urllib.error.HTTPError as e:
-            raise AtlasError(f"{self.url}{rel}: HTTP {e.code} {e.reason}") from None
-        except (urllib.error.URLError, OSError) as e:
-            raise AtlasError(f"cannot reach {self.url}{rel} ({getattr(e, 'reason', e)})") from None
+            raise AtlasError(f"{where}: HTTP {e.code} {e.reason}") from None
+        except urllib.error.URLError as e:
+            raise AtlasError(f"cannot reach {where} ({e.reason})") from None
+        except (http.client.HTTPException, OSError, ValueError) as e:
+            raise AtlasError(f"cannot read {where}: the server's answer is not valid HTTP "
+                             f"({type(e).__name__}: {str(e)[:120]})") from None
         self.fetched += len(data)
         self.requests += 1
         return data
 
-    def fetch_manifest(self) -> Path:
-        """Fetch manifest.json into the cache (always fresh); returns the cache folder, an atlas root
-        for the reader."""
-        data = self.get(MANIFEST)
+    def fetch_manifest(self) -> tuple[Path, dict]:
+        """Fetch manifest.json into the cache (always fresh), checked field by field; returns the cache
+        folder (an atlas root for the reader) and the manifest."""
+        data = self.get(MANIFEST, cap=MANIFEST_CAP)
         try:
-            json.loads(data)
-        except ValueError:
+            manifest = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
             raise AtlasError(f"{self.url}{MANIFEST} is not JSON: {self.url} is not an atlas") from None
+        if not isinstance(manifest, dict) or "format_version" not in manifest:
+            raise AtlasError(f"{self.url}{MANIFEST} is not an atlas manifest (no format_version)")
+        check_manifest(manifest, self.url + MANIFEST)
         write_atomically(self.cache / MANIFEST, data)
-        return self.cache
+        return self.cache, manifest
 
-    def whole(self, rel: str, sha256: str) -> Path:
-        """``rel`` fetched whole into the cache and checked against ``sha256`` (kept while it matches)."""
-        path = self.cache / rel
+    def whole(self, rel: str, sha256: str, size: int, kind: str = "data file") -> Path:
+        """``rel`` fetched whole and checked against ``sha256`` and ``size`` before it is written to the
+        cache, content-addressed (``files/<sha256>``); kept while it matches."""
+        data_path(rel, kind, f"{self.url}{MANIFEST}: a {kind}")
+        path = self.cache / "files" / sha256
         if path.is_file() and _sha256(path.read_bytes()) == sha256:
             return path
-        data = self.get(rel)
-        if _sha256(data) != sha256:
+        data = self.get(rel, cap=size)
+        if len(data) != size or _sha256(data) != sha256:
             raise AtlasError(f"{self.url}{rel} does not match the manifest's sha256 (changed or tampered with); "
                              "refusing it")
         write_atomically(path, data)
@@ -97,8 +215,28 @@ class RemoteAtlas:
         if not blocks:
             raise AtlasError(f"{self.url}: the manifest has no block hashes for {entry['path']} (an atlas written "
                              "before format 1.3); run `build.py finalize` on it, or download the shard")
-        hashes = self.whole(blocks["path"], blocks["sha256"]).read_bytes()
-        return h5py.File(VerifiedRangeFile(self, entry["path"], int(entry["bytes"]), hashes, int(blocks["size"])), "r")
+        count = -(-entry["bytes"] // blocks["size"])
+        hashes = self.whole(blocks["path"], blocks["sha256"], 32 * count, "block hashes").read_bytes()
+        return h5py.File(VerifiedRangeFile(self, entry["path"], entry["bytes"], hashes, blocks["size"]), "r")
+
+
+def _read_capped(response, cap: int | None, where: str, truncate: bool = False) -> bytes:
+    """The body of ``response``, refused as soon as it exceeds ``cap`` bytes (None: no cap), or with
+    ``truncate`` only its first ``cap`` bytes (the rest is never read)."""
+    length = response.headers.get("Content-Length")
+    if not truncate and cap is not None and length is not None and length.strip().isdigit() and int(length) > cap:
+        raise AtlasError(f"{where}: the server sends {int(length):,} bytes where the manifest allows {cap:,}; "
+                         "refusing it")
+    buf = io.BytesIO()
+    while chunk := response.read(_CHUNK if cap is None else min(_CHUNK, cap + 1 - buf.tell())):
+        buf.write(chunk)
+        if cap is not None and buf.tell() >= cap + (0 if truncate else 1):
+            if truncate:
+                break
+            raise AtlasError(f"{where}: the server sends more than the {cap:,} bytes the manifest allows; refusing it")
+    if not truncate and length is not None and length.strip().isdigit() and buf.tell() != int(length):
+        raise http.client.IncompleteRead(buf.getvalue(), int(length) - buf.tell())
+    return buf.getvalue()[:cap] if truncate else buf.getvalue()
 
 
 class VerifiedRangeFile(io.RawIOBase):

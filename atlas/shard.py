@@ -1,9 +1,9 @@
 """Writing and inspecting shards: HDF5 files that appear under their final name only when complete."""
 from __future__ import annotations
 
+import io
 import json
 import os
-import shutil
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +50,17 @@ def atomic_file(path: Path):
         replace_atomically(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def new_h5(path: Path, existing: bytes | None = None):
+    """Yield an h5py file built in memory (a copy of ``existing`` bytes, else empty), then write its bytes
+    to ``path`` through ``atomic_file``. HDF5 never writes to disk itself: a full disk is a plain
+    ``OSError`` from Python's write (the HDF5 library can crash when its own writes fail)."""
+    buf = io.BytesIO(existing or b"")
+    with h5py.File(buf, "r+" if existing else "w") as f:
+        yield f
+    write_atomically(path, buf.getvalue())
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -124,35 +135,27 @@ def write_part(path: Path, attrs: dict, part: str, datasets: dict[str, np.ndarra
     root = atlas_root(path)
     rel = path.resolve().relative_to(root.resolve()).as_posix()
     with Lock(lock_path(root, f"writes/{rel}")).wait(600, f"writing {rel}"):
-        tmp = temp_name(path)
-        try:
-            mode = "w"
-            if path.exists():
-                shutil.copyfile(path, tmp)
-                mode = "r+"
-                try:
-                    h5py.File(tmp, "r").close()
-                except OSError as e:
-                    quarantine(root, rel, f"not a readable HDF5 file: {str(e).splitlines()[0][:160]}")
-                    mode = "w"
-            with h5py.File(tmp, mode) as f:
-                if mode == "r+":
+        existing = path.read_bytes() if path.exists() else None
+        if existing is not None:
+            try:
+                with h5py.File(io.BytesIO(existing), "r") as f:
                     _check_same_shard(f, attrs, path)
                     if part in parts_of(f):
                         return False
-                f.attrs["format_version"] = FORMAT_VERSION
-                for key, value in attrs.items():
-                    if key not in f.attrs:
-                        f.attrs[key] = attr_value(value)
-                for name, array in datasets.items():
-                    _create(f, name, np.asarray(array))
-                if part_attrs:
-                    group = f.require_group(part)
-                    for key, value in part_attrs.items():
-                        group.attrs[key] = attr_value(value)
-            replace_atomically(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+            except OSError as e:
+                quarantine(root, rel, f"not a readable HDF5 file: {str(e).splitlines()[0][:160]}")
+                existing = None
+        with new_h5(path, existing) as f:
+            f.attrs["format_version"] = FORMAT_VERSION
+            for key, value in attrs.items():
+                if key not in f.attrs:
+                    f.attrs[key] = attr_value(value)
+            for name, array in datasets.items():
+                _create(f, name, np.asarray(array))
+            if part_attrs:
+                group = f.require_group(part)
+                for key, value in part_attrs.items():
+                    group.attrs[key] = attr_value(value)
     return True
 
 
@@ -212,3 +215,71 @@ def shard_holds(path: Path, part: str) -> bool:
             return part in parts_of(f)
     except OSError:
         return False
+
+
+# The schema of a shard's datasets: dtype, and shape after the unit rows, by name. Letters stand for a
+# size the shard's attributes give (H, W: image_size; h, w: grid) or that the part fixes once (k:
+# images kept; L: loss points; E: histogram edges).
+SCHEMA = {
+    **{f"{part}/{name}": spec for part in PARTS if part != "probe"
+       for name, spec in (("image", ("u1", "HW3")), ("activation", ("f4", "")), ("map", ("f2", "hw")),
+                          ("seed", ("i8", "")), ("loss", ("f4", "L")))},
+    "topk/index": ("i8", "k"), "topk/score": ("f4", "k"), "topk/map": ("f2", "khw"),
+    "stats/mean": ("f4", ""), "stats/max": ("f4", ""), "stats/positive": ("f4", ""), "stats/hist": ("i8", "B"),
+    "flags/class": ("i8", ""), "flags/class_share": ("f4", ""), "flags/extent": ("f4", ""),
+    "flags/concentration": ("f4", ""),
+}
+FLAG_DATASETS = ("flags/class", "flags/class_share", "flags/extent", "flags/concentration")
+FLAG_THRESHOLD_KEYS = ("class_selective", "global", "outlier_tokens")
+
+
+def shard_problems(f: h5py.File, dataset_rows: int | None = None, values: bool = False) -> list[str]:
+    """What is wrong with an open shard, one line each (empty when nothing): attributes, each present
+    dataset's dtype and shape against the attributes, the probe's flags and thresholds; with
+    ``values`` also top-k rows outside the dataset's ``dataset_rows`` rows (reads the top-k indices).
+    What every reader relies on before it reads a row: ``atlas.open`` checks it on opening a shard."""
+    attrs = read_attrs(f)
+    try:
+        n = int(attrs["unit_stop"]) - int(attrs["unit_start"])
+        sizes = {"H": int(attrs["image_size"][0]), "W": int(attrs["image_size"][1])} if "image_size" in attrs else {}
+        if "grid" in attrs:
+            sizes.update(h=int(attrs["grid"][0]), w=int(attrs["grid"][1]))
+    except (KeyError, TypeError, ValueError, IndexError):
+        return ["its attributes unit_start, unit_stop, image_size or grid are missing or not numbers"]
+    if "stats/hist_edges" in f:
+        sizes["B"] = f["stats/hist_edges"].shape[0] - 1 if f["stats/hist_edges"].ndim == 1 else -1
+    sizes["3"] = 3
+    problems = []
+    for name, (dtype, dims) in SCHEMA.items():
+        if name not in f:
+            continue
+        ds = f[name]
+        if not isinstance(ds, h5py.Dataset):
+            problems.append(f"{name} is not a dataset")
+            continue
+        if ds.dtype.str[1:] != dtype:
+            problems.append(f"{name} has dtype {ds.dtype}, expected {dtype}")
+        want, shape = [n], ds.shape
+        for letter in dims:
+            key = letter + name.split("/")[0] if letter == "L" else letter   # loss points: per picture part
+            if key not in sizes:  # fixed by the first dataset that has it (k, L)
+                sizes[key] = shape[len(want)] if len(shape) > len(want) else -1
+            want.append(sizes[key])
+        if tuple(want) != shape:
+            problems.append(f"{name} has shape {shape}, expected {tuple(want)} for its {n} units")
+    present = [name for name in FLAG_DATASETS if name in f]
+    if present and len(present) != len(FLAG_DATASETS):
+        problems.append(f"holds {present} but not all of {list(FLAG_DATASETS)}")
+    if "probe" in f:
+        thresholds = read_attrs(f["probe"]).get("flag_thresholds")
+        if thresholds is not None and not (isinstance(thresholds, dict) and all(
+                isinstance(thresholds.get(key), (int, float)) and not isinstance(thresholds.get(key), bool)
+                for key in FLAG_THRESHOLD_KEYS)):
+            problems.append(f"probe attribute flag_thresholds is {str(thresholds)[:60]!r}, not an object of numbers "
+                            f"{list(FLAG_THRESHOLD_KEYS)}")
+    if values and dataset_rows is not None and "topk/index" in f and not problems:
+        index = f["topk/index"][()]
+        bad = (index < -1) | (index >= dataset_rows)
+        if bad.any():
+            problems.append(f"topk/index holds row {int(index[bad][0])}, outside dataset.h5's {dataset_rows} rows")
+    return problems

@@ -15,17 +15,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .dataset import Dataset
-from .format import CITATION, DATASET, FORMAT_VERSION, MANIFEST, PARTS, PICTURES, SHARDS, unit_id
+from .dataset import Dataset, images_inside
+from .format import CITATION, DATASET, FORMAT_VERSION, MANIFEST, PARTS, PICTURES, RELATED, SCORES, SHARDS, AtlasError, unit_id
 from .locks import LOCKS
-from .manifest import BLOCKS, read_manifest, sha256_file, shard_files
+from .manifest import BLOCKS, read_manifest, read_shard_header, sha256_file, shard_files
+from .reader import read_related
+from .shard import shard_problems
 from .quarantine import QUARANTINE, quarantined
 
 REQUIRED_ATTRS = ("format_version", "model", "site", "layer", "unit_start", "unit_stop")
-DTYPES = {**{f"{part}/{name}": kind for part in PICTURES
-             for name, kind in (("image", "u1"), ("activation", "f4"), ("map", "f2"), ("seed", "i8"), ("loss", "f4"))},
-          "topk/index": "i8", "topk/score": "f4", "topk/map": "f2", "stats/mean": "f4", "stats/max": "f4",
-          "stats/positive": "f4", "stats/hist": "i8", "stats/hist_edges": "f8"}
 MUST_BE_FINITE = tuple(f"{part}/{name}" for part in PICTURES for name in ("activation", "map", "loss")) \
     + ("topk/map", "stats/mean", "stats/positive", "stats/hist_edges")
 
@@ -65,7 +63,7 @@ def _check_files(root: Path, manifest: dict) -> list[Problem]:
     return problems
 
 
-def _check_shard(root: Path, rel: str) -> list[Problem]:
+def _check_shard(root: Path, rel: str, entry: dict | None, dataset_rows: int | None) -> list[Problem]:
     try:
         f = h5py.File(root / rel, "r")
     except OSError as e:
@@ -77,40 +75,55 @@ def _check_shard(root: Path, rel: str) -> list[Problem]:
             return [Problem(rel, f"lacks attributes {missing}")]
         if str(f.attrs["format_version"]).split(".")[0] != FORMAT_VERSION.split(".")[0]:
             problems.append(Problem(rel, f"format version {f.attrs['format_version']}"))
+        try:
+            read_shard_header(root / rel)
+        except AtlasError as e:
+            return problems + [Problem(rel, str(e).split(" is not a readable shard ", 1)[-1].strip("()"))]
         model, site, layer = str(f.attrs["model"]), str(f.attrs["site"]), int(f.attrs["layer"])
         start, stop = int(f.attrs["unit_start"]), int(f.attrs["unit_stop"])
-        n = stop - start
+        if entry is not None and (entry["unit_start"], entry["unit_stop"]) != (start, stop):
+            problems.append(Problem(rel, f"holds units {start}..{stop}, the manifest says "
+                                         f"{entry['unit_start']}..{entry['unit_stop']}"))
         present = [p for p, names in PARTS.items() if any(name in f for name in names)]
         if not present:
             problems.append(Problem(rel, "holds neither a viz nor a probe part"))
         for part in present:
-            for name in PARTS[part]:
-                if name not in f:
-                    problems.append(Problem(rel, f"part {part} lacks {name}"))
-                    continue
-                ds = f[name]
-                if ds.dtype.str[1:] != DTYPES[name]:
-                    problems.append(Problem(rel, f"{name} has dtype {ds.dtype}, expected {DTYPES[name]}"))
-                if name != "stats/hist_edges" and ds.shape[:1] != (n,):
-                    problems.append(Problem(rel, f"{name} has {ds.shape[0] if ds.shape else 0} rows for {n} units"))
-                    continue
-                try:
-                    data = ds[()]
-                except OSError as e:
-                    problems.append(Problem(rel, f"{name} cannot be read ({str(e).splitlines()[0]})"))
-                    continue
-                if name in MUST_BE_FINITE:
-                    finite = np.isfinite(np.atleast_1d(data).astype(np.float64))
-                    bad = ~finite.reshape(len(finite), -1).all(1)
-                    problems += _units(rel, bad, model, site, layer, start, f"NaN/inf in {name}")
-                if name == "topk/score":
-                    index = f["topk/index"][()] if "topk/index" in f else np.zeros_like(data, np.int64)
-                    bad = (~np.isfinite(data) & (index >= 0)).any(1)
-                    problems += _units(rel, bad, model, site, layer, start, "NaN/inf score of a kept image")
+            problems += [Problem(rel, f"part {part} lacks {name}") for name in PARTS[part] if name not in f]
+        schema = shard_problems(f, dataset_rows, values=True)
+        problems += [Problem(rel, message) for message in schema]
+        if schema:
+            return problems   # values of misshapen datasets would only repeat the problem
+        for name in MUST_BE_FINITE:
+            if name not in f:
+                continue
+            try:
+                data = f[name][()]
+            except OSError as e:
+                problems.append(Problem(rel, f"{name} cannot be read ({str(e).splitlines()[0]})"))
+                continue
+            finite = np.isfinite(np.atleast_1d(data).astype(np.float64))
+            bad = ~finite.reshape(len(finite), -1).all(1)
+            problems += _units(rel, bad, model, site, layer, start, f"NaN/inf in {name}")
+        if "topk/score" in f and "topk/index" in f:
+            bad = (~np.isfinite(f["topk/score"][()]) & (f["topk/index"][()] >= 0)).any(1)
+            problems += _units(rel, bad, model, site, layer, start, "NaN/inf score of a kept image")
         for part in PICTURES:
             if f"{part}/failed" in f:
                 problems += _units(rel, f[f"{part}/failed"][()], model, site, layer, start,
                                    f"{part} optimization failed (NaN/inf after every retry)")
+    return problems
+
+
+def _check_layout(manifest: dict) -> list[Problem]:
+    """Shards of one layer whose unit ranges overlap (a unit must live in exactly one shard)."""
+    problems, by_layer = [], {}
+    for e in manifest.get("shards", []):
+        by_layer.setdefault((e["model"], e["site"], e["layer"]), []).append(e)
+    for entries in by_layer.values():
+        entries.sort(key=lambda e: e["unit_start"])
+        for a, b in zip(entries, entries[1:]):
+            if b["unit_start"] < a["unit_stop"]:
+                problems.append(Problem(b["path"], f"its units overlap those of {a['path']}"))
     return problems
 
 
@@ -149,13 +162,11 @@ NOT_DATA = (MANIFEST, CITATION, "spec.toml", "site", "logs", LOCKS, ".cache", ".
 def _check_unlisted(root: Path, manifest: dict) -> list[Problem]:
     """Files the manifest does not list, outside the places that hold no data (shards are checked above)."""
     listed = {e["path"] for e in manifest.get("shards", []) + manifest.get("files", [])}
-    inside = []  # the probed image folder, when it lives in the atlas (the demo's does)
     try:
-        images = Path(Dataset(root / DATASET).root).resolve()
-        if root.resolve() in images.parents:
-            inside.append(images.relative_to(root.resolve()).as_posix() + "/")
-    except (OSError, KeyError, ValueError):
-        pass
+        folder = images_inside(root, Dataset(root / DATASET)) if (root / DATASET).exists() else None
+    except AtlasError:
+        folder = None
+    inside = [folder + "/"] if folder else []   # the demo keeps its images inside the atlas
     problems = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
@@ -169,14 +180,15 @@ def _check_unlisted(root: Path, manifest: dict) -> list[Problem]:
     return problems
 
 
-def _check_data(root: Path) -> list[Problem]:
+def _check_data(root: Path, manifest: dict) -> list[Problem]:
     problems = []
     if (root / DATASET).exists():
         try:
             if len(Dataset(root / DATASET)) == 0:
                 problems.append(Problem(DATASET, "holds no images (no file of the probed folder could be decoded)"))
-        except (OSError, KeyError, ValueError) as e:
-            problems.append(Problem(DATASET, f"not a readable dataset index ({str(e).splitlines()[0][:120]})"))
+        except AtlasError as e:
+            problems.append(Problem(DATASET, str(e).split(": ", 1)[-1] if str(e).startswith(str(root)) else str(e)))
+    problems += _check_related(root, manifest)
     for path in sorted((root / "analyses").glob("*.json")) if (root / "analyses").is_dir() else []:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -188,6 +200,26 @@ def _check_data(root: Path) -> list[Problem]:
     return problems
 
 
+def _check_related(root: Path, manifest: dict) -> list[Problem]:
+    """related.h5 readable, its rows inside its table, built from the atlas's current score files."""
+    if not (root / RELATED).exists():
+        scores = [e["path"] for e in manifest.get("files", []) if e["path"].startswith(SCORES + "/")]
+        return [Problem(RELATED, f"missing although {scores[0]} exists (a probe was killed before it; rerun "
+                                 "the probe to complete it)")] if scores else []
+    try:
+        read_related(root / RELATED)
+        with h5py.File(root / RELATED, "r") as f:
+            sources = json.loads(f.attrs["sources"]) if "sources" in f.attrs else None
+    except (AtlasError, OSError, ValueError) as e:
+        return [Problem(RELATED, str(e).split(": ", 1)[-1])]
+    if sources is None:
+        return []   # written before format 1.4, which records the score files it came from
+    listed = {e["path"]: e["sha256"] for e in manifest.get("files", [])}
+    stale = [path for path, digest in sources if listed.get(path) != digest]
+    return [Problem(RELATED, f"built from a version of {stale[0]} the atlas no longer holds (rerun the probe to "
+                             "rebuild it)")] if stale else []
+
+
 def verify(root: str | Path) -> list[Problem]:
     """Every problem found in the atlas at ``root`` (empty when it is intact)."""
     root = Path(root)
@@ -195,10 +227,16 @@ def verify(root: str | Path) -> list[Problem]:
     if manifest is None:
         return [Problem("manifest.json", "missing: nothing to check against (run `build.py finalize DIR`)")]
     problems = _check_files(root, manifest)
-    for rel in sorted({e["path"] for e in manifest.get("shards", [])} | set(shard_files(root))):
+    entries = {e["path"]: e for e in manifest.get("shards", [])}
+    try:
+        rows = len(Dataset(root / DATASET)) if (root / DATASET).exists() else None
+    except AtlasError:
+        rows = None   # _check_data names it
+    for rel in sorted(set(entries) | set(shard_files(root))):
         if (root / rel).exists():
-            problems += _check_shard(root, rel)
-    return problems + _check_coverage(root, manifest) + _check_unlisted(root, manifest) + _check_data(root)
+            problems += _check_shard(root, rel, entries.get(rel), rows)
+    return problems + _check_layout(manifest) + _check_coverage(root, manifest) + _check_unlisted(root, manifest) \
+        + _check_data(root, manifest)
 
 
 def quarantine_notes(root: str | Path) -> list[str]:

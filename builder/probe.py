@@ -31,7 +31,7 @@ from .dataset import ImageDataset, ImageIndex, collate, loader_workers
 from .models import LoadedModel
 from .device import DEFAULT_DEVICE, DEFAULT_PRECISION, autocast, resolve_device, resolve_precision
 from .schedule import existing_shards, layer_attrs, plan_ranges, select_layers
-from .related import MODES, ScoreStore, rebuild_related
+from .related import MODES, ScoreStore, complete_related, score_file_of
 from .sites import Layer, run_to
 
 
@@ -137,8 +137,8 @@ def _check_dataset(out: Path, index: ImageIndex) -> None:
     if path.exists():
         try:
             existing = Dataset(path)
-        except (OSError, KeyError, ValueError) as e:
-            quarantine(out, DATASET, f"not a readable dataset index: {str(e).splitlines()[0][:160]}")
+        except AtlasError as e:
+            quarantine(out, DATASET, str(e).split(" (", 1)[-1].split(");", 1)[0][:160])
             return
         if existing.attrs.get("candidates_sha256") != paths_sha256(index.paths):
             raise AtlasError(f"{out} was probed on another image set ({existing.attrs.get('root')}, "
@@ -167,80 +167,114 @@ def _load_state(out: Path, path: Path) -> dict | None:
         return None
 
 
-def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | None = None) -> dict:
-    """Probe every unit of the chosen layers on the images of ``index`` and write the probe parts."""
+@dataclass
+class ProbePass:
+    """One pass of the probe over the images: the layers it scores, their running results, the
+    per-image score store, and the saved state that lets a killed pass (or its finishing steps) resume."""
+    layers: list[Layer]
+    plan: dict[int, list[tuple[int, int]]]    # layer -> unit ranges that get a probe part
+    probes: list[LayerProbe]
+    kept: dict[int, torch.Tensor]             # layer -> the units whose scores the store keeps
+    store: ScoreStore
+    state_path: Path
+    fingerprint: str
+    position: int = 0                         # images done
+    skipped: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    finished: bool = False                    # the pass is done; only its finishing steps remain
+
+    def save(self) -> None:
+        """Save the running state (atomically): tensors, numbers and strings only."""
+        with atomic_file(self.state_path) as tmp:
+            torch.save({"fingerprint": self.fingerprint, "position": self.position, "skipped": self.skipped,
+                        "layer_indices": [layer.index for layer in self.layers], "seconds": self.seconds,
+                        "finished": self.finished, "layers": [p.state() for p in self.probes],
+                        "scores": self.store.state()}, tmp)
+
+
+def _check_job(job: ProbeJob) -> None:
     check_model_name(job.name)
     if job.k < 1 or job.batch_size < 1 or (job.workers or 0) < 0:
         raise AtlasError("--k and --batch-size must be at least 1, --workers at least 0")
     if job.related not in MODES or job.related_k < 1 or job.sketch_dims < 8:
         raise AtlasError(f"--related must be one of {', '.join(MODES)}, --related-k at least 1 and --sketch-dims "
                          "at least 8")
-    device = resolve_device(job.device)
-    job.precision = resolve_precision(job.precision, device)
-    selected = select_layers(lm, job.site, job.layers, job.units)
-    out = prepare_atlas_folder(job.out)
-    remove_stale_temps(out)
-    _check_dataset(out, index)
+
+
+def _plan_pass(lm: LoadedModel, index: ImageIndex, job: ProbeJob, out: Path, selected, device) -> ProbePass | None:
+    """The pass to run now: a finished pass whose finishing steps a kill interrupted, else a new or
+    checkpointed pass over the layers that still lack probe parts; None when nothing is left to do."""
     existing = existing_shards(out, job.name, job.site, lm)
     plan = {layer.index: plan_ranges(existing.get(layer.index, []), units, job.shard_units, "probe")
             for layer, units in selected}
-    layers = [layer for layer, _ in selected if plan[layer.index]]
-    job.stats.update(images=len(index.paths), layers=len(layers), shards=sum(len(v) for v in plan.values()))
-    if not layers:
-        write_manifest(out, command)
-        job.stats.update(skipped=0)
-        return job.stats
-
-    lm.model.to(device)
-    probes = [LayerProbe(layer.units, layer.grid, job.k, device) for layer in layers]
-    kept = {layer.index: torch.tensor(units, device=device) for layer, units in selected if plan[layer.index]}
-    store = ScoreStore([len(kept[layer.index]) for layer in layers], len(index.paths), job.related, job.sketch_dims,
-                       out / ".probe" / f"{job.name}-{job.site}.scores.npy", device)
     state_path = out / ".probe" / f"{job.name}-{job.site}.pt"
-    fingerprint = _fingerprint(job, lm, layers, index)
-    start, skipped = 0, {}
     state = _load_state(out, state_path)
-    if state is not None and state.get("fingerprint") == fingerprint and len(state.get("layers", [])) == len(probes):
-        start, skipped = state["position"], state["skipped"]
-        for probe, s in zip(probes, state["layers"]):
-            probe.load(s)
-        store.load(state.get("scores", {}))
+    chosen = [layer for layer, _ in selected if plan[layer.index]]
+    if state is not None and state.get("finished"):
+        held = [layer for layer, _ in selected if layer.index in state.get("layer_indices", [])]
+        if _fingerprint(job, lm, held, index) == state.get("fingerprint"):
+            chosen = held
+    if not chosen:
+        return None
+    units = dict(selected)
+    layers = [layer for layer, _ in selected if layer in chosen]
+    kept = {layer.index: torch.tensor(units[layer], device=device) for layer in layers}
+    run = ProbePass(layers, {layer.index: plan[layer.index] for layer in layers},
+                    [LayerProbe(layer.units, layer.grid, job.k, device) for layer in layers], kept,
+                    ScoreStore([len(kept[layer.index]) for layer in layers], len(index.paths), job.related,
+                               job.sketch_dims, out / ".probe" / f"{job.name}-{job.site}.scores.npy", device),
+                    state_path, _fingerprint(job, lm, layers, index))
+    if state is not None and state.get("fingerprint") == run.fingerprint and len(state.get("layers", [])) == len(layers):
+        run.position, run.skipped = state["position"], state["skipped"]
+        run.seconds, run.finished = state.get("seconds", 0.0), bool(state.get("finished"))
+        for probe, saved in zip(run.probes, state["layers"]):
+            probe.load(saved)
+        run.store.load(state.get("scores", {}))
+    return run
 
-    def save_state(position: int) -> None:
-        with atomic_file(state_path) as tmp:
-            torch.save({"fingerprint": fingerprint, "position": position, "skipped": skipped,
-                        "layers": [p.state() for p in probes], "scores": store.state()}, tmp)
 
-    transform = lm.eval_transform()
+def _scan(lm: LoadedModel, index: ImageIndex, job: ProbeJob, run: ProbePass, device) -> None:
+    """The pass itself: every image from ``run.position`` on, one forward per batch hooked at every
+    layer; the state is saved every ``job.checkpoint_seconds`` and once the pass is done."""
     loader = torch.utils.data.DataLoader(
-        ImageDataset(index, transform, start), batch_size=job.batch_size, num_workers=loader_workers(job.workers),
-        collate_fn=collate, pin_memory=device.type == "cuda")
-    bar = tqdm(total=len(index.paths), initial=start, unit="img", desc=f"probe {job.name}/{job.site}",
+        ImageDataset(index, lm.eval_transform(), run.position), batch_size=job.batch_size,
+        num_workers=loader_workers(job.workers), collate_fn=collate, pin_memory=device.type == "cuda")
+    bar = tqdm(total=len(index.paths), initial=run.position, unit="img", desc=f"probe {job.name}/{job.site}",
                disable=not job.progress, dynamic_ncols=True, smoothing=0.05)
     t0 = last_save = time.time()
-    position = start
+    done_before, seconds_before = run.position, run.seconds
     for ids, x, bad in loader:
-        skipped.update(bad)
+        run.skipped.update(bad)
         if x is not None:
             ids_device = ids.to(device)
 
             def fold(i, grid):
-                scores = probes[i].update(grid.float(), ids_device)
-                store.update(i, scores[kept[layers[i].index]], ids_device)
+                scores = run.probes[i].update(grid.float(), ids_device)
+                run.store.update(i, scores[run.kept[run.layers[i].index]], ids_device)
             with torch.no_grad(), autocast(device, job.precision):
-                run_to(lm.model, x.to(device, non_blocking=True), layers, on_capture=fold)
-        position += len(ids) + len(bad)
+                run_to(lm.model, x.to(device, non_blocking=True), run.layers, on_capture=fold)
+        run.position += len(ids) + len(bad)
         bar.update(len(ids) + len(bad))
         if time.time() - last_save > job.checkpoint_seconds:
-            save_state(position)
+            run.seconds = seconds_before + time.time() - t0
+            run.save()
             last_save = time.time()
     bar.close()
-    seconds = time.time() - t0
+    run.seconds = seconds_before + time.time() - t0
+    run.finished = True
+    if run.position > done_before:
+        run.save()     # from here on, a kill resumes the finishing steps below, never the pass
 
-    good = [i for i in range(len(index.paths)) if i not in skipped]
+
+def _finish(lm: LoadedModel, index: ImageIndex, job: ProbeJob, run: ProbePass, out: Path, device,
+            command: str | None) -> None:
+    """The finishing steps of a done pass, each skipped when a killed run already did it: dataset.h5,
+    the probe parts, the build log, the score file, related.h5, the manifest; then the state goes."""
+    good = [i for i in range(len(index.paths)) if i not in run.skipped]
     if not good:
-        state_path.unlink(missing_ok=True)
-        first, why = min(skipped.items())
+        run.state_path.unlink(missing_ok=True)
+        run.store.discard()
+        first, why = min(run.skipped.items())
         raise AtlasError(f"none of the {len(index.paths)} image files in {index.root} could be decoded "
                          f"(e.g. {index.paths[first]}: {why}); nothing was written. Point --images at a folder "
                          "of images")
@@ -248,29 +282,58 @@ def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | 
     new_row[good] = np.arange(len(good))
     if not (out / DATASET).exists():
         write_dataset(out / DATASET, index.root, [index.paths[i] for i in good], index.labels[good],
-                      index.class_names, [(index.paths[i], skipped[i]) for i in sorted(skipped)],
+                      index.class_names, [(index.paths[i], run.skipped[i]) for i in sorted(run.skipped)],
                       {"layout": index.layout, "class_ids": index.class_ids,
                        "candidates_sha256": paths_sha256(index.paths)})
     labels = np.asarray(index.labels)[good] if len(index.labels) else None
-    part_attrs = {"k": job.k, "images": len(good), "transform": repr(transform), "flag_thresholds": THRESHOLDS,
+    good_sha256 = paths_sha256([index.paths[i] for i in good])
+    part_attrs = {"k": job.k, "images": len(good), "transform": repr(lm.eval_transform()),
+                  "flag_thresholds": THRESHOLDS,
                   "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in lm.data_config.items()},
-                  "precision": job.precision, "dataset_paths_sha256": paths_sha256([index.paths[i] for i in good])}
-    for layer, probe in zip(layers, probes):
-        for start_unit, stop_unit in plan[layer.index]:
+                  "precision": job.precision, "dataset_paths_sha256": good_sha256}
+    for layer, probe in zip(run.layers, run.probes):
+        for start_unit, stop_unit in run.plan[layer.index]:
             attrs = {**layer_attrs(job.name, lm, layer), "unit_start": start_unit, "unit_stop": stop_unit}
             rel = shard_path(job.name, job.site, layer.index, start_unit, stop_unit)
             if not write_part(out / rel, attrs, "probe", probe.rows(start_unit, stop_unit, new_row, labels),
                               part_attrs):
-                tqdm.write(f"{rel} already holds its probe part (written by another process); kept that one")
+                tqdm.write(f"{rel} already holds its probe part (written earlier, or by another process); kept that one")
     append_log(out, {"stage": "probe", "model": job.name, "site": job.site, "device": str(device),
-                     "images": len(index.paths), "seconds": round(seconds, 3),
-                     "images_per_s": round((len(index.paths) - start) / max(seconds, 1e-9), 3)})
-    table = [(layer.index, int(u)) for layer in layers for u in kept[layer.index].tolist()]
-    store.write(out / SCORES / f"{job.name}-{job.site}.h5", table, good,
-                {"model": job.name, "site": job.site, "dataset_paths_sha256": part_attrs["dataset_paths_sha256"]})
-    related = rebuild_related(out, job.related_k) if job.related != "off" else None
-    state_path.unlink(missing_ok=True)
+                     "images": len(index.paths), "seconds": round(run.seconds, 3),
+                     "images_per_s": round(len(index.paths) / max(run.seconds, 1e-9), 3)})
+    scores = out / SCORES / f"{job.name}-{job.site}.h5"
+    if not score_file_of(scores, run.fingerprint):
+        table = [(layer.index, int(u)) for layer in run.layers for u in run.kept[layer.index].tolist()]
+        run.store.write(scores, table, good, {"model": job.name, "site": job.site, "dataset_paths_sha256": good_sha256,
+                                              "probe_fingerprint": run.fingerprint})
+    run.store.discard()
+    if job.related != "off":
+        complete_related(out, job.related_k)
     write_manifest(out, command)
-    job.stats.update(related=str(related) if related else None)
-    job.stats.update(skipped=len(skipped), skipped_files=[(index.paths[i], r) for i, r in sorted(skipped.items())])
+    run.state_path.unlink(missing_ok=True)
+    job.stats.update(skipped=len(run.skipped), skipped_files=[(index.paths[i], r) for i, r in sorted(run.skipped.items())])
+
+
+def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | None = None) -> dict:
+    """Probe every unit of the chosen layers on the images of ``index`` and write the probe parts:
+    check the job, plan the pass (or take up a killed one), run it, finish it."""
+    _check_job(job)
+    device = resolve_device(job.device)
+    job.precision = resolve_precision(job.precision, device)
+    selected = select_layers(lm, job.site, job.layers, job.units)
+    out = prepare_atlas_folder(job.out)
+    remove_stale_temps(out)
+    _check_dataset(out, index)
+    run = _plan_pass(lm, index, job, out, selected, device)
+    job.stats.update(images=len(index.paths), layers=len(run.layers) if run else 0,
+                     shards=sum(len(v) for v in run.plan.values()) if run else 0, skipped=0)
+    if run is None:
+        if job.related != "off":
+            complete_related(out, job.related_k)     # a kill may have come between the score file and related.h5
+        write_manifest(out, command)
+        return job.stats
+    lm.model.to(device)
+    if not run.finished:
+        _scan(lm, index, job, run, device)
+    _finish(lm, index, job, run, out, device, command)
     return job.stats

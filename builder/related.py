@@ -26,7 +26,7 @@ import torch
 from atlas.dataset import Dataset
 from atlas.format import DATASET, FORMAT_VERSION, RELATED, SCORES
 from atlas.locks import Lock, lock_path
-from atlas.shard import atomic_file, attr_value
+from atlas.shard import attr_value, new_h5
 
 from .counter_rng import uniform
 
@@ -98,31 +98,30 @@ class ScoreStore:
         decoded (dataset rows, in order) or the sketch."""
         if self.mode == "off":
             return
-        with atomic_file(path) as tmp:
-            with h5py.File(tmp, "w") as f:
-                f.attrs.update({"format_version": FORMAT_VERSION, "mode": self.mode, "images": len(good),
-                                **{k: attr_value(v) for k, v in attrs.items()}})
-                f.create_dataset("layer", data=np.array([t[0] for t in table], np.int16))
-                f.create_dataset("unit", data=np.array([t[1] for t in table], np.int32))
-                if self.mode == "exact":
-                    f.create_dataset("candidate", data=np.asarray(good, np.int64))
-                    f.create_dataset("scores", data=self.scores[np.asarray(good, np.int64)],
-                                     chunks=(min(len(good), 1024), min(len(table), 256)), compression="gzip",
-                                     compression_opts=1, shuffle=True)
-                else:
-                    f.attrs["d"] = self.d
-                    mean = self.sum / max(self.count, 1)
-                    std = (self.sq / max(self.count, 1) - mean ** 2).clamp(min=0).sqrt()
-                    sketch = (self.proj - mean[:, None] * self.signs[None]) / std.clamp(min=1e-12)[:, None]
-                    f.create_dataset("sketch", data=_unit_rows(sketch).float().cpu().numpy())
-                    f.create_dataset("mean", data=mean.float().cpu().numpy())
-                    f.create_dataset("std", data=std.float().cpu().numpy())
+        with new_h5(path) as f:
+            f.attrs.update({"format_version": FORMAT_VERSION, "mode": self.mode, "images": len(good),
+                            **{k: attr_value(v) for k, v in attrs.items()}})
+            f.create_dataset("layer", data=np.array([t[0] for t in table], np.int16))
+            f.create_dataset("unit", data=np.array([t[1] for t in table], np.int32))
+            if self.mode == "exact":
+                f.create_dataset("candidate", data=np.asarray(good, np.int64))
+                f.create_dataset("scores", data=self.scores[np.asarray(good, np.int64)],
+                                 chunks=(min(len(good), 1024), min(len(table), 256)), compression="gzip",
+                                 compression_opts=1, shuffle=True)
+            else:
+                f.attrs["d"] = self.d
+                mean = self.sum / max(self.count, 1)
+                std = (self.sq / max(self.count, 1) - mean ** 2).clamp(min=0).sqrt()
+                sketch = (self.proj - mean[:, None] * self.signs[None]) / std.clamp(min=1e-12)[:, None]
+                f.create_dataset("sketch", data=_unit_rows(sketch).float().cpu().numpy())
+                f.create_dataset("mean", data=mean.float().cpu().numpy())
+                f.create_dataset("std", data=std.float().cpu().numpy())
         self.discard()
 
     def discard(self) -> None:
-        """Remove the pass's working file."""
+        """Remove the pass's working file (once the score file holds what it held)."""
         if self.mode == "exact":
-            del self.scores
+            self.scores = None
             self.memmap.unlink(missing_ok=True)
 
 
@@ -162,6 +161,49 @@ def top_related(vectors: torch.Tensor, keys: torch.Tensor, k: int, columns: bool
     return rows_out, corr_out
 
 
+def score_file_of(path: Path, fingerprint: str) -> bool:
+    """Whether the score file at ``path`` is complete and was written by the probe pass ``fingerprint``."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("probe_fingerprint") == fingerprint
+    except OSError:
+        return False
+
+
+def _score_files(out: Path) -> tuple[str | None, list[Path]]:
+    """The atlas's dataset hash and its score files of that dataset, sorted."""
+    if not (out / DATASET).exists():
+        return None, []
+    dataset_hash = Dataset(out / DATASET).attrs.get("paths_sha256")
+    files = []
+    for path in sorted((out / SCORES).glob("*.h5")) if (out / SCORES).is_dir() else []:
+        try:
+            with h5py.File(path, "r") as f:
+                if f.attrs.get("dataset_paths_sha256") == dataset_hash:
+                    files.append(path)
+        except OSError:
+            continue
+    return dataset_hash, files
+
+
+def related_sources(out: Path) -> list[list[str]]:
+    """[score file path, sha256] of every score file related.h5 should be built from (its ``sources``)."""
+    from atlas.manifest import sha256_file
+    return [[path.relative_to(out).as_posix(), sha256_file(path)] for path in _score_files(out)[1]]
+
+
+def complete_related(out: Path, k: int = 8) -> Path | None:
+    """Rebuild ``related.h5`` unless it was built from exactly the atlas's current score files (its
+    ``sources``): what a probe killed between its score file and related.h5 left undone."""
+    out = Path(out)
+    try:
+        with h5py.File(out / RELATED, "r") as f:
+            current = json.loads(f.attrs.get("sources", "null")) == related_sources(out) and f.attrs.get("k") == k
+    except (OSError, ValueError):
+        current = False
+    return (out / RELATED) if current else rebuild_related(out, k)
+
+
 def rebuild_related(out: str | Path, k: int = 8, force_sketch: int | None = None) -> Path | None:
     """Rebuild ``related.h5`` from every score file of the atlas's dataset; None when there is none.
 
@@ -169,14 +211,7 @@ def rebuild_related(out: str | Path, k: int = 8, force_sketch: int | None = None
     (exact files are sketched with the same image signs); ``force_sketch=d`` sketches everything at d
     dimensions (used to measure the sketch's recall against the exact result)."""
     out = Path(out)
-    if not (out / DATASET).exists():
-        return None
-    dataset_hash = Dataset(out / DATASET).attrs.get("paths_sha256")
-    files = []
-    for path in sorted((out / SCORES).glob("*.h5")) if (out / SCORES).is_dir() else []:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("dataset_paths_sha256") == dataset_hash:
-                files.append(path)
+    dataset_hash, files = _score_files(out)
     if not files:
         return None
     table, blocks, modes, ds = [], [], [], set()
@@ -212,14 +247,14 @@ def rebuild_related(out: str | Path, k: int = 8, force_sketch: int | None = None
         rows_out, corr_out = top_related(torch.cat(vectors, dim=0).float(), keys, k)
     target = out / RELATED
     with Lock(lock_path(out, f"writes/{RELATED}")).wait(600, f"writing {RELATED}"):
-        with atomic_file(target) as tmp:
-            with h5py.File(tmp, "w") as f:
-                f.attrs.update({"format_version": FORMAT_VERSION, "k": k, "scopes": json.dumps(list(SCOPES)),
-                                "models": json.dumps(models), "sites": json.dumps(sites),
-                                "method": "exact" if exact else f"sketch d={d}",
-                                "dataset_paths_sha256": dataset_hash})
-                for i, name in enumerate(("model", "site", "layer", "unit")):
-                    f.create_dataset(name, data=keys[:, i].numpy().astype(np.int32))
-                f.create_dataset("related/row", data=rows_out, compression="gzip", compression_opts=1)
-                f.create_dataset("related/corr", data=corr_out, compression="gzip", compression_opts=1)
+        with new_h5(target) as f:
+            f.attrs.update({"format_version": FORMAT_VERSION, "k": k, "scopes": json.dumps(list(SCOPES)),
+                            "models": json.dumps(models), "sites": json.dumps(sites),
+                            "method": "exact" if exact else f"sketch d={d}",
+                            "dataset_paths_sha256": dataset_hash,
+                            "sources": json.dumps(related_sources(out))})
+            for i, name in enumerate(("model", "site", "layer", "unit")):
+                f.create_dataset(name, data=keys[:, i].numpy().astype(np.int32))
+            f.create_dataset("related/row", data=rows_out, compression="gzip", compression_opts=1)
+            f.create_dataset("related/corr", data=corr_out, compression="gzip", compression_opts=1)
     return target

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -44,11 +45,17 @@ def digests(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file() and ".locks" not in p.parts}
 
 
+def error_lines(err: str) -> list[str]:
+    """The lines of stderr that are not progress bars (tqdm's: a percentage bar or an elapsed time)."""
+    return [line for line in err.replace("\r", "\n").splitlines()
+            if line.strip() and "%|" not in line and not re.search(r"\[\d+:\d\d", line)]
+
+
 def assert_refused(result, *needles: str, code: int = 2) -> None:
     rc, out, err = result
     assert rc == code, (rc, out, err)
     assert "Traceback" not in out + err, err
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "%|" not in line]  # not tqdm's
+    lines = error_lines(err)
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     for needle in needles:
         assert needle.lower() in lines[0].lower(), (needle, lines[0])

@@ -20,6 +20,7 @@ from ..format import CITATION, AtlasError
 from ..images import ImageError, load_rgb
 from ..media import model_view, webp
 from ..reader import Atlas
+from ..shard import remove_stale_temps
 from .cite import PAPER_BIBTEX, atlas_bibtex, citation_cff
 from .collect import LayerSummary, ThumbnailJob, strongest, summarize_layer, thumbnail_jobs
 from .context import (PICTURE_LABELS, Renderer, analysis_charts, example_unit, featured, figure_tile, templates_dir,
@@ -93,10 +94,12 @@ def render(root: str | Path, out: str | Path | None = None, workers: int | None 
     """
     root = Path(root)
     site_dir = website_folder(root, out)
-    skip = frozenset(Atlas(root).damaged_shards())
-    for rel in sorted(skip):
-        print(f"warning: leaving out {rel}: it cannot be read (run `python build.py verify {root}`; rerunning the "
+    remove_stale_temps(site_dir)       # what a killed render left; a host would publish it
+    damaged = Atlas(root).damaged_shards()
+    for rel, why in sorted(damaged.items()):
+        print(f"warning: leaving out {rel}: {why} (run `python build.py verify {root}`; rerunning the "
               "command that built it recomputes it)")
+    skip = frozenset(damaged)
     r = Renderer(root, site_dir, base_url, Path(images) if images else None, skip)
     a = r.atlas
     if not a.models:

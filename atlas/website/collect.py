@@ -89,10 +89,8 @@ def summarize_layer(a: Atlas, model: str, site: str, layer: int) -> LayerSummary
 
 
 def dataset_or_none(a: Atlas):
-    try:
-        return a.dataset
-    except AtlasError:
-        return None
+    """The atlas's dataset index, None before any probe; a damaged one is an AtlasError."""
+    return a.dataset if a.has_dataset else None
 
 
 def atlas_info(a: Atlas) -> dict:

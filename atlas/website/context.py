@@ -10,6 +10,7 @@ from markupsafe import Markup
 
 from .. import __version__
 from ..charts import heatmap, histogram, lines
+from ..dataset import images_inside
 from ..format import FORMAT_VERSION, unit_id
 from ..media import data_uri, map_png, webp
 from ..reader import Atlas
@@ -30,7 +31,22 @@ def environment() -> Environment:
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["bibtex"] = bibtex_escape
     env.filters["si"] = human_bytes
+    env.filters["pct"] = percent
     return env
+
+
+def percent(share: float, digits: int = 0) -> str:
+    """0.425 -> '42%' (or '42.5%' with one digit); '–' for NaN or inf (a damaged or empty statistic)."""
+    return f"{100 * share:.{digits}f}%" if np.isfinite(share) else "–"
+
+
+def dataset_images(root: Path, dataset) -> Path:
+    """Where the probed images are: the folder dataset.h5 records, or, for an atlas moved or copied with
+    its images inside (the demo), that folder in the atlas."""
+    if dataset.root.is_dir():
+        return dataset.root
+    inside = images_inside(root, dataset)
+    return root / inside if inside else dataset.root
 
 
 def human_bytes(n: float) -> str:
@@ -55,11 +71,11 @@ class Renderer:
         self.root, self.site_dir = root, site_dir
         self.base_url = base_url.rstrip("/") + "/" if base_url else ""
         self.atlas = Atlas(root, skip)
-        self.manifest = self.atlas.manifest or {}
+        self.manifest = self.atlas.manifest or {"models": self.atlas.models_info, "shards": self.atlas.shard_entries}
         self.info = atlas_info(self.atlas)
         self.env = environment()
         self.dataset = dataset_or_none(self.atlas)
-        self.images_root = images_root or (self.dataset.root if self.dataset else None)
+        self.images_root = images_root or (dataset_images(root, self.dataset) if self.dataset else None)
         self.key = bibtex_key(self.info)
         self._attrs: dict = {}
 
