@@ -124,7 +124,8 @@ def cmd_analyze(args, command: str) -> None:
 
 def cmd_render(args, command: str) -> None:
     from atlas.website import render
-    index = render(args.dir, out=args.site, workers=args.workers, base_url=args.base_url, images=args.images)
+    index = render(args.dir, out=args.site, workers=args.workers, base_url=args.base_url, images=args.images,
+                   data_url=args.data_url, offline=args.offline)
     print(f"site written to {index.parent}; open {index}")
 
 
@@ -274,6 +275,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, help="processes (default: min(8, CPUs))")
     r.add_argument("--base-url", default="", help="where the site will be hosted (absolute permalinks)")
     r.add_argument("--images", help="the dataset's image folder, if it moved since the probe")
+    r.add_argument("--data-url", default="", metavar="URL",
+                   help="where the website's data/ folder (the packs) will be hosted, when apart from the pages "
+                        "(a bucket; docs/HOSTING.md); default: beside the pages")
+    r.add_argument("--offline", default="auto", choices=("auto", "on", "off"),
+                   help="also write the packs as scripts, so the website works opened from disk (file://): "
+                        "auto (default) does for atlases up to 512 MB of shards whose data lives beside the pages")
     r.set_defaults(run=cmd_render)
 
     sv = sub.add_parser("serve", help="serve an atlas's site on localhost for preview")

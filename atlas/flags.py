@@ -29,6 +29,8 @@ from .shard import read_attrs
 
 THRESHOLDS = {"class_selective": 0.5, "global": 0.4, "outlier_tokens": 0.3}
 FLAG_NAMES = ("dead", "class_selective", "local", "global", "outlier_tokens")
+FLAG_LABELS = {"dead": "dead units", "class_selective": "class-selective units", "local": "local units",
+               "global": "global units", "outlier_tokens": "outlier-token units"}   # the website's words
 VALUE_NAMES = ("class", "class_share", "extent", "concentration")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-FORMAT_VERSION = "1.3"
+FORMAT_VERSION = "1.4"
 MANIFEST = "manifest.json"
 DATASET = "dataset.h5"
 RELATED = "related.h5"      # related units of every probed unit (rebuilt after each probe)
@@ -25,6 +25,7 @@ SITES = ("ffn", "q", "k", "v", "attn", "block")
 
 # Optimized pictures: one part per parametrization ("viz" is the paper's, pixel-parametrized).
 PICTURES = {"viz": "pixel", "fourier": "fourier"}
+PICTURE_LABELS = {"viz": "paper recipe", "fourier": "Fourier"}     # what the website calls each picture part
 PICTURE_DATASETS = ("image", "activation", "map", "seed", "loss")
 
 # The datasets each shard part holds; a part is present when all of its datasets are.
@@ -89,9 +90,19 @@ def data_path(rel, kind: str, where: str) -> str:
     return rel
 
 
+# A unit id as a template: {name} or {name:width} (zero-padded to at least that width). The website's
+# script fills the same template (atlas.website passes it to the pages).
+UNIT_ID_TEMPLATE = "{model}/{site}/L{layer:2}/U{unit:4}"
+
+
+def fill(template: str, **values) -> str:
+    """``template`` with each {name} or {name:width} replaced by its value (numbers zero-padded)."""
+    return re.sub(r"\{(\w+)(?::(\d+))?\}", lambda m: str(values[m[1]]).zfill(int(m[2] or 0)), template)
+
+
 def unit_id(model: str, site: str, layer: int, unit: int) -> str:
     """The stable id of a unit: ``<model>/<site>/L<ll>/U<uuuu>`` (zero-padded, wider when needed)."""
-    return f"{model}/{site}/L{layer:02d}/U{unit:04d}"
+    return fill(UNIT_ID_TEMPLATE, model=model, site=site, layer=layer, unit=unit)
 
 
 def parse_unit_id(text: str) -> tuple[str, str, int, int]:

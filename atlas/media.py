@@ -1,12 +1,14 @@
 """Images for the site: WebP encodings, the model's view of a dataset image, and activation maps.
 
-Maps are drawn from the stored grids as tiny PNGs (one pixel per patch; the browser scales them),
-coloured on a transparent-to-yellow ramp, and embedded as data URIs: no copy of a photo is baked.
+Maps travel as one byte per patch (``quantize_map``); the browser draws them on the patch grid through
+a transparent-to-yellow ramp (``RAMP`` in site_templates/static/atlas.js, the one place it is defined), so no
+copy of a photo is ever baked with a map.
 """
 from __future__ import annotations
 
-import base64
+import functools
 import io
+import json
 
 import numpy as np
 from PIL import Image
@@ -14,19 +16,41 @@ from PIL import Image
 _RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
              "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
 
-# The map colour ramp: activation 0 -> transparent, rising through red to yellow (opaque-ish).
-_RAMP = np.array([[0, 0, 0, 0], [120, 0, 80, 90], [220, 40, 40, 150], [255, 160, 0, 190], [255, 255, 80, 215]], float)
+# WebP qualities (0-100) and effort (0-6) of what the website shows: docs/benchmarks.md has the bytes and
+# the seconds they give (a ViT-B/16 atlas encodes 150,000 pictures; effort 1 is 2.8x as fast as 4 for 7%).
+PICTURE_QUALITY, PICTURE_EFFORT = 45, 1     # optimized pictures at their own size (unit view)
+TILE_QUALITY, TILE_EFFORT = 60, 2           # optimized pictures as layer-page tiles
+THUMB_QUALITY, THUMB_EFFORT = 55, 4         # dataset thumbnails
 
 
-def webp(image: Image.Image | np.ndarray, size: int | None = None, quality: int = 82) -> bytes:
+def webp(image: Image.Image | np.ndarray, size: int | None = None, quality: int = PICTURE_QUALITY,
+         effort: int = PICTURE_EFFORT) -> bytes:
     """WebP bytes of an RGB image, downscaled (never upscaled) so its longer side is at most ``size``."""
     img = Image.fromarray(image) if isinstance(image, np.ndarray) else image
     if size and max(img.size) > size:
         scale = size / max(img.size)
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
+        target = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        factor = int(max(img.size) // size)
+        if factor >= 2:                     # a box reduction first, then Lanczos: the same look, half the time
+            img = img.reduce(factor)
+        img = img.resize(target, Image.LANCZOS)
     buf = io.BytesIO()
-    img.save(buf, "WEBP", quality=quality, method=6)
+    img.save(buf, "WEBP", quality=quality, method=effort)
     return buf.getvalue()
+
+
+def quantize_map(values: np.ndarray, scale: float, bits: int = 8) -> bytes:
+    """An activation map (or maps), ``bits`` (8 or 4) per patch: ``ceil(L · v / scale)`` clipped to [0, L]
+    with L = 2^bits − 1, so that exactly the values <= 0 (and NaN) are 0, transparent when drawn; with 4
+    bits two patches share a byte, the first in the high half. ``scale`` > 0: the value drawn at full
+    strength."""
+    top = 2 ** bits - 1
+    v = np.nan_to_num(np.asarray(values, np.float64), nan=0.0).ravel()
+    q = (np.ceil(np.clip(v / scale, 0, 1) * top) if scale > 0 else np.zeros_like(v)).astype(np.uint8)
+    if bits == 4:
+        q = np.concatenate([q, np.zeros(len(q) % 2, np.uint8)])
+        q = (q[0::2] << 4) | q[1::2]
+    return q.tobytes()
 
 
 def view_geometry(size: tuple[int, int], data_config: dict) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -43,41 +67,31 @@ def view_geometry(size: tuple[int, int], data_config: dict) -> tuple[tuple[int, 
     return new, (int(round((new[0] - tw) / 2.0)), int(round((new[1] - th) / 2.0)))
 
 
-def model_view(img: Image.Image, data_config: dict) -> Image.Image:
-    """The part of a dataset image the model saw: timm's eval resize and center crop (no normalize),
-    so activation maps on the patch grid line up with it."""
-    _, th, tw = data_config["input_size"]
-    resample = _RESAMPLE.get(data_config.get("interpolation", "bicubic"), Image.BICUBIC)
-    new, (left, top) = view_geometry(img.size, data_config)
-    return img.resize(new, resample).crop((left, top, left + tw, top + th))
+def model_view(img: Image.Image, data_config: dict, size: int | None = None) -> Image.Image:
+    """The part of a dataset image the model saw, through timm's own eval transform for ``data_config``
+    (its resize and crop of whatever ``crop_mode``; no normalization), so that activation maps on the
+    patch grid line up with it. With ``size``, the same geometry scaled so the longer side is ``size``
+    (a thumbnail in one resampling instead of two)."""
+    for op in _view_ops(json.dumps({k: data_config.get(k) for k in _VIEW_KEYS}, sort_keys=True), size):
+        img = op(img)
+    return img
 
 
-def _ramp(t: np.ndarray) -> np.ndarray:
-    """RGBA colours of the map ramp at positions ``t`` in [0, 1]."""
-    t = np.clip(t, 0, 1) * (len(_RAMP) - 1)
-    lo = np.floor(t).astype(int).clip(0, len(_RAMP) - 2)
-    frac = (t - lo)[..., None]
-    return (_RAMP[lo] * (1 - frac) + _RAMP[lo + 1] * frac).round().astype(np.uint8)
+_VIEW_KEYS = ("input_size", "crop_pct", "crop_mode", "interpolation")
 
 
-# Maps are drawn in 16 levels: a 4-bit palette PNG is a third of the RGBA size on a 14x14 grid, and
-# the exact values stay in the shards.
-MAP_LEVELS = 16
-_PALETTE = _ramp(np.linspace(0, 1, MAP_LEVELS))
-
-
-def map_png(values: np.ndarray, scale: float) -> bytes:
-    """PNG (4-bit palette, one pixel per patch) of an activation map: values / scale through the
-    colour ramp in MAP_LEVELS steps, rounded up so that only values <= 0 are transparent."""
-    v = np.nan_to_num(np.asarray(values, np.float64) / scale if scale > 0 else np.zeros_like(values, float))
-    level = np.ceil(np.clip(v, 0, 1) * (MAP_LEVELS - 1)).astype(np.uint8)
-    img = Image.fromarray(level, "P")
-    img.putpalette(_PALETTE[:, :3].flatten().tolist())
-    buf = io.BytesIO()
-    img.save(buf, "PNG", optimize=True, bits=4, transparency=bytes(_PALETTE[:, 3].tolist()))
-    return buf.getvalue()
-
-
-def data_uri(png: bytes) -> str:
-    """A data: URI for PNG bytes."""
-    return "data:image/png;base64," + base64.b64encode(png).decode()
+@functools.lru_cache(maxsize=32)
+def _view_ops(config: str, size: int | None) -> tuple:
+    import timm.data
+    cfg = json.loads(config)
+    _, h, w = cfg["input_size"]
+    if size:
+        scale = size / max(h, w)
+        cfg["input_size"] = (3, max(1, round(h * scale)), max(1, round(w * scale)))
+    transform = timm.data.create_transform(**{k: v for k, v in cfg.items() if v is not None}, is_training=False)
+    geometric = []
+    for op in transform.transforms:
+        if type(op).__name__ in ("ToTensor", "MaybeToTensor", "Normalize", "ToNumpy", "MaybePILToTensor"):
+            break                           # from here on the transform makes the tensor the model gets
+        geometric.append(op)
+    return tuple(geometric)

@@ -14,16 +14,19 @@ import errno
 import http.server
 import io
 import posixpath
+import re
 import urllib.parse
 from pathlib import Path
 
 from .format import CITATION, MANIFEST, AtlasError
 from .manifest import read_manifest
+from .website.urls import content_security_policy
 
 SITE = "site"
-CSP = ("default-src 'none'; img-src 'self' data:; style-src 'self'; script-src 'self'; base-uri 'none'; "
-       "form-action 'self'; frame-ancestors 'none'")
+CSP = content_security_policy(header=True)
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
+# A unit page of a website rendered before format 1.4: sent on to the unit view (unit.html#<id>).
+OLD_UNIT_PAGE = re.compile(rf"^/{SITE}/(?P<id>[A-Za-z0-9][A-Za-z0-9_.\-]*/[a-z][a-z0-9_\-]*/L\d{{2,}}/U\d{{4,}})\.html$")
 
 
 def published_files(root: Path) -> set[str]:
@@ -87,9 +90,11 @@ class AtlasRequestHandler(http.server.SimpleHTTPRequestHandler):
         if host not in LOCAL_HOSTS:
             self.send_error(421, "this preview server only answers requests for 127.0.0.1 or localhost")
             return None
-        if urllib.parse.urlsplit(self.path).path in ("", "/"):
+        path = urllib.parse.urlsplit(self.path).path
+        old = OLD_UNIT_PAGE.match(path)
+        if path in ("", "/") or (old and resolve_request(self.root, path, self.published) is None):
             self.send_response(302)
-            self.send_header("Location", f"/{SITE}/index.html")
+            self.send_header("Location", f"/{SITE}/index.html" if not old else f"/{SITE}/unit.html#{old['id']}")
             self.end_headers()
             return None
         target = resolve_request(self.root, self.path, self.published)

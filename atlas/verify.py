@@ -21,6 +21,7 @@ from .locks import LOCKS
 from .manifest import BLOCKS, read_manifest, read_shard_header, sha256_file, shard_files
 from .reader import read_related
 from .shard import shard_problems
+from .website.check import check_website
 from .quarantine import QUARANTINE, quarantined
 
 REQUIRED_ATTRS = ("format_version", "model", "site", "layer", "unit_start", "unit_stop")
@@ -235,8 +236,9 @@ def verify(root: str | Path) -> list[Problem]:
     for rel in sorted(set(entries) | set(shard_files(root))):
         if (root / rel).exists():
             problems += _check_shard(root, rel, entries.get(rel), rows)
+    website = [Problem(file, message) for file, message in check_website(root, root / "site")]
     return problems + _check_layout(manifest) + _check_coverage(root, manifest) + _check_unlisted(root, manifest) \
-        + _check_data(root, manifest)
+        + _check_data(root, manifest) + website
 
 
 def quarantine_notes(root: str | Path) -> list[str]:

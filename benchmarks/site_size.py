@@ -1,101 +1,107 @@
-"""Bytes per unit of a rendered site, by kind of file, and a projection for ViT-B/16 on ImageNet.
+"""A rendered website's files and bytes: the shell (pages, assets, search index) and the packs, per unit,
+against the limits of static hosts, and projected to a million units.
 
-    python benchmarks/site_size.py atlas-demo            # measure a rendered atlas
-    python benchmarks/site_size.py --project-vitb        # build a small ViT-B-shaped sample and project
+    python benchmarks/site_size.py ATLAS [--render]     # ATLAS/site; --render times `build.py render` first
 
-The projection renders a sample shaped like ViT-B/16 on ImageNet (224 px optimized images with a
-14x14 grid, k = 16, ImageNet-like 500x375 JPEG photos) and scales each kind of file to 36,864 units
-and 50,000 validation images: unit pages, optimized images and tiles per unit; dataset thumbnails
-once per image used, which for 36,864 x 16 top-k slots over 50,000 images is nearly every image.
+Counted: every file under ATLAS/site except the packs' script twins (`*.pack.js`, written only for
+pages opened from disk; `render --offline off` leaves them out), which are reported apart. The
+projection scales what grows with units (layer pages, unit packs, search postings) and keeps what grows
+with images (thumbnails, for the same 50,000 images) and what does not grow (index, assets).
 """
 from __future__ import annotations
 
 import argparse
-import json
+import datetime as _dt
+import os
+import platform
+import subprocess
 import sys
-import tempfile
-from collections import defaultdict
+import time
+from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VITB_UNITS = 36_864
-IMAGENET_VAL = 50_000
+MILLION = 1_000_000
 
 
 def kind(rel: str) -> str:
-    if rel.startswith("img/viz/"):
-        return "tiles" if rel.endswith("_t.webp") else "optimized images"
-    if rel.startswith("img/data/"):
-        return "dataset thumbnails"
+    if rel.endswith(".pack.js"):
+        return "script twins"
+    if rel.startswith("data/thumbs/"):
+        return "thumbnail packs"
+    if rel.endswith("strips.pack"):
+        return "strips packs"
+    if rel.startswith("data/") and rel.endswith(".pack"):
+        return "unit packs"
     if rel.startswith("search/"):
         return "search index"
     if rel.startswith("assets/"):
         return "assets"
-    name = rel.rsplit("/", 1)[-1]
-    if name.startswith("U") and name.endswith(".html"):
-        return "unit pages"
-    return "other pages"
+    parts = rel.split("/")
+    if len(parts) == 4 and parts[2].startswith("L"):
+        return "layer pages"
+    return "other pages and files"
 
 
-def measure(site: Path) -> tuple[dict[str, int], dict[str, int]]:
-    """Total bytes and file counts per kind of file."""
-    sizes, counts = defaultdict(int), defaultdict(int)
+def measure(site: Path) -> dict:
+    sizes, counts, folders = defaultdict(int), defaultdict(int), Counter()
+    largest = (0, "")
     for p in site.rglob("*"):
         if p.is_file():
-            k = kind(p.relative_to(site).as_posix())
+            rel = p.relative_to(site).as_posix()
+            k = kind(rel)
             sizes[k] += p.stat().st_size
             counts[k] += 1
-    return sizes, counts
+            folders[p.parent.relative_to(site).as_posix()] += 1
+            if rel.endswith(".pack"):
+                largest = max(largest, (p.stat().st_size, rel))
+    return {"sizes": dict(sizes), "counts": dict(counts), "largest_pack": largest,
+            "fullest_folder": folders.most_common(1)[0] if folders else (".", 0)}
 
 
-def report(site: Path) -> dict:
-    sizes, counts = measure(site)
-    units = counts["unit pages"]
-    total = sum(sizes.values())
-    print(f"{site}: {units} units, {total / 1e6:.1f} MB, {total / units / 1e3:.1f} kB per unit")
-    for k in sorted(sizes, key=lambda k: -sizes[k]):
-        print(f"  {k:20s} {counts[k]:7d} files {sizes[k] / 1e6:8.2f} MB  {sizes[k] / units / 1e3:6.2f} kB/unit")
-    return {"units": units, "sizes": dict(sizes), "counts": dict(counts)}
-
-
-def project_vitb() -> None:
-    import build
-    from benchmarks.probe import make_jpegs
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        images = make_jpegs(tmp / "images", 400)
-        model = ["--model", "vit_tiny_patch16_224", "--random-init", "--model-args", json.dumps({"num_classes": 10})]
-        out = tmp / "atlas"
-        build.main(["visualize", *model, "--preset", "quick", "--steps", "16", "--layers", "0,11", "--units", "0-31",
-                    "--out", str(out)])
-        build.main(["probe", *model, "--images", str(images), "--layers", "0,11", "--units", "0-31", "--k", "16",
-                    "--out", str(out)])
-        build.main(["render", str(out)])
-        m = report(out / "site")
-    per_unit = {k: m["sizes"].get(k, 0) / m["units"] for k in ("unit pages", "optimized images", "tiles")}
-    thumb = m["sizes"]["dataset thumbnails"] / m["counts"]["dataset thumbnails"]
-    thumbs = min(IMAGENET_VAL, VITB_UNITS * 16) * thumb / VITB_UNITS
-    layer_pages = m["sizes"]["other pages"] / m["units"]  # an upper bound: the sample's fixed pages spread over few units
-    total = sum(per_unit.values()) + thumbs + layer_pages
-    print("\nprojection for ViT-B/16 on ImageNet val (36,864 units, 50,000 images):")
-    for k, v in per_unit.items():
-        print(f"  {k:20s} {v / 1e3:6.2f} kB/unit")
-    print(f"  {'dataset thumbnails':20s} {thumbs / 1e3:6.2f} kB/unit ({thumb / 1e3:.1f} kB each, every val image used)")
-    print(f"  {'other pages':20s} {layer_pages / 1e3:6.2f} kB/unit (upper bound)")
-    print(f"  total                {total / 1e3:6.2f} kB/unit = {total * VITB_UNITS / 1e9:.2f} GB")
+def units_of(site: Path) -> int:
+    import json
+    import re
+    catalog = json.loads(re.search(r"AtlasSearch\.catalog\((.*)\);", (site / "search/catalog.js").read_text(), re.S).group(1))
+    return sum(b - a for sites in catalog["models"].values() for layers in sites.values()
+               for runs in layers.values() for a, b in runs)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("atlas", nargs="?", help="a rendered atlas folder")
-    p.add_argument("--project-vitb", action="store_true")
+    p.add_argument("atlas")
+    p.add_argument("--render", action="store_true", help="time `build.py render ATLAS --offline off` first")
     args = p.parse_args()
-    if args.atlas:
-        report(Path(args.atlas) / "site")
-    if args.project_vitb:
-        project_vitb()
+    atlas = Path(args.atlas)
+    if args.render:
+        t0 = time.time()
+        subprocess.run([sys.executable, str(ROOT / "build.py"), "render", str(atlas), "--offline", "off"], check=True)
+        print(f"render: {time.time() - t0:.0f} s on {os.cpu_count()} CPUs ({platform.processor() or platform.machine()})")
+    site = atlas / "site"
+    m = measure(site)
+    units = units_of(site)
+    data_kinds = ("unit packs", "thumbnail packs", "strips packs")
+    shell_kinds = [k for k in m["sizes"] if k not in data_kinds and k != "script twins"]
+    total = sum(v for k, v in m["sizes"].items() if k != "script twins")
+    shell_files = sum(m["counts"][k] for k in shell_kinds)
+    shell_bytes = sum(m["sizes"][k] for k in shell_kinds)
+    print(f"{_dt.date.today()} {site}: {units:,} units, {total / 1e6:,.1f} MB without script twins, "
+          f"{total / units / 1e3:.1f} kB per unit")
+    print(f"shell: {shell_files:,} files, {shell_bytes / 1e6:.1f} MB; packs: "
+          f"{sum(m['counts'].get(k, 0) for k in data_kinds):,} files, the largest {m['largest_pack'][0] / 2**20:.1f} MiB "
+          f"({m['largest_pack'][1]}); fullest folder: {m['fullest_folder'][1]} files ({m['fullest_folder'][0]})")
+    print("\n| kind | files | MB | kB per unit |\n|---|---|---|---|")
+    for k in sorted(m["sizes"], key=lambda k: -m["sizes"][k]):
+        print(f"| {k} | {m['counts'][k]:,} | {m['sizes'][k] / 1e6:,.1f} | {m['sizes'][k] / units / 1e3:.2f} |")
+    scale = MILLION / units
+    grows = ("layer pages", "search index", "unit packs", "strips packs")
+    shell_1m = sum(m["counts"][k] * (scale if k in grows else 1) for k in shell_kinds)
+    shell_mb = sum(m["sizes"][k] * (scale if k in grows else 1) for k in shell_kinds) / 1e6
+    packs_1m = sum(m["counts"].get(k, 0) * (scale if k in grows else 1) for k in data_kinds)
+    print(f"\nprojected to {MILLION:,} units (same images): shell {shell_1m:,.0f} files, {shell_mb:,.0f} MB; "
+          f"{packs_1m:,.0f} packs")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,10 @@ def site(tmp_path_factory):
                        "--units", "0-39", "--shard-units", "16", "--out", str(out)]) == 0   # a second picture
     assert build.main(["probe", *TINY_MODEL, "--images", str(folder), "--labels", str(labels), "--layers", "0-1",
                        "--k", "5", "--workers", "0", "--shard-units", "16", "--out", str(out)]) == 0
+    assert build.main(["visualize", *TINY_MODEL, "--site", "attn", "--preset", "quick", "--steps", "3", "--layers", "0",
+                       "--units", "0-7", "--out", str(out)]) == 0                                       # another site
+    assert build.main(["probe", *TINY_MODEL, "--site", "attn", "--images", str(folder), "--labels", str(labels),
+                       "--layers", "0", "--units", "0-7", "--k", "5", "--workers", "0", "--out", str(out)]) == 0
     index = render(out, workers=2, progress=False)
     return out, index
 

@@ -240,8 +240,9 @@ def test_sites_visualizes_every_site_for_the_same_units_and_the_page_shows_them(
     from atlas.website import render
     render(out, workers=1, progress=False)
     page = (out / "site/analyses/sites.html").read_text()
-    assert page.count('<a class="tile"') == 2 * 6 * 2 and "vit_tiny_patch16_224/q/L02/U0001.html" in page
-    assert (out / "site/vit_tiny_patch16_224/q/L02/U0001.html").exists()
+    assert page.count('<a class="tile"') == 2 * 6 * 2 and "unit.html#vit_tiny_patch16_224/q/L02/U0001" in page
+    from atlas.website.packs import read_unit
+    assert read_unit(out / "site", "vit_tiny_patch16_224", "q", 2, 1)[1]["id"] == "vit_tiny_patch16_224/q/L02/U0001"
 
 
 def test_a_resumed_build_keeps_results_with_the_same_inputs_and_redoes_changed_ones(tmp_path, images, capsys):

@@ -326,10 +326,11 @@ def test_serve_port_errors(atlas):
 
 # -- other commands -------------------------------------------------------------------------------
 
-def test_verify_and_analyze_bad_targets(atlas, tmp_path):
+def test_verify_and_analyze_bad_targets(atlas, site, tmp_path):
+    images = next(Path(site[0]).parent.glob("imgs"))
     assert_refused(run_cli("verify", str(tmp_path / "nothing")), "problems")
     assert_refused(run_cli("analyze", "everything", *TINY_MODEL, "--out", str(atlas[0])), "unknown analysis")
-    assert_refused(run_cli("probe", *TINY_MODEL, "--images", str(tmp_path), "--k", "0", "--out", str(atlas[0])),
+    assert_refused(run_cli("probe", *TINY_MODEL, "--images", str(images), "--k", "0", "--out", str(atlas[0])),
                    "at least 1")
     unchanged(atlas)
 

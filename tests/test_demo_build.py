@@ -31,7 +31,8 @@ def test_the_demo_builds_a_complete_verified_atlas_and_site(demo):
     assert {f["path"] for f in manifest["files"]} >= {"dataset.h5", "related.h5", f"scores/{VIT}-ffn.h5"}
     assert manifest["atlas"]["name"] == "vit-atlas-demo"
     site = demo / "site"
-    assert (site / "index.html").exists() and (site / f"{VIT}/ffn/L05/U0255.html").exists()
+    from atlas.website.packs import read_unit
+    assert (site / "index.html").exists() and read_unit(site, VIT, "ffn", 5, 255)[1]["id"] == f"{VIT}/ffn/L05/U0255"
     for name in ("token-mixing", "foreground-background", "frequency", "spatial", "sites"):
         assert (site / f"analyses/{name}.html").exists(), name
         assert name in (site / "index.html").read_text()

@@ -104,15 +104,14 @@ def test_an_atlas_of_format_1_0_still_opens(tmp_path):
     assert u.pictures == ["viz"] and u.picture().recipe["preset"] == "quick" and u.activation == u.picture().activation
 
 
-def test_the_unit_page_shows_both_pictures(site):
+def test_the_unit_record_holds_both_pictures(site):
+    from atlas.website.packs import read_unit
     out, _ = site
-    page = (out / "site" / "vit_tiny_patch16_224" / "ffn" / "L00" / "U0003.html").read_text()
-    assert "img/viz/vit_tiny_patch16_224/ffn/L00/U0003.webp" in page
-    assert "img/fourier/vit_tiny_patch16_224/ffn/L00/U0003.webp" in page
-    assert (out / "site" / "img" / "fourier" / "vit_tiny_patch16_224" / "ffn" / "L00" / "U0003.webp").exists()
-    assert page.count('class="frame large picture-') == 2
+    header, meta, _ = read_unit(out / "site", "vit_tiny_patch16_224", "ffn", 0, 3)
+    assert [p["part"] for p in meta["pictures"]] == ["viz", "fourier"]
+    assert set(header["tiles"]) == {"viz", "fourier"} and set(header["layer"]["parts"]) == {"viz", "fourier"}
     layer = (out / "site" / "vit_tiny_patch16_224" / "ffn" / "L00" / "index.html").read_text()
-    assert 'id="picture-fourier"' in layer and layer.count("pic-fourier") == 40
+    assert 'id="picture-fourier"' in layer and layer.count('data-parts="viz fourier"') == 40
     other = (out / "site" / "vit_tiny_patch16_224" / "ffn" / "L01" / "index.html").read_text()
     assert "picture-switch" not in other                       # layer 1 has the paper's picture only
 

@@ -187,14 +187,15 @@ def test_junk_analysis_and_dataset_files_do_not_block_anything(site, tmp_path):
     assert any("frequency.json" in str(p) for p in verify(out))
 
 
-def test_a_thumbnail_cut_short_is_rewritten(site, tmp_path):
+@pytest.mark.parametrize("kind", ["thumbs", "units"])
+def test_a_pack_cut_short_is_rewritten(site, tmp_path, kind):
     out = tmp_path / "atlas"
     shutil.copytree(site[0], out)
-    thumb = next((out / "site" / "img" / "data").rglob("*.webp"))
-    whole = thumb.read_bytes()
-    thumb.write_bytes(whole[: len(whole) // 2])
+    pack = next(p for p in sorted((out / "site" / "data").rglob("*.pack")) if ("/thumbs/" in p.as_posix()) == (kind == "thumbs"))
+    whole = pack.read_bytes()
+    pack.write_bytes(whole[: len(whole) // 2])
     assert run_cli("render", str(out))[0] == 0
-    assert thumb.read_bytes() == whole
+    assert pack.read_bytes() == whole
 
 
 def test_finalize_on_a_copy_leaves_the_original_unchanged(tmp_path):
@@ -245,7 +246,7 @@ def test_serve_answers_the_site_and_the_published_data(server):
 
 
 @pytest.mark.parametrize("path", ["/site/rootlink/etc/passwd", "/site/up/.cache/sha256.json", "/.cache/sha256.json",
-                                  "/site/", "/site/img/", "/logs/", "/site/../manifest.json/../.cache/sha256.json",
+                                  "/site/", "/site/data/", "/logs/", "/site/../manifest.json/../.cache/sha256.json",
                                   "/%2e%2e/%2e%2e/etc/passwd", "/site/up/manifest.json"])
 def test_serve_refuses_escapes_listings_and_private_files(server, path):
     _, port = server

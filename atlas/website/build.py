@@ -1,79 +1,58 @@
 """Rendering an atlas into its website: collect what every page shows, then write (the mkdocs order).
 
-Unit pages and dataset thumbnails are written by a pool of worker processes, each with its own
-``Renderer`` (made once per process by the pool's initializer); layer, model, search and top pages
-are written by the main process. A file is written only when its bytes change, and atomically.
+1. collect: per-layer summaries (``collect.summarize_layer``) and the packs to make, each with the
+   digest of what it is made from (``data.unit_pack_jobs``, ``data.thumb_pack_jobs``);
+2. packs, in worker processes (``data.PackBuilder``): dataset thumbnails, then the unit packs; a pack
+   whose digest is unchanged is kept without reading its shards;
+3. strips (``data.strips_pack``, copied out of the unit packs), then the pages, the search index and
+   the citation files, in the main process;
+4. files of the website this render did not produce (a removed layer, an older website's per-unit
+   pages) are removed. Every file is written only when its bytes change, and atomically.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import multiprocessing as mp
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from ..flags import FLAG_NAMES
+from ..flags import FLAG_LABELS, FLAG_NAMES
 from ..folder import own_folder
-from ..format import CITATION, AtlasError
-from ..images import ImageError, load_rgb
-from ..media import model_view, webp
+from ..format import CITATION, PICTURE_LABELS, AtlasError
 from ..reader import Atlas
 from ..shard import remove_stale_temps
 from .cite import PAPER_BIBTEX, atlas_bibtex, citation_cff
-from .collect import LayerSummary, ThumbnailJob, strongest, summarize_layer, thumbnail_jobs
-from .context import (PICTURE_LABELS, Renderer, analysis_charts, example_unit, featured, figure_tile, templates_dir,
-                      tile)
+from .collect import LayerSummary, summarize_layer
+from .context import Renderer, analysis_charts, example_unit, strongest_units, templates_dir, tile
+from .data import (SCRIPT_SUFFIX, STRIP_UNITS, PackBuilder, strips_pack, thumb_pack_jobs,
+                   unit_pack_jobs)
+from .check import PACK_LIST
+from .packs import read_header, unit_pack_path
 from .search import render_search
-from .urls import (MARKER, PAGE_UNITS, RESERVED, THUMB_SIZE, complete_webp, page_path, write_if_changed)
+from .urls import MARKER, PAGE_UNITS, RESERVED, UNIT_VIEW, page_path, write_if_changed
 
-STRIP_UNITS = 10           # strongest units shown per layer on the model page
-FLAG_LABELS = {"dead": "dead units", "class_selective": "class-selective units", "local": "local units",
-               "global": "global units", "outlier_tokens": "outlier-token units"}
-SLICE_UNITS = 64           # unit pages per worker job
+OFFLINE_LIMIT = 512 * 10**6     # "auto": script twins for pages opened from disk up to this many bytes of shards
+FEATURED_MODELS = 4             # models whose strongest units the index page shows
 
-
-@dataclass(frozen=True)
-class UnitPagesJob:
-    """A worker's share of one layer's unit pages: positions [start, stop) of ``units``."""
-    model: str
-    site: str
-    layer: int
-    units: list[int]
-    start: int
-    stop: int
+_WORKER: PackBuilder | None = None
 
 
-_WORKER: Renderer | None = None
-
-
-def _start_worker(root: str, site_dir: str, base_url: str, images_root: str | None, skip: frozenset[str]) -> None:
+def _start_worker(*args) -> None:
     global _WORKER
-    _WORKER = Renderer(Path(root), Path(site_dir), base_url, Path(images_root) if images_root else None, skip)
+    _WORKER = PackBuilder(*args)
 
 
-def _unit_pages(job: UnitPagesJob) -> int:
-    """Worker: render the unit pages of one slice of a layer; returns how many."""
-    m, s, layer, units = job.model, job.site, job.layer, job.units
-    for pos in range(job.start, job.stop):
-        neighbours = {"prev": page_path(m, s, layer, units[pos - 1]) if pos > 0 else None,
-                      "next": page_path(m, s, layer, units[pos + 1]) if pos + 1 < len(units) else None}
-        _WORKER.render_unit(m, s, layer, units[pos], neighbours, page_path(m, s, layer, page=pos // PAGE_UNITS + 1))
-    return job.stop - job.start
+def _unit_pack(job) -> int:
+    _WORKER.unit_pack(job)
+    return job.count
 
 
-def _thumbnail(job: ThumbnailJob) -> tuple[int, str | None]:
-    """Worker: the WebP thumbnail of a dataset row as the model saw it (resize + center crop)."""
-    target = Path(job.target)
-    if complete_webp(target):
-        return job.row, None
-    try:
-        view = model_view(load_rgb(job.source), job.data_config)
-    except (ImageError, OSError) as e:
-        return job.row, str(e)
-    write_if_changed(target, webp(view, THUMB_SIZE, 80))
-    return job.row, None
+def _thumb_pack(job) -> tuple[int, list[int]]:
+    return _WORKER.thumb_pack(job)
 
 
 def website_folder(root: Path, out: str | Path | None) -> Path:
@@ -85,14 +64,29 @@ def website_folder(root: Path, out: str | Path | None) -> Path:
                                                "overwritten: give a new or empty folder")
 
 
+def offline_wanted(choice: str, a: Atlas, data_url: str) -> bool:
+    """Whether to write script twins of the packs (pages opened from disk): ``on``, ``off``, or ``auto``
+    (on when the data lives beside the pages and the shards total at most OFFLINE_LIMIT bytes)."""
+    if choice not in ("auto", "on", "off"):
+        raise AtlasError(f"--offline must be auto, on or off, not {choice!r}")
+    if choice != "auto":
+        return choice == "on"
+    return not data_url and sum(int(e.get("bytes") or 0) for e in a.shard_entries) <= OFFLINE_LIMIT
+
+
 def render(root: str | Path, out: str | Path | None = None, workers: int | None = None, progress: bool = True,
-           base_url: str = "", images: str | Path | None = None) -> Path:
+           base_url: str = "", images: str | Path | None = None, data_url: str = "", offline: str = "auto") -> Path:
     """Render the atlas at ``root`` into ``out`` (default ``root/site``); returns the index page's path.
 
     ``images`` overrides where the dataset's images are (dataset.h5 records the folder it was probed
-    from); ``base_url`` makes permalinks and citations absolute.
+    from); ``base_url`` makes permalinks and citations absolute; ``data_url`` is where the packs will be
+    hosted when apart from the pages (docs/HOSTING.md); ``offline`` writes the packs as scripts too, so
+    the website works opened from disk.
     """
     root = Path(root)
+    if data_url and not data_url.startswith(("http://", "https://")):
+        raise AtlasError(f"--data-url {data_url}: give the http(s) URL of the folder that will hold the website's "
+                         "data/ folder, e.g. https://bucket.example.org/atlas/")
     site_dir = website_folder(root, out)
     remove_stale_temps(site_dir)       # what a killed render left; a host would publish it
     damaged = Atlas(root).damaged_shards()
@@ -100,69 +94,113 @@ def render(root: str | Path, out: str | Path | None = None, workers: int | None 
         print(f"warning: leaving out {rel}: {why} (run `python build.py verify {root}`; rerunning the "
               "command that built it recomputes it)")
     skip = frozenset(damaged)
-    r = Renderer(root, site_dir, base_url, Path(images) if images else None, skip)
+    r = Renderer(root, site_dir, base_url, Path(images) if images else None, skip, data_url)
     a = r.atlas
     if not a.models:
         raise AtlasError(f"{root} holds no shards yet: run `python build.py visualize` or `probe` first")
     clash = RESERVED & set(a.models)
     if clash:
         raise AtlasError(f"model names {sorted(clash)} collide with the website's own files; rebuild with --name")
-    write_if_changed(site_dir / MARKER, json.dumps({"atlas": r.info["name"]}) + "\n")
-    workers = workers or min(8, os.cpu_count() or 1)
+    twins = offline_wanted(offline, a, r.data_url)
+    _write(r, MARKER, json.dumps({"atlas": r.info["name"]}) + "\n")
     for asset in (templates_dir() / "static").iterdir():
-        write_if_changed(site_dir / "assets" / asset.name, asset.read_bytes())
+        _write(r, f"assets/{asset.name}", asset.read_bytes())
     cff = citation_cff(r.info, r.manifest)
     if os.access(root, os.W_OK):
         write_if_changed(root / CITATION, cff)
-    write_if_changed(site_dir / CITATION, cff)
+    _write(r, CITATION, cff)
 
     summaries = {(m, s, layer): summarize_layer(a, m, s, layer)
                  for m in a.models for s in a.sites(m) for layer in a.layers(m, s)}
-    jobs = [UnitPagesJob(m, s, layer, summ.units.tolist(), start, min(start + SLICE_UNITS, len(summ.units)))
-            for (m, s, layer), summ in summaries.items() for start in range(0, len(summ.units), SLICE_UNITS)]
-    thumbs = thumbnail_jobs(a, r.layer_attrs, r.images_root, site_dir)
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, initializer=_start_worker,
-                  initargs=(str(root), str(site_dir), base_url, str(images) if images else None, skip)) as pool:
-        bar = tqdm(total=sum(j.stop - j.start for j in jobs) + len(thumbs), unit="page", desc="render",
-                   disable=not progress, dynamic_ncols=True)
-        missing = []
-        for row, error in pool.imap_unordered(_thumbnail, thumbs, chunksize=16):
-            if error:
-                missing.append(row)
-            bar.update(1)
-        for pages in pool.imap_unordered(_unit_pages, jobs):
-            bar.update(pages)
-        bar.close()
-    if missing:
-        print(f"warning: {len(missing)} dataset images could not be read for thumbnails (pass --images DIR)")
-    _render_layers_and_models(r, summaries)
+    _write_packs(r, summaries, skip, twins, workers or min(8, os.cpu_count() or 1), progress)
+    strips = _write_strips(r, summaries, twins)
+    _write_pack_list(r)
+    _render_layers_and_models(r, summaries, strips)
     render_search(r, summaries)
-    _render_top_pages(r, summaries)
+    _render_top_pages(r, summaries, strips)
+    _remove_unproduced(r)
     return site_dir / "index.html"
 
 
-def _render_layers_and_models(r: Renderer, summaries: dict[tuple, LayerSummary]) -> None:
+def _write(r: Renderer, rel: str, data) -> None:
+    r.written.add(rel)
+    write_if_changed(r.site_dir / rel, data)
+
+
+def _write_packs(r: Renderer, summaries: dict, skip: frozenset[str], twins: bool, workers: int, progress: bool) -> None:
+    """Thumbnail packs, then unit packs, by a pool of worker processes."""
+    a = r.atlas
+    thumbs, units = thumb_pack_jobs(a, summaries), unit_pack_jobs(a, summaries)
+    for job in [*thumbs, *units]:
+        r.written.add(job.path)
+        if twins:
+            r.written.add(job.path + SCRIPT_SUFFIX)
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    args = (r.root, r.site_dir, skip, r.images_root, twins)
+    total = sum(len(j.rows) for j in thumbs) + sum(len(s.units) for s in summaries.values())
+    with tqdm(total=total, unit="unit", desc="render", disable=not progress, dynamic_ncols=True) as bar, \
+            ctx.Pool(workers, initializer=_start_worker, initargs=args) as pool:
+        missing = []
+        for done, lost in pool.imap_unordered(_thumb_pack, thumbs):
+            missing += lost
+            bar.update(done)
+        for count in pool.imap_unordered(_unit_pack, units):
+            bar.update(count)
+    if missing:
+        print(f"warning: {len(missing)} dataset images could not be read for thumbnails (pass --images DIR)")
+
+
+def _write_pack_list(r: Renderer) -> None:
+    """``data/packs.json``: every pack with its size, sha256 and source digest (what `verify` checks)."""
+    listed = {}
+    for rel in sorted(p for p in r.written if p.endswith(".pack")):
+        data = (r.site_dir / rel).read_bytes()
+        listed[rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                       "source": read_header(data).get("source")}
+    _write(r, PACK_LIST, json.dumps(listed, indent=0, sort_keys=True) + "\n")
+
+
+def _write_strips(r: Renderer, summaries: dict, twins: bool) -> dict[str, str]:
+    """Each model's strips pack; returns model -> its path."""
+    by_model: dict[str, list] = {}
+    for (m, s, layer), summ in sorted(summaries.items(), key=lambda kv: (kv[0][0], kv[0][1] != "ffn", kv[0])):
+        units = [int(summ.units[i]) for i in strongest_units(summ, STRIP_UNITS)]
+        by_model.setdefault(m, []).append((s, layer, units, s == "ffn"))
+    out = {}
+    for m, layers in by_model.items():
+        out[m] = strips_pack(r.site_dir, m, layers, twins)
+        r.written.add(out[m])
+        if twins:
+            r.written.add(out[m] + SCRIPT_SUFFIX)
+    return out
+
+
+def _render_layers_and_models(r: Renderer, summaries: dict[tuple, LayerSummary], strips: dict[str, str]) -> None:
     by_model: dict[str, list] = {}
     for (m, s, layer), summ in summaries.items():
-        tiles = [tile(r, summ, i) for i in range(len(summ.units))]
-        pages = max(1, -(-len(tiles) // PAGE_UNITS))
         info = r.manifest.get("models", {}).get(m, {}).get("sites", {}).get(s, {}).get(f"{layer:02d}", {})
-        for p in range(1, pages + 1):
-            r.page("layer.html", page_path(m, s, layer, page=p), model=m, site=s, layer=layer, info=info,
+        pages = summ.pages()
+        links = []
+        for p in pages:
+            shown = summ.units[summ.on_page(p)]
+            links.append((p, page_path(m, s, layer, p), f"{int(shown[0])}–{int(shown[-1])}"))
+        for k, p in enumerate(pages):
+            tiles = [tile(summ, int(i)) for i in summ.on_page(p)]
+            r.page("layer.html", page_path(m, s, layer, p), model=m, site=s, layer=layer, info=info,
                    picture_parts=[(part, PICTURE_LABELS.get(part, part)) for part in summ.pictures],
                    flag_filters=[(name, FLAG_LABELS[name]) for name in FLAG_NAMES
                                  if any(name in f for f in summ.flags)],
-                   tiles=tiles[(p - 1) * PAGE_UNITS:p * PAGE_UNITS], page=p, pages=pages,
-                   page_links=[(q, page_path(m, s, layer, page=q)) for q in range(1, pages + 1)])
-        order = strongest(summ)[:STRIP_UNITS]
-        by_model.setdefault(m, []).append({"site": s, "layer": layer, "info": info, "units": len(tiles),
-                                           "href": page_path(m, s, layer), "strip": [tiles[i] for i in order],
+                   tiles=tiles, page=p, page_index=k, page_links=links,
+                   pack=unit_pack_path(m, s, layer, (p - 1) * PAGE_UNITS))
+        order = strongest_units(summ, STRIP_UNITS)
+        by_model.setdefault(m, []).append({"site": s, "layer": layer, "info": info, "units": len(summ.units),
+                                           "href": page_path(m, s, layer, pages[0]),
+                                           "strip": [tile(summ, i) for i in order],
                                            "dead": int(summ.dead.sum()), "beats": summ.beats_dataset()})
     for m, layers in by_model.items():
         info = r.manifest.get("models", {}).get(m, {})
         beats = [sum(x["beats"][i] for x in layers) for i in (0, 1)]
-        r.page("model.html", f"{m}/index.html", model=m, model_info=info, beats=beats,
+        r.page("model.html", f"{m}/index.html", model=m, model_info=info, beats=beats, strips=strips[m],
                layers=sorted(layers, key=lambda x: (x["site"] != "ffn", x["site"], x["layer"])))
 
 
@@ -184,16 +222,7 @@ def _read_analyses(root: Path) -> dict[str, dict]:
     return found
 
 
-def atlas_url(r: Renderer) -> str:
-    """Where the atlas folder is hosted, for `atlas.open(URL)`: --base-url without its trailing "site/"
-    (the website lives in the atlas folder), else the spec's url, else a placeholder."""
-    base = r.base_url or (r.info.get("url") or "")
-    if base.rstrip("/").endswith("/site"):
-        base = base.rstrip("/")[:-len("site")]
-    return base if base else "https://example.org/path/to/atlas/"
-
-
-def _render_top_pages(r: Renderer, summaries: dict[tuple, LayerSummary]) -> None:
+def _render_top_pages(r: Renderer, summaries: dict[tuple, LayerSummary], strips: dict[str, str]) -> None:
     m = r.manifest
     shards = m.get("shards", [])
     files = m.get("files", [])
@@ -203,27 +232,55 @@ def _render_top_pages(r: Renderer, summaries: dict[tuple, LayerSummary]) -> None
         dataset = {"images": len(d), "classes": len(d.class_names), "layout": d.attrs.get("layout"),
                    "root": str(d.root), "skipped": len(d.skipped), "labelled": int((d.labels >= 0).sum())}
     analyses = _read_analyses(r.root)
-    models = []
+    models, featured = [], []
     for name in r.atlas.models:
         info = m.get("models", {}).get(name, {})
         sites = {s: len(layers) for s, layers in info.get("sites", {}).items()}
         units = sum(v.get("units") or 0 for layers in info.get("sites", {}).values() for v in layers.values())
         first = r.atlas.sites(name)[0]
-        recipe = r.layer_attrs(name, first, r.atlas.layers(name, first)[0]).get("recipe")
+        recipe = r.atlas.shard_attrs(name, r.atlas.layers(name, first)[0], first).get("recipe")
         models.append({"name": name, "arch": info.get("arch"), "weights": info.get("weights"), "sites": sites,
                        "units": units, "image_size": info.get("image_size"), "recipe": recipe,
                        "layers": max(sites.values()) if sites else 0})
+        if len(featured) < FEATURED_MODELS:
+            tiles = [tile(summ, strongest_units(summ, 1)[0], label=f"{mm} L{layer:02d}")
+                     for (mm, s, layer), summ in sorted(summaries.items())
+                     if mm == name and s == "ffn" and strongest_units(summ, 1)]
+            if tiles:
+                featured.append({"model": name, "strips": strips[name], "tiles": tiles})
     total_bytes = sum(s["bytes"] for s in shards) + sum(f["bytes"] for f in files)
+    example = example_unit(summaries, r)
     r.page("index.html", "index.html", model_rows=models, dataset=dataset, analyses=sorted(analyses),
-           featured=featured(r, summaries),
-           history=m.get("history", []), total_bytes=total_bytes, shard_count=len(shards))
-    r.page("downloads.html", "downloads.html", shards=shards, files=files, dataset=dataset, remote_url=atlas_url(r),
-           example=example_unit(summaries), total_bytes=total_bytes)
+           featured=featured, history=m.get("history", []), total_bytes=total_bytes, shard_count=len(shards))
+    r.page(UNIT_VIEW, UNIT_VIEW, bibkey=r.key, base_url=r.base_url, open_path=r.open_path())
+    moved = (templates_dir() / "moved.js").read_text(encoding="utf-8")
+    digest = base64.b64encode(hashlib.sha256(moved.encode()).digest()).decode()
+    r.page("404.html", "404.html", moved=moved,         # inline, allowed by its hash: a 404 page is served at any
+           csp=r.csp.replace("script-src 'self'", f"script-src 'self' 'sha256-{digest}'"))    # depth, no path holds
+    r.page("downloads.html", "downloads.html", shards=shards, files=files, dataset=dataset,
+           remote_url=r.atlas_url() or "https://example.org/path/to/atlas/", open_path=r.open_path(),
+           example=example, total_bytes=total_bytes)
     r.page("cite.html", "cite.html", cff=citation_cff(r.info, m), atlas_bibtex=atlas_bibtex(r.info, m, r.key),
-           paper_bibtex=PAPER_BIBTEX, example=example_unit(summaries))
+           paper_bibtex=PAPER_BIBTEX, example=example)
     for name, data in analyses.items():
         figures = [{"title": fig["title"],
-                    "rows": [{"label": row["label"], "tiles": [figure_tile(r, label, uid) for label, uid in row["units"]]}
+                    "rows": [{"label": row["label"], "tiles": [{"label": label, "uid": uid, "href": _address(uid)}
+                                                               for label, uid in row["units"]]}
                              for row in fig["rows"]]} for fig in data.get("figures", [])]
         r.page("analysis.html", f"analyses/{name}.html", name=name, analysis=data, charts=analysis_charts(data),
                figures=figures)
+
+
+def _address(uid: str) -> str:
+    return f"{UNIT_VIEW}#{uid}"
+
+
+def _remove_unproduced(r: Renderer) -> None:
+    """Remove the website's files this render did not produce: packs of removed layers, pages of an older
+    website (per-unit pages, image folders). The folder is the renderer's own (it holds the marker)."""
+    for path in sorted(r.site_dir.rglob("*"), reverse=True):
+        rel = path.relative_to(r.site_dir).as_posix()
+        if path.is_file() and rel not in r.written and rel != MARKER:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()

@@ -1,48 +1,65 @@
-"""The website's static search index: script files a browser loads from disk or any host."""
+"""The website's static search index: script files a browser loads from disk or any host, none of which
+grows with all units at once (docs/FORMAT.md "Site").
+
+    search/catalog.js      every model, site and layer with its unit ranges (grows with layers): ids
+    search/terms.js        every term (a class name, a flag) with its number of units (grows with classes)
+    search/p/<t>-<k>.js    the units of term t, strongest first, POSTING_CHUNK per file: a query loads chunk 0
+
+A class's units are those its flag says are mostly of that class (``class_selective``, with the
+threshold the shard stores), by their share; a flag's units by their strength.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
-import zlib
 
 import numpy as np
 
-from ..flags import FLAG_NAMES
-from ..format import unit_id, unit_runs
+from ..format import unit_runs
 from .context import Renderer
-from .urls import TILE_SIZE, write_if_changed
+from .urls import write_if_changed
 
-CLASS_SHARD_ENTRIES = 4000  # search entries per class-index file
+POSTING_CHUNK = 1000        # units per postings file
 
+
+def term_id(kind: str, name: str) -> str:
+    """A short, file-safe name for a search term."""
+    return hashlib.sha256(f"{kind}:{name}".encode()).hexdigest()[:12]
 
 
 def render_search(r: Renderer, summaries: dict) -> None:
-    """The static search index (classes, units with images) and the search page."""
-    entries: dict[str, list] = {}
-    for summ in summaries.values():
-        for i, top in enumerate(summ.top_class):
-            if top and top[1] * 2 >= top[2]:  # "mostly": at least half of the unit's top-k images
-                uid = unit_id(summ.model, summ.site, summ.layer, int(summ.units[i]))
-                entries.setdefault(top[0], []).append([uid, top[1], top[2], int(np.isfinite(summ.activation[i]))])
-    names = sorted(entries)
-    n_shards = max(1, -(-sum(len(v) for v in entries.values()) // CLASS_SHARD_ENTRIES))
-    shard_of = {name: zlib.crc32(name.encode()) % n_shards for name in names}
-    for k in range(n_shards):
-        part = {name: sorted(entries[name], key=lambda e: -e[1]) for name in names if shard_of[name] == k}
-        write_if_changed(r.site_dir / f"search/classes-{k}.js", f"AtlasSearch.classes({k}, " + json.dumps(part) + ");\n")
-    meta = {"models": {}, "classes": [[name, shard_of[name], len(entries[name])] for name in names],
-            "tiles": {}}
-    for (m, s, layer), summ in summaries.items():
-        with_viz = summ.units[np.isfinite(summ.activation)].tolist()
-        meta["models"].setdefault(m, {}).setdefault(s, {})[f"{layer:02d}"] = {
-            "units": [int(summ.units[0]), int(summ.units[-1]) + 1],
-            "viz": [list(r) for r in unit_runs(with_viz)]}
-        size = r.manifest.get("models", {}).get(m, {}).get("image_size") or [0]
-        meta["tiles"][m] = max(size) > TILE_SIZE
-    write_if_changed(r.site_dir / "search/meta.js", "AtlasSearch.meta(" + json.dumps(meta) + ");\n")
-    flags: dict = {}
-    for (m, s, layer), summ in summaries.items():
-        runs = {name: [list(run) for run in unit_runs([int(u) for u, f in zip(summ.units, summ.flags) if name in f])]
-                for name in FLAG_NAMES}
-        flags.setdefault(m, {}).setdefault(s, {})[f"{layer:02d}"] = {k: v for k, v in runs.items() if v}
-    write_if_changed(r.site_dir / "search/flags.js", "AtlasSearch.flags(" + json.dumps(flags) + ");\n")
+    """The catalog, the terms and their postings, and the search page."""
+    models = sorted({m for m, _, _ in summaries})
+    sites = sorted({s for _, s, _ in summaries})
+    catalog = {"names": models, "sites": sites, "models": {}}
+    postings: dict[tuple[str, str], list] = {}
+    for (m, s, layer), summ in sorted(summaries.items()):
+        catalog["models"].setdefault(m, {}).setdefault(s, {})[f"{layer:02d}"] = \
+            [list(run) for run in unit_runs([int(u) for u in summ.units])]
+        key = (models.index(m), sites.index(s), layer)
+        strength = np.where(np.isfinite(summ.activation), summ.activation, summ.data_max)
+        for i, u in enumerate(summ.units.tolist()):
+            entry = [*key, int(u)]
+            top = summ.top_class[i]
+            if top and "class_selective" in summ.flags[i]:
+                postings.setdefault(("class", top[0]), []).append(entry + [round(float(top[1]), 4)])
+            for flag in summ.flags[i]:
+                value = float(strength[i]) if np.isfinite(strength[i]) else 0.0
+                postings.setdefault(("flag", flag), []).append(entry + [value])
+    terms = []
+    for (kind, name), entries in sorted(postings.items()):
+        entries.sort(key=lambda e: (-e[4], e[:4]))
+        tid = term_id(kind, name)
+        terms.append([kind, name, len(entries), tid])
+        for k in range(0, len(entries), POSTING_CHUNK):
+            name_k = f"{tid}-{k // POSTING_CHUNK}"
+            _script(r, f"search/p/{name_k}.js", f"AtlasSearch.postings({json.dumps(name_k)}, "
+                                                f"{json.dumps(entries[k:k + POSTING_CHUNK])});\n")
+    _script(r, "search/catalog.js", "AtlasSearch.catalog(" + json.dumps(catalog) + ");\n")
+    _script(r, "search/terms.js", "AtlasSearch.terms(" + json.dumps(terms) + ");\n")
     r.page("search.html", "search.html")
+
+
+def _script(r: Renderer, rel: str, text: str) -> None:
+    r.written.add(rel)
+    write_if_changed(r.site_dir / rel, text)

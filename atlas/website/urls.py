@@ -1,43 +1,80 @@
 """Where everything lives in a rendered website (the ``site/`` folder of an atlas, or ``render --site DIR``).
 
-URL scheme, relative to the website's root; stable for an atlas version (docs/FORMAT.md "Site"):
+URL scheme, relative to the website's root (docs/FORMAT.md "Site"); stable for an atlas version:
 
     index.html                               the atlas
     <model>/index.html                       a model: its layers with their strongest units
-    <model>/<site>/L<ll>/index.html          a layer's units (page-2.html, ... past PAGE_UNITS units)
-    <model>/<site>/L<ll>/U<uuuu>.html        a unit: the unit id + ".html"
+    <model>/<site>/L<ll>/index.html          a layer's units 0-255 (page-2.html: 256-511, ...)
+    unit.html#<unit id>                      a unit's view: its permanent, citable address
     search.html, downloads.html, cite.html, analyses/<name>.html
-    img/<picture>/<model>/<site>/L<ll>/U<uuuu>.webp (and _t.webp tiles; picture: viz, fourier)
-    img/data/<view>/<row>.webp               dataset thumbnails
-    search/meta.js, search/classes-<n>.js    the static search index (script-loaded: works on file://)
+    404.html                                 sends addresses of older websites (<unit id>.html) to unit.html#<id>
+    data/<model>/<site>/L<ll>/P<pppp>.pack   the units of one layer page: tiles and records (atlas.website.packs)
+    data/<model>/strips.pack                 tiles of each layer's strongest units (model and index pages)
+    data/thumbs/<view>/T<tttt>.pack          dataset thumbnails, once per image and model view
+    data/....pack.js                         the same packs as scripts, for pages opened from disk (file://)
+    search/                                  the static search index (script-loaded: works on file://)
     .vit-atlas-website                       marks the folder as a website ViT Atlas renders into
+
+Only index, model, layer, search, downloads, cite and analysis pages are HTML files: their number grows
+with layers, not units. Everything per unit lives in packs, read by range requests.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import urllib.parse
 from pathlib import Path
 
-from ..format import unit_id
+from ..format import PICTURE_LABELS, fill, unit_id
 from ..shard import write_atomically
+from .packs import PACK_UNITS, layout
 
-PAGE_UNITS = 256           # units per layer page
+PAGE_UNITS = PACK_UNITS    # units per layer page: one page, one unit pack
 TILE_SIZE = 96             # layer-grid tiles of optimized images larger than this
 THUMB_SIZE = 128           # dataset thumbnails
 MARKER = ".vit-atlas-website"
-RESERVED = {"assets", "img", "search", "analyses", "index.html", "search.html", "downloads.html", "cite.html"}
+UNIT_VIEW = "unit.html"
+RESERVED = {"assets", "data", "search", "analyses", "index.html", "search.html", "downloads.html", "cite.html",
+            UNIT_VIEW, "404.html"}
 
 
-def page_path(model: str, site: str, layer: int, unit: int | None = None, page: int = 1) -> str:
-    """Website-relative path of a unit page (unit given) or a layer page."""
-    if unit is not None:
-        return f"{unit_id(model, site, layer, unit)}.html"
-    return f"{model}/{site}/L{layer:02d}/" + ("index.html" if page == 1 else f"page-{page}.html")
+def content_security_policy(data_url: str = "", header: bool = False) -> str:
+    """The website's Content-Security-Policy (the pages' meta tag and `build.py serve`'s header): only
+    the website's own scripts and styles, images of its own and from packs (``blob:``), data fetched
+    from the website or from ``data_url``'s origin; ``header`` adds what only a header can say."""
+    origin = ""
+    if data_url.startswith(("http://", "https://")):
+        parts = urllib.parse.urlsplit(data_url)
+        origin = f" {parts.scheme}://{parts.netloc}"
+    policy = (f"default-src 'none'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+              f"connect-src 'self'{origin}; base-uri 'none'; form-action 'self'")
+    return policy + ("; frame-ancestors 'none'" if header else "")
 
 
-def viz_path(uid: str, tile: bool = False, part: str = "viz") -> str:
-    """Website-relative path of a unit's optimized picture of ``part`` (or its tile)."""
-    return f"img/{part}/{uid}{'_t' if tile else ''}.webp"
+FIRST_PAGE = "{model}/{site}/L{layer:2}/index.html"          # templates (atlas.format.fill) the pages'
+OTHER_PAGE = "{model}/{site}/L{layer:2}/page-{page}.html"    # script fills too
+
+
+def page_path(model: str, site: str, layer: int, page: int = 1) -> str:
+    """Website-relative path of a layer page (page 1 holds units 0-255, page 2 256-511, ...)."""
+    return fill(FIRST_PAGE if page == 1 else OTHER_PAGE, model=model, site=site, layer=layer, page=page)
+
+
+def script_layout() -> dict:
+    """Everything the pages' script needs to find any unit's pack, page and address from its id alone:
+    the templates and sizes of atlas.website.packs and these addresses (base.html hands it over)."""
+    return {**layout(), "first_page": FIRST_PAGE, "other_page": OTHER_PAGE, "unit_view": UNIT_VIEW,
+            "picture_labels": PICTURE_LABELS}
+
+
+def page_of(unit: int) -> int:
+    """The layer page that shows ``unit``."""
+    return unit // PAGE_UNITS + 1
+
+
+def unit_address(model: str, site: str, layer: int, unit: int) -> str:
+    """Website-relative address of a unit's view: the unit view page with the unit id as its fragment."""
+    return f"{UNIT_VIEW}#{unit_id(model, site, layer, unit)}"
 
 
 def relative_root(path: str) -> str:
@@ -55,7 +92,7 @@ def view_key(data_config: dict) -> str:
 
 def write_if_changed(path: Path, data: bytes | str) -> bool:
     """Write ``data`` atomically unless the file already holds exactly it; returns whether it wrote. A
-    file is never seen half-written, so a killed render leaves no truncated page or image behind."""
+    file is never seen half-written, so a killed render leaves no truncated page or pack behind."""
     data = data.encode() if isinstance(data, str) else data
     try:
         if path.stat().st_size == len(data) and path.read_bytes() == data:
@@ -64,16 +101,3 @@ def write_if_changed(path: Path, data: bytes | str) -> bool:
         pass
     write_atomically(path, data)
     return True
-
-
-def complete_webp(path: Path) -> bool:
-    """Whether ``path`` is a whole WebP file: its RIFF header's size field matches the file's size (a
-    thumbnail cut short by a kill under an older version is rewritten)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(12)
-        size = path.stat().st_size
-    except OSError:
-        return False
-    return len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP" \
-        and int.from_bytes(head[4:8], "little") + 8 == size
