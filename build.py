@@ -37,7 +37,8 @@ def _device_args(p: argparse.ArgumentParser, precision: bool = True, compile: bo
     p.add_argument("--device", default=DEFAULT_DEVICE, help="auto (cuda when present), cpu, cuda or cuda:N")
     if precision:
         p.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
-                       help="auto (default): bf16 on CUDA, fp32 on CPU")
+                       help="auto (default): bf16 for visualize on CUDA, fp32 for everything else; fp32 is IEEE "
+                            "fp32 (no TF32); tf32: fp32 with TF32 tensor-core products (CUDA)")
     if compile:
         p.add_argument("--compile", default=DEFAULT_COMPILE, choices=COMPILE_CHOICES,
                        help="torch.compile the engine's step: auto (default) compiles on CUDA only")

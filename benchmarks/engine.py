@@ -33,7 +33,7 @@ import torch
 from authors_loop import authors_unit
 from builder.augment import augment, draw
 from builder.counter_rng import seed_tensor
-from builder.device import autocast, resolve_compile, resolve_device, resolve_precision
+from builder.device import autocast, compute_dtype, resolve_compile, resolve_device, resolve_precision
 from builder.forward import image_pass_flops, unit_forward
 from builder.models import ModelSource, load_model
 from builder.objective import total_variation, unit_losses
@@ -98,6 +98,8 @@ def main():
     p.add_argument("--compile", default="auto")
     p.add_argument("--layers", help="comma-separated layers (default: first, middle, last)")
     p.add_argument("--units", type=int, help="engine units per layer, n (default: what fits in one batch)")
+    p.add_argument("--batch-units", type=int, help="units per batch (default: what fits, as build.py visualize "
+                                                   "sizes it); with --units, a fixed amount of work on any GPU")
     p.add_argument("--against", default="naive", help="naive, authors, or naive,authors")
     p.add_argument("--baseline-units", type=int, default=1, help="units per layer for each baseline")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="the card's dense bf16 peak (H100 SXM: 989)")
@@ -121,26 +123,26 @@ def main():
     picked = ([int(i) for i in args.layers.split(",")] if args.layers
               else sorted({0, (len(layers) - 1) // 2, len(layers) - 1}))
     total_units = sum(layer.units for layer in layers)
-    step = Step(compiled, device)
-
     per_unit_s, flops_per_s = [], []
     for index in picked:
         layer = layers[index]
-        forward = unit_forward(lm, layer, torch.float32 if precision == "fp32" else torch.bfloat16, device)
-        fit = auto_batch_units(lm, layer, recipe, device, precision, forward)
+        forward = unit_forward(lm, layer, compute_dtype(precision), device)
+        step = Step(forward, compiled, device)
+        fit = args.batch_units or auto_batch_units(lm, layer, recipe, device, precision, forward)
         n = args.units or max(2, min(layer.units // 2, fit))
         seeds = [unit_seed("bench", "ffn", index, u, 0) for u in range(2 * n)]
 
         def run(count):
             for start in range(0, count, fit):
                 chunk = list(range(start, min(count, start + fit)))
-                optimize_units(lm, layer, chunk, [seeds[u] for u in chunk], recipe, device, precision, forward, step)
-        run(n)  # warm-up and compilation for both batch sizes' shapes
+                optimize_units(lm, layer, chunk, [seeds[u] for u in chunk], recipe, device, precision, forward, step,
+                               pad_to=min(fit, count))
+        run(n)  # warm-up and compilation (every batch has one shape, as in build.py visualize)
         run(2 * n)
         t_n, t_2n = timed(lambda: run(n), device), timed(lambda: run(2 * n), device)
         per_unit_s.append((t_2n - t_n) / n)
         flops_per_s.append(recipe.images_per_unit() * image_pass_flops(lm, layer, device) / per_unit_s[-1])
-        print(f"  engine L{index}: {n} units in {t_n:.1f} s, {2 * n} in {t_2n:.1f} s (batches of {fit}) -> "
+        print(f"  engine L{index}: {n} units in {t_n:.1f} s, {2 * n} in {t_2n:.1f} s (batches of {fit}, {step.mode}) -> "
               f"{1 / per_unit_s[-1]:.3f} units/s marginal", flush=True)
     engine_rate = len(picked) / sum(per_unit_s)
 

@@ -11,22 +11,47 @@ from dataclasses import dataclass
 
 import torch
 
-from .counter_rng import AUGMENT, GEOMETRY, NOISE, normal, uniform
+from .counter_rng import AUGMENT, GEOMETRY, NOISE, high_words, keys, normal, normal_from_keys, uniform
 from .recipe import Recipe
 
 
 @dataclass
+class PixelNoise:
+    """One step's per-pixel GS noise as what generates it: std * z, z drawn from the units' keys for
+    (step, NOISE). Kept as keys, not numbers, so the compiled step draws it (fused, no [U, C, 3, H, W]
+    tensor made eagerly at every step) and every step, the last one at std 0 included, has one shape."""
+    key: torch.Tensor   # int64 [U]: counter_rng.keys(seeds, step, NOISE)
+    hi: torch.Tensor    # int64 [U]: the seeds' high words
+    std: torch.Tensor   # float32 []: the step's noise std (a tensor: one graph for every step)
+
+    def sample(self, copies: int, size: tuple[int, int]) -> torch.Tensor:
+        """The noise [U, copies, 3, H, W]."""
+        return pixel_noise(self.key, self.hi, self.std, (copies, 3, *size))
+
+
+def pixel_noise(key: torch.Tensor, hi: torch.Tensor, std: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """std * standard normal [U, *shape] from the units' noise keys (``PixelNoise``)."""
+    return std * normal_from_keys(key, hi, shape)
+
+
+@dataclass
 class Draw:
-    """One step's augmentations of U units x C copies: copy = scale * roll(x, shift) + offset (+ pixel_noise)."""
+    """One step's augmentations of U units x C copies: copy = scale * roll(x, shift) + offset (+ pixel noise)."""
     shifts: torch.Tensor | None        # long [U, 2] (one (dy, dx) per unit: shared) or [U * C, 2]; None: no roll
     affine: torch.Tensor | None        # [U or U * C, 2, 3]: rotation, zoom and shift as grid_sample's theta
     scale: torch.Tensor                # [U, C, 3]: CS sigma
     offset: torch.Tensor               # [U, C, 3]: CS mu, plus the GS noise when it is per channel
-    pixel_noise: torch.Tensor | None   # [U, C, 3, H, W]: the GS noise (std applied) when it is per pixel
+    noise: PixelNoise | None           # the GS noise when it is per pixel
+    size: tuple[int, int] = (0, 0)     # (H, W) of the images
 
     @property
     def copies(self) -> int:
         return self.scale.shape[1]
+
+    @property
+    def pixel_noise(self) -> torch.Tensor | None:
+        """The per-pixel noise [U, C, 3, H, W] (std applied), or None."""
+        return self.noise.sample(self.copies, self.size) if self.noise is not None else None
 
 
 def draw(seeds: torch.Tensor, step: int, recipe: Recipe, size: tuple[int, int]) -> Draw:
@@ -35,7 +60,7 @@ def draw(seeds: torch.Tensor, step: int, recipe: Recipe, size: tuple[int, int]) 
     Per copy, 8 uniforms u (stream AUGMENT): shift_y = floor(u0 (2 jy + 1)) - jy, shift_x likewise
     from u1, mu_c = (2 u_{2+c} - 1) a, sigma_c = exp((2 u_{5+c} - 1) b). With a shared jitter every
     copy takes copy 0's shift. Noise (stream NOISE) is std(step) * z, z standard normal [C, 3] or
-    [C, 3, H, W]; at std 0 none is drawn. With rotation or zoom (``recipe.affine``), 2 more uniforms per
+    [C, 3, H, W] (per channel: none at std 0; per pixel: drawn inside the step, ``PixelNoise``). With rotation or zoom (``recipe.affine``), 2 more uniforms per
     copy (stream GEOMETRY) give angle = (2 u0 - 1) rotate degrees and zoom = 1 + (2 u1 - 1) scale_jitter,
     and the copy is resampled (bilinear, reflected at the border) by that and its shift, not rolled.
     """
@@ -46,11 +71,12 @@ def draw(seeds: torch.Tensor, step: int, recipe: Recipe, size: tuple[int, int]) 
     shifts = shifts[:, 0] if recipe.jitter_shared else shifts.reshape(-1, 2)
     offset = (u[..., 2:5] * 2 - 1) * recipe.color_shift_mean
     scale = ((u[..., 5:8] * 2 - 1) * recipe.color_shift_log_std).exp()
-    std, pixel_noise = recipe.noise_std(step), None
-    if std > 0 and recipe.noise == "channel":
+    std, noise = recipe.noise_std(step), None
+    if recipe.noise == "channel" and std > 0:
         offset = offset + std * normal(seeds, step, NOISE, (copies, 3))
-    elif std > 0:
-        pixel_noise = std * normal(seeds, step, NOISE, (copies, 3, *size))
+    elif recipe.noise == "pixel" and (recipe.noise_start > 0 or recipe.noise_end > 0):
+        noise = PixelNoise(keys(seeds, step, NOISE), high_words(seeds),
+                           torch.tensor(std, dtype=torch.float32, device=seeds.device))
     affine = None
     if recipe.affine:
         g = uniform(seeds, step, GEOMETRY, (copies, 2))
@@ -62,7 +88,7 @@ def draw(seeds: torch.Tensor, step: int, recipe: Recipe, size: tuple[int, int]) 
         affine = torch.stack([torch.stack([cos, -sin, 2 * shifts[:, 1].float() / W], -1),
                               torch.stack([sin, cos, 2 * shifts[:, 0].float() / H], -1)], 1)
         shifts = None
-    return Draw(shifts, affine, scale, offset, pixel_noise)
+    return Draw(shifts, affine, scale, offset, noise, size)
 
 
 def clean(units: int, device) -> Draw:

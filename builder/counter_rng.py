@@ -55,18 +55,34 @@ def keys(seeds: torch.Tensor, step: int, stream: int) -> torch.Tensor:
 
 def uniform(seeds: torch.Tensor, step: int, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
     """Uniform (0, 1) float32 numbers [U, *shape]: element i of unit u is a hash of (seed_u, step, stream, i)."""
-    n = 1
-    for s in shape:
-        n *= s
-    index = torch.arange(n, device=seeds.device, dtype=torch.int64)
-    hi = ((seeds >> 32) & MASK32)[:, None]
-    words = mix(hi ^ mix(keys(seeds, step, stream)[:, None] ^ index))
-    return ((words >> 9).to(torch.float32) + 0.5).mul_(2.0 ** -23).view(len(seeds), *shape)
+    return uniform_from_keys(keys(seeds, step, stream), high_words(seeds), shape)
 
 
 def normal(seeds: torch.Tensor, step: int, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
     """Standard normal float32 numbers [U, *shape] (inverse CDF of ``uniform``)."""
-    return torch.erfinv(uniform(seeds, step, stream, shape).mul_(2).sub_(1)).mul_(2 ** 0.5)
+    return normal_from_keys(keys(seeds, step, stream), high_words(seeds), shape)
+
+
+def high_words(seeds: torch.Tensor) -> torch.Tensor:
+    """Each seed's high 32 bits (``hi`` above), int64 [U]."""
+    return (seeds >> 32) & MASK32
+
+
+def uniform_from_keys(key: torch.Tensor, hi: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``uniform`` from each unit's key for (step, stream) and its seed's high word: the part whose
+    work grows with the elements, in tensor ops only, so it runs inside a compiled step without a
+    recompile per step (the step enters through the keys, not as a Python number)."""
+    n = 1
+    for s in shape:
+        n *= s
+    index = torch.arange(n, device=key.device, dtype=torch.int64)
+    words = mix(hi[:, None] ^ mix(key[:, None] ^ index))
+    return (((words >> 9).to(torch.float32) + 0.5) * 2.0 ** -23).view(key.shape[0], *shape)
+
+
+def normal_from_keys(key: torch.Tensor, hi: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``normal`` from keys (see ``uniform_from_keys``)."""
+    return torch.erfinv(uniform_from_keys(key, hi, shape) * 2 - 1) * 2 ** 0.5
 
 
 def seed_tensor(seeds: list[int], device) -> torch.Tensor:

@@ -56,13 +56,20 @@ class LoadedModel:
         return (x - mean.view(1, 3, 1, 1).to(x.dtype)) / std.view(1, 3, 1, 1).to(x.dtype)
 
     def cast(self, dtype: torch.dtype, device) -> nn.Module:
-        """The model on ``device`` with its floating-point weights in ``dtype``: the model itself for
-        float32, else a copy made once and kept (the engine's weights are never re-cast per step)."""
+        """The model on ``device`` with the weights of its linear and convolution layers in ``dtype``:
+        the model itself for float32, else a copy made once and kept (the engine's weights are never
+        re-cast per step). Everything else stays float32 (position embeddings, class and register
+        tokens, norms, layer scales), so under autocast the residual stream stays float32 as well:
+        the sum of an fp32 embedding and a bf16 product is fp32."""
         if dtype == torch.float32:
             return self.model.to(device)
         key = ("model", dtype, str(device))
         if key not in self._copies:
-            self._copies[key] = copy.deepcopy(self.model).to(device=device, dtype=dtype)
+            model = copy.deepcopy(self.model).to(device)
+            for module in model.modules():
+                if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+                    module.to(dtype)
+            self._copies[key] = model
         return self._copies[key]
 
     def eval_transform(self):

@@ -1,15 +1,18 @@
 """Splitting a build over processes, GPUs and machines with the launchers people already use.
 
-A process learns its part from ``--shard-index I --num-shards N``; else from Slurm (an array job's
-``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``, or ``SLURM_PROCID``/``SLURM_NTASKS`` for
-``srun``); else from torchrun (``RANK``/``WORLD_SIZE``, with ``LOCAL_RANK`` choosing the GPU). No
-process group is created: every process computes the same deterministic plan and takes its part.
+A process learns its part from ``--shard-index I --num-shards N``; else from torchrun
+(``RANK``/``WORLD_SIZE``, with ``LOCAL_RANK`` choosing the GPU), combined with a Slurm array job's
+task when both are present; else from a Slurm array job (``SLURM_ARRAY_TASK_ID``/``_COUNT``); else
+from ``srun`` (``SLURM_PROCID``/``SLURM_NTASKS`` inside a job step). No process group is created:
+every process computes the same deterministic plan and takes its part.
 """
 from __future__ import annotations
 
 import heapq
 import os
 from dataclasses import dataclass
+
+import torch
 
 from atlas.format import AtlasError
 
@@ -24,26 +27,72 @@ class Part:
 
 
 def detect_part(shard_index: int | None = None, num_shards: int | None = None, env=None) -> Part:
-    """The part from the flags, else Slurm, else torchrun, else the whole build."""
+    """The part from the flags, else from the launcher that started this process.
+
+    torchrun comes before Slurm: a torchrun inside an sbatch script still sees the batch step's
+    ``SLURM_PROCID=0``, which is not its rank (Lightning's issue 11406). Slurm's ``SLURM_PROCID`` counts
+    only inside an ``srun`` step (``SLURM_STEP_ID`` set). An array task running torchrun is part
+    ``task · world + rank`` of ``tasks · world``.
+    """
     env = os.environ if env is None else env
     if shard_index is not None or num_shards is not None:
         if shard_index is None or num_shards is None:
             raise AtlasError("pass --shard-index and --num-shards together")
         part = Part(shard_index, num_shards, None, "--shard-index/--num-shards")
-    elif "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-        part = Part(int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"]), None, "Slurm array")
-    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        local = env.get("SLURM_LOCALID")
-        part = Part(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(local) if local else None, "Slurm srun")
-    elif "RANK" in env and "WORLD_SIZE" in env:
-        local = env.get("LOCAL_RANK")
-        part = Part(int(env["RANK"]), int(env["WORLD_SIZE"]), int(local) if local else None, "torchrun")
     else:
-        return Part()
+        torchrun = _torchrun(env)
+        array = _slurm_array(env)
+        if torchrun and array:
+            (rank, world, local), (task, tasks) = torchrun, array
+            part = Part(task * world + rank, tasks * world, local, "Slurm array x torchrun")
+        elif torchrun:
+            part = Part(torchrun[0], torchrun[1], torchrun[2], "torchrun")
+        elif array:
+            part = Part(array[0], array[1], _int(env, "SLURM_LOCALID"), "Slurm array")
+        elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env and ("SLURM_STEP_ID" in env or "SLURM_STEPID" in env):
+            part = Part(_int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS"), _int(env, "SLURM_LOCALID"), "Slurm srun")
+        else:
+            return Part()
     if not 0 <= part.index < part.count:
         raise AtlasError(f"part {part.index} of {part.count} ({part.source}) is out of range")
     return part
+
+
+def _int(env, key: str) -> int | None:
+    value = env.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise AtlasError(f"the launcher set {key}={value!r}, which is not a whole number") from None
+
+
+def _torchrun(env) -> tuple[int, int, int | None] | None:
+    """(rank, world size, local rank) when torchrun (or torch.distributed's launcher) started us."""
+    if "RANK" in env and "WORLD_SIZE" in env and ("LOCAL_RANK" in env or "TORCHELASTIC_RUN_ID" in env):
+        return _int(env, "RANK"), _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK")
+    return None
+
+
+def _slurm_array(env) -> tuple[int, int] | None:
+    """(task, tasks) of a Slurm array job."""
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        return _int(env, "SLURM_ARRAY_TASK_ID") - (_int(env, "SLURM_ARRAY_TASK_MIN") or 0), _int(env, "SLURM_ARRAY_TASK_COUNT")
+    return None
+
+
+def part_device(device: torch.device, part: Part) -> torch.device:
+    """The device this part computes on, made the current CUDA device: the launcher's local rank picks
+    the GPU when ``device`` names none (``cuda``), so ``synchronize()`` and every library call that
+    uses "the current device" agree with the tensors' device."""
+    if device.type != "cuda":
+        return device
+    if device.index is None:
+        count = torch.cuda.device_count()
+        device = torch.device("cuda", (part.local_rank or 0) % count if count else 0)
+    torch.cuda.set_device(device)
+    return device
 
 
 def partition(costs: list[float], count: int) -> list[int]:

@@ -25,12 +25,12 @@ from atlas.log import append_log
 from atlas.manifest import read_manifest, write_manifest
 from atlas.shard import remove_stale_temps, shard_holds, temp_name
 
-from .device import resolve_device, resolve_precision
-from .forward import image_pass_flops
+from .device import compute_dtype, resolve_compile, resolve_device, resolve_precision
+from .forward import image_pass_flops, unit_forward
 from .models import LoadedModel, ModelSource, load_model
-from .parts import Part, partition
+from .parts import Part, part_device, partition
 from .recipe import Recipe
-from .schedule import VisualizeJob, plan_ranges, select_layers, visualize_shards
+from .schedule import VisualizeJob, auto_batch_units, plan_ranges, select_layers, visualize_shards
 from .spec import BuildSpec, ModelSpec, dump_spec, load_spec
 
 SPEC_COPY = "spec.toml"
@@ -132,14 +132,6 @@ def spec_of_atlas(out: str | Path) -> BuildSpec:
     return spec
 
 
-def part_device(spec: BuildSpec, part: Part) -> torch.device:
-    """The device for this process: LOCAL_RANK picks the GPU when there are several."""
-    device = resolve_device(spec.device)
-    if device.type == "cuda" and part.local_rank is not None and device.index is None:
-        return torch.device("cuda", part.local_rank % torch.cuda.device_count())
-    return device
-
-
 def run_spec(spec: BuildSpec, part: Part, command: str, progress: bool = True) -> dict:
     """This process's part of the build, then the finalize step if every shard is complete."""
     tasks = plan_tasks(spec)
@@ -149,7 +141,7 @@ def run_spec(spec: BuildSpec, part: Part, command: str, progress: bool = True) -
     check_room(spec.out, sum(t.bytes for t in todo))
     _keep_spec_copy(spec)
     remove_stale_temps(spec.out)
-    device = part_device(spec, part)
+    device = part_device(resolve_device(spec.device), part)
     for i in sorted({t.model for t in todo}):
         m = spec.models[i]
         lm = load_spec_model(m)
@@ -167,7 +159,8 @@ def run_spec(spec: BuildSpec, part: Part, command: str, progress: bool = True) -
              "finalized": False}
     missing = [t for t in tasks if not shard_done(spec.out, t.path(spec), t.part)]
     if not missing:
-        stats["finalized"] = finalize(spec, command, tasks, progress, wait=False, again=False) is not None
+        stats["finalized"] = finalize(spec, command, tasks, progress, wait=False, again=False,
+                                     device=device) is not None
     return stats
 
 
@@ -182,10 +175,11 @@ def build_state(spec: BuildSpec, tasks: list[Task]) -> str:
 
 
 def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, progress: bool = True,
-             wait: bool = True, again: bool = True) -> Path | None:
+             wait: bool = True, again: bool = True, device: torch.device | None = None) -> Path | None:
     """Probe, analyses, manifest and site, once every visualization shard exists. Returns the site's
     index page, or None when another process holds the finalize lock or (``again=False``) the atlas
-    was already finalized from exactly this state (the racing parts of one build finalize once)."""
+    was already finalized from exactly this state (the racing parts of one build finalize once).
+    ``device``: the part's device (the probe and analyses run where its visualization ran)."""
     from atlas.website import render
     from builder.analyses import AnalysisJob, run_analysis
     from builder.dataset import scan_images
@@ -208,21 +202,23 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
         if not again and (read_manifest(spec.out) or {}).get("finalized", {}).get("state") == state:
             return None
         append_log(spec.out, {"stage": "finalize", "state": state})
+        device = str(device or part_device(resolve_device(spec.device), Part()))
         index = scan_images(spec.images, spec.labels) if spec.images else None
         for m in spec.models:
             if not (m.probe or m.analyses):
                 continue
             lm = load_spec_model(m)
-            if m.probe:
-                run_probe(lm, index, ProbeJob(out=spec.out, name=m.atlas_name, layers=m.layers, units=m.units,
-                                             k=spec.k, batch_size=spec.batch_size, device=spec.device,
+            for site in m.sites if m.probe else []:
+                run_probe(lm, index, ProbeJob(out=spec.out, name=m.atlas_name, site=site, layers=m.layers, units=m.units,
+                                             k=spec.k, batch_size=spec.batch_size, device=device,
                                              precision=spec.precision, related=spec.related,
-                                             related_k=spec.related_k, sketch_dims=spec.sketch_dims, shard_units=spec.shard_units, progress=progress,
+                                             related_k=spec.related_k, sketch_dims=spec.sketch_dims,
+                                             shard_units=spec.shard_units, progress=progress,
                                              workers=spec.workers), command)
             for analysis in m.analyses:
                 job = AnalysisJob(out=spec.out, name=m.atlas_name, index=index,
                                   boxes=str(spec.boxes) if spec.boxes else None, batch_size=spec.batch_size,
-                                  device=spec.device, limit=spec.limit, seed=spec.seed, command=command,
+                                  device=device, limit=spec.limit, seed=spec.seed, command=command,
                                   workers=spec.workers)
                 run_analysis(analysis, lm, job, resume=True)
         coverage = {}
@@ -245,10 +241,18 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
         lock.release()
 
 
+# Calibration: steps per timed run, and the most units it times (the batch a run would use, capped
+# so the figure costs the same seconds on every GPU; a full batch of ViT-B/16 on a 24 GB card).
+CALIBRATION_STEPS = 4
+CALIBRATION_UNITS = 64
+
+
 def calibrate(spec: BuildSpec, tasks: list[Task]) -> tuple[float, str]:
-    """Measured FLOP/s of the engine on this machine's device: a few units of the first model's
-    middle layer, a few steps, timed after a warm-up, in the spec's precision (not compiled)."""
-    from .visualize import optimize_units
+    """Measured FLOP/s of the engine on this machine's device, as a run would reach it: the first
+    model's middle layer, the batch size a run would choose (at most ``CALIBRATION_UNITS``), the
+    spec's precision and compile mode, timed over ``CALIBRATION_STEPS`` steps after an untimed run
+    of the same shapes (which compiles)."""
+    from .visualize import Step, optimize_units
     device = resolve_device(spec.device)
     precision = resolve_precision(spec.precision, device)
     first = tasks[0].model
@@ -257,19 +261,23 @@ def calibrate(spec: BuildSpec, tasks: list[Task]) -> tuple[float, str]:
     lm.model.to(device)
     layers = [layer for layer, _ in select_layers(lm, tasks[0].site, m.layers, m.units)]
     layer = layers[len(layers) // 2]
-    recipe = recipe_of(spec, m).shortened(3)
-    units = list(range(min(8, layer.units)))
-    optimize_units(lm, layer, units[:1], [0], recipe.shortened(1), device, precision)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    recipe = recipe_of(spec, m).shortened(CALIBRATION_STEPS)
+    forward = unit_forward(lm, layer, compute_dtype(precision), device)
+    step = Step(forward, resolve_compile(spec.compile, device), device)
+    fit = spec.batch_units or auto_batch_units(lm, layer, recipe, device, precision, forward)
+    units = list(range(min(fit, CALIBRATION_UNITS, layer.units)))
+
+    def run():
+        optimize_units(lm, layer, units, units, recipe, device, precision, forward, step)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    run()
     t0 = time.perf_counter()
-    optimize_units(lm, layer, units, list(range(len(units))), recipe, device, precision)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    run()
     seconds = time.perf_counter() - t0
     flops = recipe.images_per_unit() * len(units) * image_pass_flops(lm, layer, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    return flops / seconds, name
+    return flops / seconds, f"{name}, {len(units)} units per batch, {step.mode}"
 
 
 def plan_report(spec: BuildSpec, parts: int = 1, measure: bool = True) -> str:

@@ -311,7 +311,7 @@ def _finish(lm: LoadedModel, index: ImageIndex, job: ProbeJob, run: ProbePass, o
         complete_related(out, job.related_k)
     write_manifest(out, command)
     run.state_path.unlink(missing_ok=True)
-    job.stats.update(skipped=len(run.skipped), skipped_files=[(index.paths[i], r) for i, r in sorted(run.skipped.items())])
+    job.stats.update(scan_seconds=run.seconds, skipped=len(run.skipped), skipped_files=[(index.paths[i], r) for i, r in sorted(run.skipped.items())])
 
 
 def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | None = None) -> dict:
@@ -319,7 +319,7 @@ def run_probe(lm: LoadedModel, index: ImageIndex, job: ProbeJob, command: str | 
     check the job, plan the pass (or take up a killed one), run it, finish it."""
     _check_job(job)
     device = resolve_device(job.device)
-    job.precision = resolve_precision(job.precision, device)
+    job.precision = resolve_precision(job.precision, device, engine=False)
     selected = select_layers(lm, job.site, job.layers, job.units)
     out = prepare_atlas_folder(job.out)
     remove_stale_temps(out)

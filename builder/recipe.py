@@ -91,6 +91,11 @@ class Recipe:
         of every augmented step, one image per clean step."""
         return (self.steps - self.clean_steps) * self.batch_copies + self.clean_steps
 
+    def trial(self) -> "Recipe":
+        """One step that allocates what the recipe's first step does (the batch-size trial): its copies,
+        and its noise at the first step's std (``shortened(1)`` would end the noise schedule at once)."""
+        return dataclasses.replace(self.shortened(1), noise_end=self.noise_start)
+
     def shortened(self, steps: int) -> "Recipe":
         """The same recipe over ``steps`` steps (trials, calibration) with the same share of clean steps."""
         return dataclasses.replace(self, steps=steps, clean_steps=self.clean_steps * steps // self.steps)

@@ -133,10 +133,10 @@ def bytes_per_image(lm: LoadedModel, layer: Layer, device: torch.device) -> int:
 def auto_batch_units(lm: LoadedModel, layer: Layer, recipe: Recipe, device: torch.device,
                      precision: str = "fp32", forward=None) -> int:
     """Units that fit in one batch. On CUDA: 80% of the available memory over the peak one unit needed
-    in a measured one-step trial. On CPU: a 768 MiB budget (much larger CPU batches fall out of cache
+    in a measured one-step trial (``Recipe.trial``: a step that allocates what the recipe's first does). On CPU: a 768 MiB budget (much larger CPU batches fall out of cache
     and run slower per image) over an estimate of 4x the module outputs of the unit's copies."""
     if device.type == "cuda":
-        trial = recipe.shortened(1)
+        trial = recipe.trial()
         units = list(range(min(2, layer.units)))
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -186,11 +186,13 @@ class VisualizeJob:
 
 @dataclass
 class LayerRun:
-    """What every batch of one layer shares: the forward, the (compiled) step, the resolved precision."""
+    """What every batch of one layer shares: the forward, the (compiled) step, the resolved precision,
+    and the batch size every batch is run at (padded: one shape, one graph)."""
     layer: Layer
     precision: str
     forward: object
     step: Step
+    batch: int = 1
 
 
 def _optimize_with_retries(job: VisualizeJob, lm: LoadedModel, run: LayerRun, units: list[int],
@@ -199,7 +201,8 @@ def _optimize_with_retries(job: VisualizeJob, lm: LoadedModel, run: LayerRun, un
     ``job.max_retries`` times) and flagged ``failed`` if it persists."""
     layer = run.layer
     seeds = [unit_seed(job.name, layer.site, layer.index, u, job.seed) for u in units]
-    result = optimize_units(lm, layer, units, seeds, job.recipe, device, run.precision, run.forward, run.step)
+    result = optimize_units(lm, layer, units, seeds, job.recipe, device, run.precision, run.forward, run.step,
+                            pad_to=run.batch)
     retries = np.zeros(len(units), np.uint8)
     for attempt in range(1, job.max_retries + 1):
         bad = np.flatnonzero(~result.finite)
@@ -207,7 +210,8 @@ def _optimize_with_retries(job: VisualizeJob, lm: LoadedModel, run: LayerRun, un
             break
         again = [units[i] for i in bad]
         new_seeds = [unit_seed(job.name, layer.site, layer.index, u, job.seed, attempt) for u in again]
-        redo = optimize_units(lm, layer, again, new_seeds, job.recipe, device, run.precision, run.forward, run.step)
+        redo = optimize_units(lm, layer, again, new_seeds, job.recipe, device, run.precision, run.forward, run.step,
+                              pad_to=run.batch)
         for j, i in enumerate(bad):
             for name in ("image", "activation", "map", "loss", "finite"):
                 getattr(result, name)[i] = getattr(redo, name)[j]
@@ -248,7 +252,7 @@ def visualize_shards(lm: LoadedModel, job: VisualizeJob, plan: list[tuple[Layer,
         return Lock(lock_path(out, f"claims/{rel}.{part}"))
 
     precision = resolve_precision(job.precision, device)
-    step = Step(resolve_compile(job.compile, device), device)
+    compile = resolve_compile(job.compile, device)
     bar = tqdm(total=sum(stop - start for _, start, stop in plan), unit="unit", desc=f"visualize {job.name}/{job.site}",
                disable=not job.progress, dynamic_ncols=True, smoothing=0.05)
     waiting = list(plan)
@@ -271,7 +275,7 @@ def visualize_shards(lm: LoadedModel, job: VisualizeJob, plan: list[tuple[Layer,
                                 f"{holder.get('pid', '?')} is computing")
             time.sleep(5)
         try:
-            _visualize_claimed(lm, job, claimed, device, precision, step, bar)
+            _visualize_claimed(lm, job, claimed, device, precision, compile, bar)
         finally:
             for *_, claim in claimed:
                 claim.release()
@@ -279,32 +283,34 @@ def visualize_shards(lm: LoadedModel, job: VisualizeJob, plan: list[tuple[Layer,
     bar.close()
 
 
-def _visualize_claimed(lm, job, claimed, device, precision, step, bar) -> None:
-    """Compute the claimed shards, layer by layer, writing each as soon as its units are done."""
+def _visualize_claimed(lm, job, claimed, device, precision, compile, bar) -> None:
+    """Compute the claimed shards, layer by layer, writing each as soon as its units are done. Every
+    batch of a layer has one size (the last padded), so a compiled step keeps one graph per layer."""
     out = Path(job.out)
     by_layer: dict[int, list] = {}
     for layer, start, stop, _claim in claimed:
         by_layer.setdefault(layer.index, []).append((layer, start, stop))
     for ranges in by_layer.values():
         layer = ranges[0][0]
-        run = LayerRun(layer, precision, unit_forward(lm, layer, compute_dtype(precision), device), step)
+        forward = unit_forward(lm, layer, compute_dtype(precision), device)
+        run = LayerRun(layer, precision, forward, Step(forward, compile, device))
         units = [u for _, start, stop in ranges for u in range(start, stop)]
         fit = job.batch_units or auto_batch_units(lm, layer, job.recipe, device, precision, run.forward)
+        run.batch = balanced_batches(len(units), fit)[0]
         pending = sorted((start, stop) for _, start, stop in ranges)
         rows: dict[int, tuple] = {}
         t0, i = time.time(), 0
         while i < len(units):
-            size = balanced_batches(len(units) - i, fit)[0]
-            chunk = units[i:i + size]
+            chunk = units[i:i + run.batch]
             bar.set_postfix_str(f"L{layer.index:02d} U{chunk[0]}-{chunk[-1]}")
             try:
                 result, seeds, retries = _optimize_with_retries(job, lm, run, chunk, device)
             except torch.OutOfMemoryError:
-                if size == 1:
+                if run.batch == 1:
                     raise
-                fit = max(1, size // 2)
+                run.batch = balanced_batches(len(units) - i, max(1, run.batch // 2))[0]
                 torch.cuda.empty_cache()
-                tqdm.write(f"CUDA out of memory: continuing with {fit} units per batch")
+                tqdm.write(f"CUDA out of memory: continuing with {run.batch} units per batch")
                 continue
             for j, u in enumerate(chunk):
                 rows[u] = ({name: getattr(result, name)[j] for name in (*PICTURE_FIELDS, "finite")}, seeds[j], retries[j])
@@ -312,28 +318,30 @@ def _visualize_claimed(lm, job, claimed, device, precision, step, bar) -> None:
             bar.update(len(chunk))
             while pending and all(u in rows for u in range(*pending[0])):
                 start, stop = pending.pop(0)
-                _write_picture(out, job, lm, layer, start, stop, _picture_data(rows, start, stop), device, precision,
+                _write_picture(out, job, lm, run, start, stop, _picture_data(rows, start, stop), device,
                                time.time() - t0)
                 for u in range(start, stop):
                     del rows[u]
                 t0 = time.time()
 
 
-def _write_picture(out: Path, job: VisualizeJob, lm: LoadedModel, layer: Layer, start: int, stop: int, data: dict,
-                   device: torch.device, precision: str, seconds: float) -> None:
+def _write_picture(out: Path, job: VisualizeJob, lm: LoadedModel, run: LayerRun, start: int, stop: int, data: dict,
+                   device: torch.device, seconds: float) -> None:
     """Write one shard's picture part and its build-log line. The recipe and run seed go with the part;
-    the ``viz`` part also keeps them as shard attributes, as format 1.0 and 1.1 readers expect."""
-    part = job.part
+    the ``viz`` part also keeps them as shard attributes, as format 1.0 and 1.1 readers expect. The
+    part and the log line record how the step ran (``Step.mode``: compiled, eager, or a fallback)."""
+    part, layer = job.part, run.layer
     attrs = {**layer_attrs(job.name, lm, layer), "unit_start": start, "unit_stop": stop}
     if part == "viz":
         attrs.update(recipe=job.recipe.to_dict(), seed=job.seed)
     path = shard_path(job.name, layer.site, layer.index, start, stop)
     if not write_part(out / path, attrs, part, {f"{part}/{name}": value for name, value in data.items()},
-                      {"loss_steps": job.recipe.loss_steps(), "device": device.type, "precision": precision,
-                       "recipe": job.recipe.to_dict(), "seed": job.seed}):
+                      {"loss_steps": job.recipe.loss_steps(), "device": device.type, "precision": run.precision,
+                       "compile": run.step.mode, "recipe": job.recipe.to_dict(), "seed": job.seed}):
         tqdm.write(f"{path} already holds its {part} part (written by another process); kept that one")
         return
     append_log(out, {"stage": "visualize", "shard": path, "part": part, "device": str(device), "units": stop - start,
+                     "precision": run.precision, "compile": run.step.mode, "batch_units": run.batch,
                      "seconds": round(seconds, 3), "units_per_s": round((stop - start) / max(seconds, 1e-9), 3)})
 
 

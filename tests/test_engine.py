@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from atlas.format import AtlasError
-from builder.augment import Draw, augment, clean, draw, roll_each
-from builder.counter_rng import seed_tensor, uniform
+from builder.augment import Draw, PixelNoise, augment, clean, draw, roll_each
+from builder.counter_rng import NOISE, high_words, keys, normal, seed_tensor, uniform
 from builder.device import resolve_compile, resolve_precision
 from builder.forward import HookForward, TruncatedViT, image_pass_flops, truncatable, unit_forward
 from builder.models import ModelSource, load_model
@@ -129,9 +129,13 @@ def test_roll_each_is_torch_roll_per_image_and_its_gradient_rolls_back():
 def test_augment_is_color_shift_of_jitter_plus_noise():
     x = torch.rand(2, 3, 8, 8)
     shifts = torch.tensor([[1, 2], [0, -1], [3, 3], [-2, 0]])
-    d = Draw(shifts, None, torch.full((2, 2, 3), 2.0), torch.full((2, 2, 3), -0.5), torch.full((2, 2, 3, 8, 8), 0.25))
+    seeds = torch.tensor([5, 2**40 + 7])
+    noise = PixelNoise(keys(seeds, 3, NOISE), high_words(seeds), torch.tensor(0.25))
+    d = Draw(shifts, None, torch.full((2, 2, 3), 2.0), torch.full((2, 2, 3), -0.5), noise, (8, 8))
+    # the noise drawn from keys is the documented stream: std * normal(seed, step, NOISE, i)
+    torch.testing.assert_close(d.pixel_noise, 0.25 * normal(seeds, 3, NOISE, (2, 3, 8, 8)), rtol=0, atol=0)
     out = augment(x, d)
-    torch.testing.assert_close(out[2], torch.roll(x[1], (3, 3), (1, 2)) * 2.0 - 0.5 + 0.25)
+    torch.testing.assert_close(out[2], torch.roll(x[1], (3, 3), (1, 2)) * 2.0 - 0.5 + d.pixel_noise[1, 0])
     shared = Draw(torch.tensor([[1, 2], [3, 3]]), None, d.scale, d.offset, None)  # one shift per unit
     torch.testing.assert_close(augment(x, shared)[3], torch.roll(x[1], (3, 3), (1, 2)) * 2.0 - 0.5)
 
@@ -176,7 +180,8 @@ def _tv_only_loss(recipe, images, d):
             return torch.zeros(scale.shape[0] * scale.shape[1], 2, 2)
     zero = ReadsNothing()
     mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.3, 0.25])
-    return step_losses(images, d.shifts, d.affine, d.scale, d.offset, d.pixel_noise, zero, torch.tensor([0] * len(images)),
+    noise = (d.noise.key, d.noise.hi, d.noise.std) if d.noise is not None else (None, None, None)
+    return step_losses(images, d.shifts, d.affine, d.scale, d.offset, *noise, zero, torch.tensor([0] * len(images)),
                        mean, std, 1.0, recipe.tv_input == "augmented", False)
 
 
@@ -345,7 +350,7 @@ def test_compiled_step_equals_the_eager_step(tiny_vit):
     layer = find_layers(tiny_vit.model, "ffn", tiny_vit.input_size)[1]
     recipe = resolve_recipe("quick", steps=4)
     eager = optimize_units(tiny_vit, layer, [1, 2, 3], [1, 2, 3], recipe, CPU)
-    compiled = optimize_units(tiny_vit, layer, [1, 2, 3], [1, 2, 3], recipe, CPU, step=Step(compile=True, device=CPU))
+    compiled = optimize_units(tiny_vit, layer, [1, 2, 3], [1, 2, 3], recipe, CPU, step=Step(unit_forward(tiny_vit, layer, torch.float32, CPU), compile=True, device=CPU))
     assert (eager.pixels - compiled.pixels).abs().max() <= 1e-4
     np.testing.assert_allclose(eager.activation, compiled.activation, rtol=1e-4, atol=1e-5)
     hooked = optimize_units(tiny_vit, layer, [1, 2, 3], [1, 2, 3], recipe, CPU,

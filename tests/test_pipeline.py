@@ -104,11 +104,12 @@ def test_bad_specs_say_what_is_wrong(tmp_path, change, message):
         load_spec(path)
 
 
-def test_parts_come_from_flags_then_slurm_then_torchrun():
+def test_parts_come_from_flags_then_the_launchers():
     assert detect_part(2, 5, env={"RANK": "1", "WORLD_SIZE": "4"}) == Part(2, 5, None, "--shard-index/--num-shards")
     assert detect_part(env={"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_MIN": "0",
                             "RANK": "0", "WORLD_SIZE": "2"}) == Part(7, 8, None, "Slurm array")
-    assert detect_part(env={"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1"}) == Part(3, 4, 1, "Slurm srun")
+    assert detect_part(env={"SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1"}) \
+        == Part(3, 4, 1, "Slurm srun")
     assert detect_part(env={"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == Part(1, 2, 1, "torchrun")
     assert detect_part(env={}) == Part()
     with pytest.raises(AtlasError, match="together"):
@@ -274,10 +275,10 @@ def test_nan_units_are_retried_with_a_derived_seed_and_flagged_when_it_persists(
     real = schedule.optimize_units
     calls = []
 
-    def flaky(lm_, layer, units, seeds, *args):
+    def flaky(lm_, layer, units, seeds, *args, **kwargs):
         """Unit 3 blows up whatever its seed; unit 5 only on its first attempt."""
         calls.append(list(units))
-        result = real(lm_, layer, units, seeds, *args)
+        result = real(lm_, layer, units, seeds, *args, **kwargs)
         for unit in [3] + ([5] if len(calls) == 1 else []):
             i = units.index(unit)
             result.finite[i] = False

@@ -44,9 +44,9 @@ def test_a_tampered_shard_is_refused(served):
     data[100] ^= 0xFF                                   # the superblock: every read of the shard touches it
     shard.write_bytes(bytes(data))
     remote = atlas.open(url)
-    model, _, layer, start = shard.parts[-4], shard.parts[-3], int(shard.parts[-2][1:]), int(shard.stem[1:6])
+    model, site, layer, start = shard.parts[-4], shard.parts[-3], int(shard.parts[-2][1:]), int(shard.stem[1:6])
     with pytest.raises(AtlasError, match="tampered"):
-        remote.unit(model, layer, start).image
+        remote.unit(model, layer, start, site=site).image
 
 
 def test_a_tampered_data_file_is_refused_and_the_cache_is_reused(served):

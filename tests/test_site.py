@@ -157,6 +157,24 @@ def test_text_from_data_is_escaped_everywhere(site):
     assert "innerHTML" not in js and "insertAdjacentHTML" not in js and "eval(" not in js
 
 
+def test_the_downloads_snippets_run_as_written_for_a_folder_named_with_quotes(site, tmp_path, monkeypatch):
+    """The "Load it" snippet, run from the folder holding the atlas (named `atlas & "co" <x>`),
+    opens it by its folder and loads the unit it names; the export command line is one shell word
+    per path."""
+    import shlex
+    page = html.unescape((site[0] / "site/downloads.html").read_text())
+    block = re.search(r"<h2>Load it</h2>\s*<pre><code>(.*?)</code></pre>", page, re.S).group(1)
+    code = [line for line in block.split("import h5py")[0].splitlines() if not line.startswith("pip ")]
+    named = re.search(r"^u = .*# (\S+)$", "\n".join(code), re.M).group(1)
+    monkeypatch.chdir(site[0].parent)
+    scope = {}
+    exec("\n".join(code), scope)
+    assert scope["u"].id == named and scope["u"].image is not None
+    scope["a"].close()
+    export = re.search(r"python build.py export (.*?)\s+# pip", page).group(1)
+    assert shlex.split(export) == [site[0].name, "--format", "parquet", "--out", site[0].name + "-parquet"]
+
+
 def test_pages_are_valid_html5(site):
     out, _ = site
     if shutil.which("java") is None:

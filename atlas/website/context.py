@@ -4,6 +4,7 @@ navigates between are HTML; the unit view is one page that reads the packs (atla
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +34,19 @@ def environment() -> Environment:
     env.filters["bibtex"] = bibtex_escape
     env.filters["si"] = human_bytes
     env.filters["pct"] = percent
+    env.filters["pystr"] = python_string
+    env.filters["shell"] = shlex.quote
     env.globals["blank"] = BLANK
     return env
 
 
 # What an <img> in a page shows until the script has read its picture out of a pack: a transparent pixel.
 BLANK = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
+
+
+def python_string(text: str) -> str:
+    """``text`` as a Python string literal for a snippet (a folder may be named with quotes)."""
+    return json.dumps(str(text), ensure_ascii=False)
 
 
 def percent(share: float, digits: int = 0) -> str:

@@ -87,12 +87,15 @@ class ThumbPackJob:
 
 
 def existing_source(path: Path) -> str | None:
-    """The ``source`` digest of the pack at ``path``, or None when there is none (or it is damaged)."""
+    """The ``source`` digest of the pack at ``path``, or None when there is none or it is damaged (its
+    header unreadable, or the file not as long as its header says: a write cut short)."""
     try:
         with open(path, "rb") as f:
-            return read_header(f.read(1 << 20)).get("source")
+            header = read_header(f.read(1 << 20))
+            size = f.seek(0, 2)
     except (OSError, PackError):
         return None
+    return header.get("source") if size == header["start"] + sum(header["lengths"]) else None
 
 
 def layer_info(a: Atlas, model: str, site: str, layer: int, summ) -> dict:
