@@ -202,6 +202,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     """The command line's parser (subcommands and flags)."""
+    from builder import defaults as D
     p = _Parser(prog="build.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
@@ -223,10 +224,10 @@ def parser() -> argparse.ArgumentParser:
                    help="Gaussian noise per copy and channel (paper preset) or per pixel (paper-text)")
     v.add_argument("--jitter-shared", action=argparse.BooleanOptionalAction, default=None,
                    help="one shift for all copies of a step (paper preset), or one per copy (--no-jitter-shared)")
-    v.add_argument("--seed", type=int, default=0, help="seed from which each unit's seed is derived")
+    v.add_argument("--seed", type=int, default=D.SEED, help="seed from which each unit's seed is derived")
     _device_args(v, compile=True)
     v.add_argument("--batch-units", type=int, help="units per batch (default: as many as fit in memory)")
-    v.add_argument("--shard-units", type=int, default=256, help="units per shard file (default 256)")
+    v.add_argument("--shard-units", type=int, default=D.SHARD_UNITS, help=f"units per shard file (default {D.SHARD_UNITS})")
     v.add_argument("--out", required=True, help="atlas folder")
     v.set_defaults(run=cmd_visualize)
 
@@ -237,16 +238,16 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--site", default="ffn", help="ffn (default), q, k, v, attn or block")
     pr.add_argument("--layers", default="all", metavar="SPEC", help="all, 5, 0-3, 0,2,5-7")
     pr.add_argument("--units", default="all", metavar="SPEC", help="units of each layer to store (default all)")
-    pr.add_argument("--k", type=int, default=16, help="images kept per unit (default 16)")
-    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--k", type=int, default=D.TOP_K, help=f"images kept per unit (default {D.TOP_K})")
+    pr.add_argument("--batch-size", type=int, default=D.BATCH_SIZE)
     pr.add_argument("--workers", type=int, help="decoding processes (default: min(8, CPUs))")
     _device_args(pr)
-    pr.add_argument("--shard-units", type=int, default=256, help="units per new shard file (default 256)")
+    pr.add_argument("--shard-units", type=int, default=D.SHARD_UNITS, help=f"units per new shard file (default {D.SHARD_UNITS})")
     pr.add_argument("--related", default="auto", choices=("auto", "exact", "sketch", "off"),
                     help="related units from per-image scores: exact, a random-projection sketch, or auto "
                          "(exact up to 512 MB of float16 scores)")
-    pr.add_argument("--related-k", type=int, default=8, help="related units kept per unit and scope (default 8)")
-    pr.add_argument("--sketch-dims", type=int, default=1024, help="dimensions of the sketch (default 1024)")
+    pr.add_argument("--related-k", type=int, default=D.RELATED_K, help=f"related units kept per unit and scope (default {D.RELATED_K})")
+    pr.add_argument("--sketch-dims", type=int, default=D.SKETCH_DIMS, help=f"dimensions of the sketch (default {D.SKETCH_DIMS})")
     pr.add_argument("--checkpoint-every", type=float, default=300, metavar="SECONDS",
                     help="save the running state this often, so a killed pass resumes (default 300)")
     pr.add_argument("--out", required=True, help="atlas folder")
@@ -263,8 +264,8 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--layers", metavar="SPEC", help="layers for spatial and sites (default: all / first, middle, last)")
     a.add_argument("--units", metavar="SPEC", help="units for spatial and sites (default: 32 sampled / 0-3)")
     a.add_argument("--threshold", type=float, default=0.5, help="spatial: active patch threshold (default 0.5)")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--batch-size", type=int, default=64)
+    a.add_argument("--seed", type=int, default=D.SEED)
+    a.add_argument("--batch-size", type=int, default=D.BATCH_SIZE)
     a.add_argument("--workers", type=int)
     _device_args(a, precision=False)
     a.add_argument("--out", required=True, help="atlas folder")
@@ -318,8 +319,8 @@ def parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("make-dataset", help="generate the demo's shapes dataset (ImageFolder + boxes.csv)")
     m.add_argument("--out", required=True)
-    m.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
-    m.add_argument("--seed", type=int, default=1, help="seed (default 1: the demo's held-out set)")
+    m.add_argument("--n", type=int, default=D.DEMO_IMAGES, help=f"number of images (default {D.DEMO_IMAGES})")
+    m.add_argument("--seed", type=int, default=D.DEMO_SEED, help=f"seed (default {D.DEMO_SEED}: the demo's dataset)")
     m.set_defaults(run=cmd_make_dataset)
 
     t = sub.add_parser("train-demo", help="train the demo ViT and CNN on generated shapes (CPU)")

@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
 from .flags import FLAG_NAMES, flags_of, shard_flag_values
@@ -282,21 +283,19 @@ def _write_export(pa, a: Atlas, out: Path, max_file_mb: float, progress: bool) -
     return card
 
 
-def _yaml_type(pa, t, indent: str) -> list[str]:
-    """The `datasets` YAML of an Arrow type (after ``name:``): dtype, list, or a struct's fields."""
+def _feature(pa, t, image: bool = False):
+    """The `datasets` feature of an Arrow type, as the card's YAML holds it: a dtype, a list, or a
+    struct's fields."""
+    if image:
+        return {"dtype": "image"}
     if pa.types.is_list(t):
         inner = t.value_type
         if pa.types.is_struct(inner):
-            return [f"{indent}list:"] + [line for field in inner for line in _yaml_field(pa, field.name, field.type,
-                                                                                         indent + "  ")]
+            return {"list": [{"name": f.name, **_feature(pa, f.type)} for f in inner]}
         if pa.types.is_list(inner):
-            return [f"{indent}list:"] + _yaml_type(pa, inner, indent + "  ")
-        return [f"{indent}list: {_dtype(pa, inner)}"]
-    return [f"{indent}dtype: {_dtype(pa, t)}"]
-
-
-def _yaml_field(pa, name: str, t, indent: str, image: bool = False) -> list[str]:
-    return [f"{indent}- name: {name}"] + ([f"{indent}  dtype: image"] if image else _yaml_type(pa, t, indent + "  "))
+            return {"list": _feature(pa, inner)}
+        return {"list": _dtype(pa, inner)}
+    return {"dtype": _dtype(pa, t)}
 
 
 def _dtype(pa, t) -> str:
@@ -310,15 +309,14 @@ def dataset_card(a: Atlas, configs: list[dict]) -> str:
     info = (a.manifest or {}).get("atlas") or {}
     name = info.get("name") or a.root.resolve().name
     license_ = (info.get("license") or "other").lower()
-    lines = ["---", f"license: {license_}", "pretty_name: " + json.dumps(f"{name}: a ViT Atlas neuron atlas"),
-             "tags:", "- interpretability", "- vision-transformer", "- feature-visualization", "configs:"]
-    for c in configs:
-        lines += [f"- config_name: {c['name']}", "  data_files:", "  - split: train", f"    path: {c['path']}"]
-    lines += ["dataset_info:"]
-    for c in configs:
-        lines += [f"- config_name: {c['name']}", "  features:"]
-        for field in c["schema"]:
-            lines += _yaml_field(pa, field.name, field.type, "  ", image=field.name in c["images"])
+    header = {
+        "license": license_, "pretty_name": f"{name}: a ViT Atlas neuron atlas",
+        "tags": ["interpretability", "vision-transformer", "feature-visualization"],
+        "configs": [{"config_name": c["name"], "data_files": [{"split": "train", "path": c["path"]}]} for c in configs],
+        "dataset_info": [{"config_name": c["name"],
+                          "features": [{"name": f.name, **_feature(pa, f.type, f.name in c["images"])}
+                                       for f in c["schema"]]} for c in configs]}
+    lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=1000).rstrip()]
     units = next(c["name"] for c in configs if c["name"] != "dataset_index")
     lines += ["---", "", f"# {name}", "", info.get("description") or "A neuron atlas of vision transformers.", "",
               "Exported from a ViT Atlas atlas by `python build.py export`. One row per unit "

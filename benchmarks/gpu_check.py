@@ -121,7 +121,7 @@ def main():
     rows.append(("bf16 vs fp32, optimized images (part 3)", optimized))
     rows.append(("bf16 vs fp32, one forward (part 3)", forward))
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and not args.dry_run else "CPU (dry run)"
-    print(f"\n| device | check | result |\n|---|---|---|")
+    print("\n| device | check | result |\n|---|---|---|")
     for check, result in rows:
         print(f"| {device} | {check} | {result.replace('|', '/')} |")
     (out / "check.json").write_text(json.dumps(dict(rows), indent=1))

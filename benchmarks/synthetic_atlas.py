@@ -20,13 +20,11 @@ instead: the worst case for any image codec (a random-init model's pictures look
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 from PIL import Image
 

@@ -1,6 +1,7 @@
 """Loading timm models: pretrained, from a local checkpoint, or randomly initialized."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 from dataclasses import dataclass, field
@@ -93,11 +94,15 @@ def check_model_name(name: str) -> None:
             raise AtlasError(f"timm has no weights {tag!r} for {arch} (known tags: {known})")
 
 
-def load_model(source: ModelSource, **timm_kwargs) -> LoadedModel:
+def load_model(source: ModelSource, shapes_only: bool = False, **timm_kwargs) -> LoadedModel:
     """Create the model, load its weights, freeze it, and resolve its input size and normalization.
 
     ``timm_kwargs`` go to ``timm.create_model`` (tests use them to shrink architectures).
+    ``shapes_only`` (with ``random_init``): the model on PyTorch's meta device, shapes without
+    numbers, for planning (layers, units, FLOPs) in a fraction of the time and no memory.
     """
+    if shapes_only and not source.random_init:
+        raise AtlasError("a shapes-only model has random weights: pass random_init")
     check_model_name(source.name)
     if source.checkpoint and source.random_init:
         raise AtlasError("pass either --checkpoint or --random-init, not both")
@@ -119,7 +124,8 @@ def load_model(source: ModelSource, **timm_kwargs) -> LoadedModel:
     elif source.random_init:
         torch.manual_seed(source.init_seed)
         try:
-            model = timm.create_model(source.arch, pretrained=False, **timm_kwargs)
+            with torch.device("meta") if shapes_only else contextlib.nullcontext():
+                model = timm.create_model(source.arch, pretrained=False, **timm_kwargs)
         except TypeError as e:
             raise _bad_model_args(source.arch, e, timm_kwargs) from None
         weights = f"random-init seed:{source.init_seed}"

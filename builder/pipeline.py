@@ -26,7 +26,7 @@ from atlas.manifest import read_manifest, write_manifest
 from atlas.shard import remove_stale_temps, shard_holds, temp_name
 
 from .device import compute_dtype, resolve_compile, resolve_device, resolve_precision
-from .forward import image_pass_flops, unit_forward
+from .forward import planned_pass_flops, unit_forward
 from .models import LoadedModel, ModelSource, load_model
 from .parts import Part, part_device, partition
 from .recipe import Recipe
@@ -52,13 +52,14 @@ class Task:
         return shard_path(spec.models[self.model].atlas_name, self.site, self.layer, self.start, self.stop)
 
 
-def load_spec_model(m: ModelSpec, weights: bool = True) -> LoadedModel:
-    """The spec's model, with its weights or (for planning) with random ones."""
-    if weights:
+def load_spec_model(m: ModelSpec, weights: bool = True, shapes_only: bool = False) -> LoadedModel:
+    """The spec's model, with its weights, or (for calibration) with random ones, or (for planning) as
+    shapes only, on the meta device."""
+    if weights and not shapes_only:
         source = ModelSource(m.name, m.checkpoint, m.random_init, m.init_seed)
     else:
         source = ModelSource(m.name, random_init=True, init_seed=m.init_seed)
-    return load_model(source, **m.model_args)
+    return load_model(source, shapes_only=shapes_only, **m.model_args)
 
 
 def recipe_of(spec: BuildSpec, m: ModelSpec, part: str = "viz") -> Recipe:
@@ -72,11 +73,13 @@ def plan_tasks(spec: BuildSpec) -> list[Task]:
     for i, m in enumerate(spec.models):
         if not m.visualize:
             continue
-        lm = load_spec_model(m, weights=False)
+        lm = load_spec_model(m, shapes_only=True)
         h, w = lm.input_size
         for site in m.sites:
-            for layer, units in select_layers(lm, site, m.layers, m.units):
-                flops = image_pass_flops(lm, layer)
+            selected = select_layers(lm, site, m.layers, m.units)
+            pass_flops = planned_pass_flops(lm, [layer for layer, _ in selected])
+            for layer, units in selected:
+                flops = pass_flops[layer.index]
                 cells = layer.grid[0] * layer.grid[1]
                 for part in ["viz", *m.pictures]:
                     recipe = recipe_of(spec, m, part)
@@ -248,7 +251,8 @@ CALIBRATION_UNITS = 64
 
 
 def calibrate(spec: BuildSpec, tasks: list[Task]) -> tuple[float, str]:
-    """Measured FLOP/s of the engine on this machine's device, as a run would reach it: the first
+    """Measured FLOP/s of the engine on this machine's device (in the plan's FLOPs,
+    ``planned_pass_flops``, so the projected hours divide like by like), as a run would reach it: the first
     model's middle layer, the batch size a run would choose (at most ``CALIBRATION_UNITS``), the
     spec's precision and compile mode, timed over ``CALIBRATION_STEPS`` steps after an untimed run
     of the same shapes (which compiles)."""
@@ -275,7 +279,7 @@ def calibrate(spec: BuildSpec, tasks: list[Task]) -> tuple[float, str]:
     t0 = time.perf_counter()
     run()
     seconds = time.perf_counter() - t0
-    flops = recipe.images_per_unit() * len(units) * image_pass_flops(lm, layer, device)
+    flops = recipe.images_per_unit() * len(units) * planned_pass_flops(lm, [layer])[layer.index]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     return flops / seconds, f"{name}, {len(units)} units per batch, {step.mode}"
 

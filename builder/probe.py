@@ -33,6 +33,7 @@ from .device import DEFAULT_DEVICE, DEFAULT_PRECISION, autocast, resolve_device,
 from .schedule import existing_shards, layer_attrs, plan_ranges, select_layers
 from .related import MODES, ScoreStore, complete_related, score_file_of
 from .sites import Layer, run_to
+from .defaults import BATCH_SIZE, RELATED_K, SHARD_UNITS, SKETCH_DIMS, TOP_K
 
 
 def hist_edges() -> np.ndarray:
@@ -118,15 +119,15 @@ class ProbeJob:
     site: str = "ffn"
     layers: str = "all"
     units: str = "all"            # which units get probe parts (the pass scores every unit anyway)
-    k: int = 16
-    batch_size: int = 64
+    k: int = TOP_K
+    batch_size: int = BATCH_SIZE
     workers: int | None = None    # decoding processes; None: min(8, CPUs)
     device: str = DEFAULT_DEVICE
     precision: str = DEFAULT_PRECISION
-    shard_units: int = 256
+    shard_units: int = SHARD_UNITS
     related: str = "auto"         # per-image scores for related units: auto, exact, sketch or off
-    related_k: int = 8            # related units kept per unit and scope
-    sketch_dims: int = 1024       # dimensions of the sketch (related = sketch, or auto on large probes)
+    related_k: int = RELATED_K    # related units kept per unit and scope
+    sketch_dims: int = SKETCH_DIMS # dimensions of the sketch (related = sketch, or auto on large probes)
     checkpoint_seconds: float = 300.0
     progress: bool = True
     stats: dict = field(default_factory=dict)

@@ -23,6 +23,7 @@ from .models import LoadedModel
 from .recipe import Recipe, unit_seed
 from .sites import Layer, find_layers, run_to
 from .visualize import Step, optimize_units
+from .defaults import SEED, SHARD_UNITS
 
 # Shard attributes that must agree between every part written into one atlas for a model.
 IDENTITY = ("arch", "weights", "image_size")
@@ -167,12 +168,12 @@ class VisualizeJob:
     site: str = "ffn"
     layers: str = "all"
     units: str = "all"
-    seed: int = 0
+    seed: int = SEED
     device: str = DEFAULT_DEVICE
     precision: str = DEFAULT_PRECISION
     compile: str = DEFAULT_COMPILE
     batch_units: int | None = None
-    shard_units: int = 256
+    shard_units: int = SHARD_UNITS
     max_retries: int = 2
     progress: bool = True
     stats: dict = field(default_factory=dict)

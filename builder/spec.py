@@ -25,6 +25,7 @@ from atlas.format import PICTURES, SITES, AtlasError, check_model_name, picture_
 
 from .device import DEFAULT_COMPILE, DEFAULT_DEVICE, DEFAULT_PRECISION
 from .recipe import Recipe, resolve_recipe
+from .defaults import BATCH_SIZE, RELATED_K, SEED, SHARD_UNITS, SKETCH_DIMS, TOP_K
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -67,21 +68,21 @@ class BuildSpec:
     device: str = DEFAULT_DEVICE
     precision: str = DEFAULT_PRECISION
     compile: str = DEFAULT_COMPILE
-    shard_units: int = 256
+    shard_units: int = SHARD_UNITS
     batch_units: int | None = None
-    seed: int = 0
+    seed: int = SEED
     recipe: Recipe = field(default_factory=Recipe)
     pictures: dict[str, Recipe] = field(default_factory=dict)   # part -> recipe of the other pictures
     images: Path | None = None
     labels: Path | None = None
     boxes: Path | None = None
-    k: int = 16
-    batch_size: int = 64
+    k: int = TOP_K
+    batch_size: int = BATCH_SIZE
     workers: int | None = None
     limit: int | None = None
     related: str = "auto"
-    related_k: int = 8
-    sketch_dims: int = 1024
+    related_k: int = RELATED_K
+    sketch_dims: int = SKETCH_DIMS
     models: list[ModelSpec] = field(default_factory=list)
 
     def atlas_info(self) -> dict:

@@ -41,6 +41,13 @@ def make_tricky_folder(root: Path) -> tuple[Path, Path]:
     return folder, labels
 
 
+@pytest.fixture(autouse=True)
+def own_remote_cache(tmp_path_factory, monkeypatch):
+    """Every test reads hosted atlases through a cache of its own (never ~/.cache/vit-atlas, whose
+    content-addressed files would let one test's reads answer another's)."""
+    monkeypatch.setenv("VIT_ATLAS_CACHE", str(tmp_path_factory.mktemp("remote-cache")))
+
+
 @pytest.fixture(scope="session")
 def site(tmp_path_factory):
     """A small rendered atlas whose dataset has names that need escaping: (atlas folder, index.html)."""

@@ -1,12 +1,16 @@
 """Helpers the tests share: real static servers on 127.0.0.1 (nginx, which honours ranges like GitHub
 Pages and buckets do; Python's http.server, which answers them with the whole file like Cloudflare
-Pages does) and a headless Chromium. Each server stops when its block ends."""
+Pages does) and a headless Chromium (each server stops when its block ends); what an export must
+load as."""
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import http.server
+import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,7 +18,12 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+
+import build
+from tests.conftest import TINY_VIT
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -130,3 +139,105 @@ def wait_for(predicate, timeout: float = 15.0) -> bool:
             pass
         time.sleep(0.05)
     return predicate()
+
+
+def load_every_config(root, out):
+    """Every config the dataset card declares loads with Hugging Face `datasets` (a test dependency),
+    with one row per unit of its model and site (or per dataset image), and a unit's image as stored."""
+    import datasets
+    import numpy as np
+    import yaml
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n")
+    header = yaml.safe_load(card.split("---\n")[1])
+    import atlas
+    a = atlas.open(root)
+    names = [c["config_name"] for c in header["configs"]]
+    assert "dataset_index" in names and len(names) == 1 + sum(len(a.sites(m)) for m in a.models)
+    for name in names:
+        ds = datasets.load_dataset(str(out), name, split="train")
+        if name == "dataset_index":
+            assert len(ds) == len(a.dataset.paths)
+            continue
+        model, site = name.rsplit("-", 1)
+        assert len(ds) == sum(len(a.units(model, layer, site)) for layer in a.layers(model, site))
+        first = ds[0]
+        assert np.array_equal(np.asarray(first["image"]), a.unit_by_id(first["id"]).image)
+
+
+# -- the command line, specs and folders -------------------------------------------------------
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """``python build.py ARGV`` in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = build.main(list(argv))
+        except SystemExit as e:  # argparse
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def digests(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (lock files come and go, and are not work)."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and ".locks" not in p.parts}
+
+
+def error_lines(err: str) -> list[str]:
+    """The lines of stderr that are not progress bars (tqdm's: a percentage bar or an elapsed time)."""
+    return [line for line in err.replace("\r", "\n").splitlines()
+            if line.strip() and "%|" not in line and not re.search(r"\[\d+:\d\d", line)]
+
+
+def assert_refused(result, *needles: str, code: int = 2) -> None:
+    rc, out, err = result
+    assert rc == code, (rc, out, err)
+    assert "Traceback" not in out + err, err
+    lines = error_lines(err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), (needle, lines[0])
+
+
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+
+
+def write_spec(folder: Path, out: str = "atlas", steps: int = 2, extra: str = "") -> Path:
+    images = folder / "images"
+    if not images.exists():
+        rng = np.random.default_rng(0)
+        for c in ("a", "b"):
+            (images / c).mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(images / c / f"{i}.png")
+    args = ", ".join(f"{k} = {v}" for k, v in TINY_VIT.items())
+    spec = folder / "spec.toml"
+    spec.write_text(f"""
+[atlas]
+name = "test-atlas"
+version = "2"
+out = "{out}"
+
+[build]
+device = "cpu"
+shard_units = 8
+
+[recipe]
+preset = "quick"
+steps = {steps}
+
+[dataset]
+images = "images"
+k = 3
+workers = 0
+
+[[models]]
+name = "vit_tiny_patch16_224"
+random_init = true
+model_args = {{ {args} }}
+layers = "0-2"
+units = "0-23"
+{extra}
+""")
+    return spec

@@ -7,11 +7,8 @@ before has the same sha256 after.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -24,41 +21,9 @@ from PIL import Image
 
 import build
 from tests.conftest import ROOT, TINY_MODEL, TINY_VIT
+from tests.helpers import assert_refused, digests, run_cli
 
 TINY_ARGS = json.dumps(TINY_VIT)
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    """``python build.py ARGV`` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = build.main(list(argv))
-        except SystemExit as e:  # argparse
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
-
-
-def digests(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root`` (lock files come and go, and are not work)."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and ".locks" not in p.parts}
-
-
-def error_lines(err: str) -> list[str]:
-    """The lines of stderr that are not progress bars (tqdm's: a percentage bar or an elapsed time)."""
-    return [line for line in err.replace("\r", "\n").splitlines()
-            if line.strip() and "%|" not in line and not re.search(r"\[\d+:\d\d", line)]
-
-
-def assert_refused(result, *needles: str, code: int = 2) -> None:
-    rc, out, err = result
-    assert rc == code, (rc, out, err)
-    assert "Traceback" not in out + err, err
-    lines = error_lines(err)
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle.lower() in lines[0].lower(), (needle, lines[0])
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ import pytest
 import atlas
 from tests.helpers import chromium, nginx, plain_http, wait_for
 
+pytestmark = pytest.mark.slow
+
 MODEL = "vit_tiny_patch16_224"
 UNITS = [("ffn", 0, 3), ("ffn", 1, 7), ("ffn", 1, 100), ("attn", 0, 5)]   # pictures and probe; probe only; other site
 

@@ -136,6 +136,7 @@ def test_bad_input_is_rejected_before_any_work(tmp_path, capsys, argv, message):
     assert not out.exists() or not any(out.rglob("*.h5"))
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_recomputing_finished_shards(tmp_path):
     out = tmp_path / "atlas"
     argv = [sys.executable, "build.py", "visualize", *MODEL, "--random-init", "--preset", "quick", "--steps", "20",

@@ -46,6 +46,7 @@ def test_make_dataset_writes_an_imagefolder_with_boxes_and_caches_it(tmp_path, c
     assert (tmp_path / "d" / files[0]).stat().st_mtime_ns == stamp   # cached: not regenerated
 
 
+@pytest.mark.slow
 def test_the_committed_weights_match_their_record_and_reproduce_its_accuracy():
     record = json.loads((WEIGHTS / RECORD).read_text())
     x, y = images_and_labels(record[VIT]["held_out"]["seed"], record[VIT]["held_out"]["n"])
@@ -61,6 +62,7 @@ def test_the_committed_weights_match_their_record_and_reproduce_its_accuracy():
     assert record[VIT]["held_out_accuracy"] >= 0.90
 
 
+@pytest.mark.slow
 def test_a_short_training_run_lowers_the_loss(tmp_path):
     cfg = TrainConfig(n_train=512, epochs_vit=4, epochs_cnn=4, batch_size=32, lr=2e-3, held_out_n=64)
     record = train_demo(tmp_path, cfg, [VIT], command="test", progress=False)

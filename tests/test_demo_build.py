@@ -13,6 +13,9 @@ import atlas
 import build
 from atlas.verify import verify
 from builder.demo.models import CNN, VIT
+from tests.helpers import load_every_config
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +53,11 @@ def test_the_downloads_snippet_runs_as_written(demo, monkeypatch):
     exec("\n".join(code), scope)
     assert scope["u"].id == named and scope["u"].image is not None
     scope["a"].close()
+
+
+def test_every_config_of_the_demos_export_loads_with_datasets(demo, tmp_path):
+    assert build.main(["export", str(demo), "--out", str(tmp_path / "export")]) == 0
+    load_every_config(demo, tmp_path / "export")
 
 
 def test_optimized_images_beat_the_best_dataset_image_for_most_live_units(demo):

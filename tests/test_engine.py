@@ -98,6 +98,7 @@ def test_counter_random_numbers_are_the_documented_hash():
     assert 0 < big.min() and big.max() < 1 and abs(big.mean() - 0.5) < 0.005 and abs(big.std() - 12 ** -0.5) < 0.005
 
 
+@pytest.mark.slow
 def test_draw_ranges_shared_jitter_and_per_unit_independence():
     recipe = resolve_recipe("paper-text", batch_copies=64)
     seeds = seed_tensor([1, 2], CPU)
@@ -345,6 +346,7 @@ def test_balanced_batches():
     assert sum(balanced_batches(1000, 7)) == 1000 and max(balanced_batches(1000, 7)) <= 7
 
 
+@pytest.mark.slow
 def test_compiled_step_equals_the_eager_step(tiny_vit):
     """torch.compile of the step (truncated forward, augmentations, TV) gives the eager engine's images."""
     layer = find_layers(tiny_vit.model, "ffn", tiny_vit.input_size)[1]

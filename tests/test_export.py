@@ -11,7 +11,8 @@ from PIL import Image
 
 import atlas
 import build
-from tests.test_bad_inputs import assert_refused, run_cli
+from tests.helpers import assert_refused, run_cli
+from tests.helpers import load_every_config
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +70,8 @@ def test_every_unit_round_trips_through_pandas(exported):
     assert list(index["path"]) == a.dataset.paths and list(index["label"]) == list(a.dataset.labels)
 
 
-def test_the_card_loads_with_datasets_when_it_is_installed(exported):
-    datasets = pytest.importorskip("datasets")
-    root, out = exported
-    card = (out / "README.md").read_text()
-    assert card.startswith("---\nlicense:") and "config_name: vit_tiny_patch16_224-ffn" in card
-    ds = datasets.load_dataset(str(out), "vit_tiny_patch16_224-ffn", split="train")
-    first = ds[0]
-    unit = atlas.open(root).unit_by_id(first["id"])
-    assert np.array_equal(np.asarray(first["image"]), unit.image)
+def test_every_config_of_the_card_loads_with_datasets(exported):
+    load_every_config(*exported)
 
 
 def test_files_stay_under_the_size_bound(site, tmp_path):

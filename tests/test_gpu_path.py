@@ -2,7 +2,6 @@
 batch trial, what each precision means, the casts, calibration, and the GPU scripts' dry runs."""
 from __future__ import annotations
 
-import functools
 import json
 import re
 import subprocess
@@ -17,13 +16,10 @@ from torch._dynamo.testing import CompileCounter
 
 import build
 from atlas.log import read_logs
-from builder import device as device_module
-from builder import parts
 from builder.augment import PixelNoise, draw
 from builder.counter_rng import seed_tensor
 from builder.device import exact_fp32, resolve_precision
 from builder.forward import unit_forward
-from builder.models import ModelSource, load_model
 from builder.parts import Part, detect_part, part_device
 from builder.recipe import resolve_recipe
 from builder.sites import find_layers
@@ -76,7 +72,7 @@ def test_the_local_rank_picks_the_gpu_and_makes_it_current(monkeypatch):
 
 
 def test_finalize_probes_every_site_on_the_parts_device(tmp_path, monkeypatch):
-    from tests.test_pipeline import write_spec
+    from tests.helpers import write_spec
     import atlas.website
     import builder.analyses
     import builder.probe
@@ -137,6 +133,7 @@ def _visualize(tmp_path, name, model, steps, units, batch, preset="quick"):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps, units, batch", [(4, "0-3", 2), (9, "0-4", 2)])
 def test_a_compiled_layer_takes_two_graphs_for_any_steps_and_ragged_batches(tmp_path, graphs, steps, units, batch):
     """quick has clean steps: one graph for the augmented steps and one for the clean ones, per layer;
@@ -293,7 +290,7 @@ def test_bf16_casts_only_products_and_the_residual_stream_stays_fp32(tiny_vit):
 # -- calibration and the GPU scripts ---------------------------------------------------------------
 
 def test_calibration_times_the_batch_and_the_compile_mode_a_run_uses(tmp_path, monkeypatch):
-    from tests.test_pipeline import write_spec
+    from tests.helpers import write_spec
     import builder.pipeline as pipeline
     import builder.visualize as visualize
     from builder.spec import load_spec
@@ -310,6 +307,7 @@ def test_calibration_times_the_batch_and_the_compile_mode_a_run_uses(tmp_path, m
     assert "13 units per batch, compiled" in where and rate > 0
 
 
+@pytest.mark.slow
 def test_gpu_scripts_walk_every_command_on_the_cpu(tmp_path):
     """`--dry-run` runs what gpu.sh and gpu_check.sh run on a GPU, with tiny sizes on the CPU, so a
     broken flag or path fails here, not on the first GPU."""

@@ -27,7 +27,7 @@ import atlas.remote
 from atlas.format import AtlasError
 from atlas.manifest import write_manifest
 from tests.conftest import ROOT
-from tests.test_bad_inputs import assert_refused, digests, error_lines, run_cli
+from tests.helpers import assert_refused, digests, error_lines, run_cli
 
 
 # -- a programmable server -------------------------------------------------------------------------
@@ -391,6 +391,7 @@ def _export_killed_after(atlas_dir: Path, out: Path, files: int) -> int:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300).returncode
 
 
+@pytest.mark.slow
 def test_a_killed_first_export_is_completed_by_the_same_command(hostile, tmp_path):
     out = tmp_path / "export"
     assert _export_killed_after(hostile, out, 1) == 137
@@ -401,6 +402,7 @@ def test_a_killed_first_export_is_completed_by_the_same_command(hostile, tmp_pat
     assert _tables(out) == _tables(reference) and not (out / ".export-staging").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_re_export_leaves_the_previous_export_intact(hostile, tmp_path):
     out = tmp_path / "export"
     assert run_cli("export", str(hostile), "--out", str(out))[0] == 0

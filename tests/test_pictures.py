@@ -118,7 +118,7 @@ def test_the_unit_record_holds_both_pictures(site):
 
 def test_a_spec_builds_both_pictures_and_verify_covers_them(tmp_path):
     from atlas.verify import verify
-    from tests.test_pipeline import write_spec
+    from tests.helpers import write_spec
     spec = write_spec(tmp_path, extra='pictures = ["fourier"]')
     spec.write_text(spec.read_text().replace("[dataset]", "[pictures.fourier]\nsteps = 2\n\n[dataset]"))
     assert build.main(["run", str(spec)]) == 0

@@ -13,7 +13,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from PIL import Image
 
 import build
 from atlas.format import AtlasError
@@ -23,49 +22,7 @@ from builder.parts import Part, detect_part, partition
 from builder.pipeline import check_room, plan_tasks
 from builder.spec import dump_spec, load_spec
 from tests.conftest import ROOT, TINY_VIT
-
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-
-
-def write_spec(folder: Path, out: str = "atlas", steps: int = 2, extra: str = "") -> Path:
-    images = folder / "images"
-    if not images.exists():
-        rng = np.random.default_rng(0)
-        for c in ("a", "b"):
-            (images / c).mkdir(parents=True)
-            for i in range(6):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(images / c / f"{i}.png")
-    args = ", ".join(f"{k} = {v}" for k, v in TINY_VIT.items())
-    spec = folder / "spec.toml"
-    spec.write_text(f"""
-[atlas]
-name = "test-atlas"
-version = "2"
-out = "{out}"
-
-[build]
-device = "cpu"
-shard_units = 8
-
-[recipe]
-preset = "quick"
-steps = {steps}
-
-[dataset]
-images = "images"
-k = 3
-workers = 0
-
-[[models]]
-name = "vit_tiny_patch16_224"
-random_init = true
-model_args = {{ {args} }}
-layers = "0-2"
-units = "0-23"
-{extra}
-""")
-    return spec
-
+from tests.helpers import ENV, write_spec
 
 def unit_data(out: Path) -> dict:
     """Every shard's datasets as bytes, by shard path."""
@@ -154,6 +111,7 @@ def test_no_room_and_unwritable_folders_are_refused_before_work(tmp_path):
 
 # -- running, parts, finalize -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_one_process_and_four_parts_give_byte_identical_unit_data(tmp_path):
     one = tmp_path / "one"
     one.mkdir()
@@ -176,6 +134,7 @@ def test_one_process_and_four_parts_give_byte_identical_unit_data(tmp_path):
     assert verify(four / "atlas") == []
 
 
+@pytest.mark.slow
 def test_torchrun_with_four_cpu_processes_matches_one_process(tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     one, multi = tmp_path / "one", tmp_path / "multi"
@@ -192,6 +151,7 @@ def test_torchrun_with_four_cpu_processes_matches_one_process(tmp_path):
     assert len(list((multi / "atlas/logs").glob("*.jsonl"))) >= 4
 
 
+@pytest.mark.slow
 def test_killed_at_random_points_the_build_completes_without_recomputing(tmp_path):
     spec = write_spec(tmp_path, steps=8)
     argv = [sys.executable, "build.py", "run", str(spec)]
@@ -215,6 +175,7 @@ def test_killed_at_random_points_the_build_completes_without_recomputing(tmp_pat
     assert not [p for p in (out / ".locks").rglob("*") if p.is_file()]  # every lock given back or taken over
 
 
+@pytest.mark.slow
 def test_finalize_command_and_a_stale_lock(tmp_path):
     spec = write_spec(tmp_path)
     assert build.main(["run", str(spec), "--shard-index", "0", "--num-shards", "2"]) == 0
@@ -297,3 +258,23 @@ def test_nan_units_are_retried_with_a_derived_seed_and_flagged_when_it_persists(
         assert np.isfinite(f["viz/activation"][5]) and f["viz/seed"][0] == unit_seed("m", "ffn", 1, 0, 0)
     problems = [str(p) for p in verify(tmp_path / "a")]
     assert any("m/ffn/L01/U0003" in p and "optimization failed" in p for p in problems)
+
+
+def test_plan_counts_from_shapes_on_the_meta_device(tmp_path):
+    """Planning builds the models on the meta device (no weights, no memory): a ViT-H/14 plans in
+    seconds, and the planned FLOPs of a layer are at most 12% above the exact count of the engine's pass."""
+    from builder.forward import image_pass_flops, planned_pass_flops
+    from builder.models import ModelSource, load_model
+    from builder.sites import find_layers
+    spec_path = tmp_path / "huge.toml"
+    spec_path.write_text('[atlas]\nname = "h"\nout = "o"\n[[models]]\nname = "vit_huge_patch14_224"\nprobe = false\n')
+    tasks = plan_tasks(load_spec(spec_path))
+    assert sum(t.stop - t.start for t in tasks) == 32 * 5120 and all(t.cost > 0 for t in tasks)
+    meta = load_model(ModelSource("vit_tiny_patch16_224", random_init=True), shapes_only=True, **TINY_VIT)
+    assert next(meta.model.parameters()).device.type == "meta"
+    real = load_model(ModelSource("vit_tiny_patch16_224", random_init=True), **TINY_VIT)
+    layers = find_layers(real.model, "ffn", real.input_size)
+    planned = planned_pass_flops(meta, find_layers(meta.model, "ffn", meta.input_size))
+    for layer in layers:
+        exact = image_pass_flops(real, layer)
+        assert exact <= planned[layer.index] <= 1.12 * exact, (layer.index, planned[layer.index], exact)

@@ -249,6 +249,7 @@ def test_probe_fills_the_visualization_shards_and_refuses_another_dataset(tmp_pa
     assert build.main(["probe", *MODEL, "--images", str(other), "--out", str(out)]) == 2
 
 
+@pytest.mark.slow
 def test_a_killed_probe_resumes_to_the_same_result(tmp_path):
     folder = make_folder(tmp_path / "imgs", n_per_class=80)
     argv = [sys.executable, "build.py", "probe", *MODEL, "--images", str(folder), "--batch-size", "4",

@@ -23,8 +23,8 @@ from atlas.log import read_logs
 from atlas.quarantine import quarantined
 from atlas.verify import verify
 from tests.conftest import ROOT, TINY_MODEL
-from tests.test_bad_inputs import digests, run_cli
-from tests.test_pipeline import ENV, write_spec
+from tests.helpers import digests, run_cli
+from tests.helpers import ENV, write_spec
 
 
 # -- nothing executable in an atlas --------------------------------------------------------------
@@ -65,6 +65,7 @@ def _hold(base: str, mode: str, ready: str) -> None:
     time.sleep(600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["flock", "heartbeat"])
 def test_a_lock_is_held_while_its_holder_lives_and_taken_over_after_it_dies(tmp_path, mode):
     base = tmp_path / ".locks" / "finalize"
@@ -118,6 +119,7 @@ def test_a_holder_releases_only_its_own_lock(tmp_path):
     second.release()
 
 
+@pytest.mark.slow
 def test_eight_processes_racing_to_finalize_finalize_once(tmp_path):
     spec = write_spec(tmp_path)
     assert build.main(["run", str(spec)]) == 0           # every shard done
@@ -133,6 +135,7 @@ def test_eight_processes_racing_to_finalize_finalize_once(tmp_path):
     assert verify(out) == []
 
 
+@pytest.mark.slow
 def test_two_visualize_runs_on_one_atlas_cooperate(tmp_path):
     out = tmp_path / "atlas"
     argv = [sys.executable, "build.py", "visualize", *TINY_MODEL, "--preset", "quick", "--steps", "20",

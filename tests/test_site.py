@@ -74,6 +74,10 @@ def test_every_page_and_pack_is_at_its_documented_path(site):
                 "CITATION.cff"):
         assert (s / rel).is_file(), rel
     assert (out / "CITATION.cff").read_text() == (s / "CITATION.cff").read_text()
+    import yaml
+    cff = yaml.safe_load((out / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["title"] == out.name    # no [atlas] name: the folder's
+    assert [a["family-names"] for a in cff["references"][0]["authors"]][:2] == ["Ghiasi", "Kazemi"]
     assert list((s / "data/thumbs").glob("*/T0000.pack"))
     # no file per unit: the HTML pages are the navigation pages only
     pages = {p.relative_to(s).as_posix() for p in html_files(s)}
@@ -349,7 +353,7 @@ def test_verify_checks_the_packs(site, tmp_path):
     data = bytearray(pack.read_bytes())
     data[-10] ^= 0xFF
     pack.write_bytes(bytes(data))
-    from tests.test_bad_inputs import run_cli
+    from tests.helpers import run_cli
     rc, stdout, _ = run_cli("verify", str(copy))
     assert rc == 2 and "P0000.pack: size or sha256 differs" in stdout
     shutil.copytree(out / "site", copy / "site", dirs_exist_ok=True)

@@ -2,19 +2,21 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
+
+import yaml
 
 from .. import __version__
 from ..format import FORMAT_VERSION
 
 
-PAPER_BIBTEX = """@article{ghiasi2022vision,
-  title   = {What do Vision Transformers Learn? A Visual Exploration},
-  author  = {Ghiasi, Amin and Kazemi, Hamid and Borgnia, Eitan and Reich, Steven and Shu, Manli and
-             Goldblum, Micah and Wilson, Andrew Gordon and Goldstein, Tom},
-  journal = {arXiv preprint arXiv:2212.06727},
-  year    = {2022}
-}"""
+# The method's paper, once: the BibTeX and the CITATION.cff reference are made from it.
+PAPER = {"title": "What do Vision Transformers Learn? A Visual Exploration", "journal": "arXiv preprint arXiv:2212.06727",
+         "year": 2022, "key": "ghiasi2022vision",
+         "authors": [("Ghiasi", "Amin"), ("Kazemi", "Hamid"), ("Borgnia", "Eitan"), ("Reich", "Steven"),
+                     ("Shu", "Manli"), ("Goldblum", "Micah"), ("Wilson", "Andrew Gordon"), ("Goldstein", "Tom")]}
+PAPER_BIBTEX = (f"@article{{{PAPER['key']},\n  title   = {{{PAPER['title']}}},\n"
+                f"  author  = {{{' and '.join(f'{family}, {given}' for family, given in PAPER['authors'])}}},\n"
+                f"  journal = {{{PAPER['journal']}}},\n  year    = {{{PAPER['year']}}}\n}}")
 
 
 def bibtex_escape(text: str) -> str:
@@ -30,29 +32,19 @@ def bibtex_escape(text: str) -> str:
 def citation_cff(info: dict, manifest: dict) -> str:
     """CITATION.cff for the atlas, with the method's paper as a reference."""
     released = (manifest.get("updated") or _dt.date.today().isoformat())[:10]
-    authors = info.get("authors") or [{"name": "ViT Atlas contributors"}]
-    lines_ = ["cff-version: 1.2.0",
-              "message: If you use this atlas, please cite it as below, and the paper whose method built it.",
-              "type: dataset", f"title: {json.dumps(info['name'])}", f"version: {json.dumps(str(info['version']))}",
-              f"date-released: {released}", "authors:"]
-    for author in authors:
-        author = {"name": author} if isinstance(author, str) else author
-        first = True
-        for key, value in author.items():
-            lines_.append(f"  {'- ' if first else '  '}{key}: {json.dumps(value)}")
-            first = False
+    authors = [{"name": a} if isinstance(a, str) else dict(a) for a in info.get("authors") or ["ViT Atlas contributors"]]
+    cff = {"cff-version": "1.2.0",
+           "message": "If you use this atlas, please cite it as below, and the paper whose method built it.",
+           "type": "dataset", "title": str(info["name"]), "version": str(info["version"]),
+           "date-released": released, "authors": authors}
     if info.get("url"):
-        lines_.append(f"url: {json.dumps(info['url'])}")
+        cff["url"] = info["url"]
     if info.get("license"):
-        lines_.append(f"license: {json.dumps(info['license'])}")
-    lines_ += ["references:", "  - type: article",
-               '    title: "What do Vision Transformers Learn? A Visual Exploration"',
-               "    authors:"]
-    for family, given in (("Ghiasi", "Amin"), ("Kazemi", "Hamid"), ("Borgnia", "Eitan"), ("Reich", "Steven"),
-                          ("Shu", "Manli"), ("Goldblum", "Micah"), ("Wilson", "Andrew Gordon"), ("Goldstein", "Tom")):
-        lines_ += [f"      - family-names: {family}", f"        given-names: {given}"]
-    lines_ += ['    journal: "arXiv preprint arXiv:2212.06727"', "    year: 2022", ""]
-    return "\n".join(lines_)
+        cff["license"] = info["license"]
+    cff["references"] = [{"type": "article", "title": PAPER["title"],
+                          "authors": [{"family-names": f, "given-names": g} for f, g in PAPER["authors"]],
+                          "journal": PAPER["journal"], "year": PAPER["year"]}]
+    return yaml.safe_dump(cff, sort_keys=False, allow_unicode=True, width=1000)
 
 
 def atlas_bibtex(info: dict, manifest: dict, key: str) -> str:

@@ -10,6 +10,7 @@ import torch
 from atlas.format import AtlasError
 
 from ..dataset import ImageDataset, ImageIndex, collate, loader_workers
+from ..defaults import BATCH_SIZE, SEED
 
 
 @dataclass
@@ -19,11 +20,11 @@ class AnalysisJob:
     name: str                     # the model's name in the atlas
     index: ImageIndex | None = None
     boxes: str | None = None
-    batch_size: int = 64
+    batch_size: int = BATCH_SIZE
     workers: int | None = None    # decoding processes; None: min(8, CPUs)
     device: str = "auto"
     limit: int | None = None      # at most this many images, evenly spaced in index order
-    seed: int = 0
+    seed: int = SEED
     layers: str | None = None     # for sites / spatial
     units: str | None = None
     threshold: float = 0.5        # spatial: a patch is active above this activation (the paper's 0.5)

@@ -12,10 +12,9 @@ from pathlib import Path
 from atlas.folder import prepare_atlas_folder
 
 from .shapes import make_dataset
+from ..defaults import DEMO_IMAGES, DEMO_SEED
 
 DEMO_SPEC = Path(__file__).resolve().parents[2] / "examples" / "demo.toml"
-DEMO_IMAGES = 2000
-DEMO_SEED = 1
 
 
 def build_demo(out: str | Path = "atlas-demo", command: str = "python build.py", progress: bool = True) -> Path:

@@ -27,9 +27,9 @@ from atlas.manifest import sha256_file
 
 from .models import CNN, VIT, WEIGHTS
 from .shapes import CLASSES, generate
+from ..defaults import DEMO_IMAGES, DEMO_SEED
 
-HELD_OUT_SEED = 1     # the demo dataset's seed: the held-out set
-HELD_OUT_N = 2000
+HELD_OUT_SEED, HELD_OUT_N = DEMO_SEED, DEMO_IMAGES   # the held-out set is the demo's dataset
 RECORD = "demo_weights.json"
 
 
