@@ -24,11 +24,10 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from .flags import FLAG_NAMES, flags_of, shard_flag_values
+from .flags import FLAG_NAMES
 from .folder import own_folder
 from .format import PICTURES, AtlasError, unit_id
 from .reader import Atlas
-from .shard import picture_recipe
 
 UNIT_FEATURES_NOTE = "maps are lists of rows of floats (float16 in the atlas), on the unit's patch grid"
 
@@ -73,48 +72,38 @@ def _hf_metadata(pictures: list[str]) -> bytes:
 
 
 def _shard_rows(a: Atlas, model: str, site: str, layer: int, ref, pictures: list[str]) -> list[tuple[dict, int]]:
-    """Every unit row of one shard, read in bulk, with its approximate size in bytes."""
-    f = a.file(ref.path)
-    n = ref.unit_stop - ref.unit_start
-    cols: dict = {}
-    for part in pictures:
-        if part in ref.parts:
-            preset = picture_recipe(f, part).get("preset")
-            cols[part] = ({name: f[f"{part}/{name}"][()] for name in ("image", "activation", "map")}, preset)
-    probe = "probe" in ref.parts
-    if probe:
-        topk = {name: f[f"topk/{name}"][()] for name in ("index", "score", "map")}
-        stats = {name: f[f"stats/{name}"][()] for name in ("mean", "max", "positive")}
-        values, thresholds = shard_flag_values(f, slice(None), a.labels)
+    """Every unit row of one shard, read in bulk through the reader (``Atlas.shard_data``), with its
+    approximate size in bytes."""
+    sd = a.shard_data(ref)
+    cols = {part: sd.picture(part) for part in pictures if part in ref.parts}
+    if sd.probed:
+        (values, _), flags, stats = sd.flag_values, sd.flags, sd.stats
     rows = []
-    for r in range(n):
-        u = ref.unit_start + r
+    for r, u in enumerate(sd.units.tolist()):
         row = {"id": unit_id(model, site, layer, u), "model": model, "site": site, "layer": layer, "unit": u}
-        for part in pictures:
+        for part, data in cols.items():
             prefix = "" if part == "viz" else f"{part}_"
-            if part in cols:
-                data, preset = cols[part]
-                row[f"{prefix}image"] = {"bytes": _png(data["image"][r]), "path": f"{row['id']}.{part}.png"}
-                row[f"{prefix}activation"] = float(data["activation"][r])
-                row[f"{prefix}map"] = data["map"][r].astype(np.float32).tolist()
-                row[f"{prefix}preset"] = preset
-        if probe:
-            keep = topk["index"][r] >= 0
-            row.update(topk_index=topk["index"][r][keep].tolist(), topk_score=topk["score"][r][keep].tolist(),
-                       topk_map=topk["map"][r][keep].astype(np.float32).tolist(),
+            row[f"{prefix}image"] = {"bytes": _png(data.image[r]), "path": f"{row['id']}.{part}.png"}
+            row[f"{prefix}activation"] = float(data.activation[r])
+            row[f"{prefix}map"] = data.map[r].astype(np.float32).tolist()
+            row[f"{prefix}preset"] = data.recipe.get("preset")
+        cells, maps = 0, len(cols)
+        if cols:
+            cells = int(np.prod(next(iter(cols.values())).map.shape[1:]))
+        if sd.probed:
+            keep = sd.topk_index[r] >= 0
+            cells, maps = int(np.prod(sd.topk_map.shape[2:])), maps + int(keep.sum())
+            row.update(topk_index=sd.topk_index[r][keep].tolist(), topk_score=sd.topk_score[r][keep].tolist(),
+                       topk_map=sd.topk_map[r][keep].astype(np.float32).tolist(),
                        stats_mean=float(stats["mean"][r]), stats_max=float(stats["max"][r]),
                        stats_positive=float(stats["positive"][r]))
-            one = {k: v[r] for k, v in values.items()}
-            on = flags_of(one, float(stats["positive"][r]), thresholds)
-            cls = int(one["class"])
-            row.update(flags=[name for name in FLAG_NAMES if on[name]], flag_class=cls,
+            cls = int(values["class"][r])
+            row.update(flags=flags[r], flag_class=cls,
                        flag_class_name=a.dataset.class_name(cls) if cls >= 0 and a.has_dataset else None,
-                       flag_class_share=float(one["class_share"]), flag_extent=float(one["extent"]),
-                       flag_concentration=float(one["concentration"]))
+                       flag_class_share=float(values["class_share"][r]), flag_extent=float(values["extent"][r]),
+                       flag_concentration=float(values["concentration"][r]))
         row["related"] = [{"scope": x.scope, "id": x.id, "corr": x.corr}
                           for x in a.related_units(model, site, layer, u)]
-        maps = sum(1 for p in pictures if p in cols) + (int(keep.sum()) if probe else 0)
-        cells = int(np.prod(f["topk/map"].shape[2:] if probe else cols[next(iter(cols))][0]["map"].shape[1:]))
         size = sum(len(row[k]["bytes"]) for k in row if k.endswith("image") and row[k]) + 4 * maps * cells + 512
         rows.append((row, size))
     return rows

@@ -5,9 +5,9 @@
 1. A compiled sweep of two ViT-B/16 layers (random weights), run by ``build.py visualize`` with
    ``TORCH_LOGS=recompiles,graph_breaks,cudagraphs`` (by gpu_check.sh): recompiles, graph breaks and
    CUDA-graph skips are counted from that log, graphs from the shards' build-log lines.
-2. A forced out-of-memory: the process may use only ``--memory-gib`` of the GPU
-   (``torch.cuda.set_per_process_memory_fraction``) while asked for batches of 512 units; the batch
-   must halve until it fits and the layer finish, compiled, with its graphs replaying afterwards.
+2. A forced out-of-memory: the process may use only the memory of about 20 units (the batch trial
+   measures a unit; ``torch.cuda.set_per_process_memory_fraction``) while asked for batches of 64;
+   the batch must halve until it fits and the layer finish, compiled, its graphs replaying after.
 3. bf16 against fp32 for the same units and seeds: the optimized images' measured (fp32) activations
    and the unit maps of one forward of the same images.
 
@@ -30,10 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # build.py, the c
 import build  # noqa: E402
 from atlas.log import read_logs
 from builder.device import exact_fp32
+from builder.forward import unit_forward
 from builder.models import ModelSource, load_model
 from builder.recipe import resolve_recipe, unit_seed
 from builder.sites import find_layers, run_to
 from builder.objective import unit_maps
+from builder.schedule import auto_batch_units
 from builder.visualize import optimize_units
 
 VIT_B = ["--model", "vit_base_patch16_224", "--random-init"]
@@ -52,22 +54,33 @@ def visualize_lines(out: Path) -> list[dict]:
     return [line for line in read_logs(out) if line.get("stage") == "visualize"]
 
 
-def forced_out_of_memory(out: Path, memory_gib: float) -> str:
-    """Part 2: batches of 512 units of ViT-B/16 in ``memory_gib``; the log shows the halving."""
+def forced_out_of_memory(out: Path) -> str:
+    """Part 2: the process may use only the memory of about 20 units of ViT-B/16 layer 6 (measured by
+    the batch trial) while asked for batches of 64: the batch must halve (64 -> 32 -> 16) and the
+    layer finish, compiled, with its graphs replaying."""
+    lm = load_model(ModelSource("vit_base_patch16_224", random_init=True))
+    device = torch.device("cuda")
+    layer = find_layers(lm.model, "ffn", lm.input_size)[6]
+    recipe = resolve_recipe("paper", steps=8)
+    fit = auto_batch_units(lm, layer, recipe, device, "bf16", unit_forward(lm, layer, torch.bfloat16, device))
+    per_unit = 0.8 * torch.cuda.mem_get_info(device)[0] / fit
     total = torch.cuda.get_device_properties(0).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, memory_gib * 2**30 / total))
+    limit = torch.cuda.memory_allocated(device) + 20 * per_unit
+    del lm
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total))
     torch._dynamo.utils.counters.clear()
     t0 = time.time()
-    code = build.main(["visualize", *VIT_B, "--layers", "6", "--units", "0-767", "--steps", "8", "--batch-units", "512",
-                       "--shard-units", "256", "--out", str(out)])
+    code = build.main(["visualize", *VIT_B, "--layers", "6", "--units", "0-63", "--steps", "8", "--batch-units", "64",
+                       "--out", str(out)])
     lines = visualize_lines(out)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     torch.cuda.set_per_process_memory_fraction(1.0)
     if code != 0 or not lines:
-        return f"FAILED (exit {code})"
-    batches = sorted({line["batch_units"] for line in lines})
-    return (f"finished {sum(line['units'] for line in lines)} units in {time.time() - t0:.0f} s at {batches} units per "
-            f"batch after halving from 512; {graphs} graphs compiled for {len(lines)} shards; "
+        return f"FAILED (exit {code}; {fit} units fit in all memory, limit {limit / 2**30:.1f} GiB)"
+    return (f"{fit} units fit in all memory; limited to {limit / 2**30:.1f} GiB (about 20 units), asked for 64: "
+            f"finished {sum(line['units'] for line in lines)} units in {time.time() - t0:.0f} s at "
+            f"{sorted({line['batch_units'] for line in lines})} units per batch; {graphs} graphs compiled; "
             f"compile: {sorted({line['compile'] for line in lines})}")
 
 
@@ -103,7 +116,6 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--torch-log", help="the TORCH_LOGS capture of part 1 (gpu_check.sh writes it)")
-    p.add_argument("--memory-gib", type=float, default=6.0)
     p.add_argument("--dry-run", action="store_true")
     args = p.parse_args()
     out = Path(args.out)
@@ -116,7 +128,7 @@ def main():
     if args.dry_run or not torch.cuda.is_available():
         rows.append(("forced out-of-memory (part 2)", "skipped: no CUDA device"))
     else:
-        rows.append(("forced out-of-memory (part 2)", forced_out_of_memory(out / "oom", args.memory_gib)))
+        rows.append(("forced out-of-memory (part 2)", forced_out_of_memory(out / "oom")))
     optimized, forward = precision_gap(args.dry_run)
     rows.append(("bf16 vs fp32, optimized images (part 3)", optimized))
     rows.append(("bf16 vs fp32, one forward (part 3)", forward))
