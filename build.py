@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ViT Atlas command line. `python build.py` with no arguments builds the offline demo atlas.
 
-    python build.py                      the demo: dataset, visualize, probe, site in ./atlas-demo
+    python build.py                      the demo: dataset, visualize, probe, website in ./atlas-demo
     python build.py visualize --model NAME [--random-init | --checkpoint FILE] --out DIR
     python build.py probe --model NAME [...] --images DIR --out DIR
     python build.py analyze NAME --model NAME [...] --images DIR [--boxes FILE] --out DIR
@@ -125,9 +125,9 @@ def cmd_analyze(args, command: str) -> None:
 
 def cmd_render(args, command: str) -> None:
     from atlas.website import render
-    index = render(args.dir, out=args.site, workers=args.workers, base_url=args.base_url, images=args.images,
+    index = render(args.dir, out=args.out, workers=args.workers, base_url=args.base_url, images=args.images,
                    data_url=args.data_url, offline=args.offline)
-    print(f"site written to {index.parent}; open {index}")
+    print(f"website written to {index.parent}; open {index}")
 
 
 def cmd_serve(args, command: str) -> None:
@@ -140,32 +140,32 @@ def cmd_serve(args, command: str) -> None:
             pass
 
 
-def _part(args):
-    from builder.parts import detect_part
-    return detect_part(args.shard_index, args.num_shards)
+def _share(args):
+    from builder.shares import detect_share
+    return detect_share(args.share_index, args.num_shares)
 
 
 def cmd_run(args, command: str) -> None:
     from builder.pipeline import run_spec
     from builder.spec import load_spec
     spec = load_spec(args.spec)
-    part = _part(args)
-    stats = run_spec(spec, part, command)
-    print(f"part {part.index + 1}/{part.count} ({part.source}): {stats['computed']} of its {stats['shards']} shards "
-          f"computed now; " + ("finalized: manifest written, site at " + str(spec.out / "site/index.html")
-                               if stats["finalized"] else "other parts are still running or finalizing"))
+    share = _share(args)
+    stats = run_spec(spec, share, command)
+    print(f"share {share.index + 1}/{share.count} ({share.source}): {stats['computed']} of its {stats['shards']} "
+          f"shards computed now; " + ("finalized: manifest written, website at " + str(spec.out / "site/index.html")
+                                      if stats["finalized"] else "other shares are still running or finalizing"))
 
 
 def cmd_plan(args, command: str) -> None:
     from builder.pipeline import plan_report
     from builder.spec import load_spec
-    print(plan_report(load_spec(args.spec), parts=args.num_shards or _part(args).count, measure=not args.no_calibrate))
+    print(plan_report(load_spec(args.spec), shares=args.num_shares or _share(args).count, measure=not args.no_calibrate))
 
 
 def cmd_finalize(args, command: str) -> None:
     from builder.pipeline import finalize, spec_of_atlas
     index = finalize(spec_of_atlas(args.dir), command)
-    print(f"finalized {args.dir}: manifest written, site at {index}")
+    print(f"finalized {args.dir}: manifest written, website at {index}")
 
 
 def cmd_export(args, command: str) -> None:
@@ -209,8 +209,8 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("visualize", help="optimize one image per unit into an atlas")
     _model_args(v)
     v.add_argument("--site", default="ffn", help="ffn (default), q, k, v, attn or block")
-    v.add_argument("--layers", default="all", metavar="SPEC", help="all, 5, 0-3, 0,2,5-7")
-    v.add_argument("--units", default="all", metavar="SPEC", help="units of each layer, same SPEC form")
+    v.add_argument("--layers", default="all", metavar="SELECTION", help="all, 5, 0-3, 0,2,5-7")
+    v.add_argument("--units", default="all", metavar="SELECTION", help="units of each layer, same SELECTION form")
     v.add_argument("--preset", default="paper", help="paper (default: what the authors' runs optimized), "
                                                      "paper-text (the paper's text literally) or quick (CPU-sized)")
     v.add_argument("--steps", type=int, help="override the preset's optimization steps")
@@ -236,8 +236,8 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--images", required=True, metavar="DIR", help="image folder (ImageNet, ImageFolder or plain)")
     pr.add_argument("--labels", metavar="FILE", help="CSV relative_path,label (overrides the folder's labels)")
     pr.add_argument("--site", default="ffn", help="ffn (default), q, k, v, attn or block")
-    pr.add_argument("--layers", default="all", metavar="SPEC", help="all, 5, 0-3, 0,2,5-7")
-    pr.add_argument("--units", default="all", metavar="SPEC", help="units of each layer to store (default all)")
+    pr.add_argument("--layers", default="all", metavar="SELECTION", help="all, 5, 0-3, 0,2,5-7")
+    pr.add_argument("--units", default="all", metavar="SELECTION", help="units of each layer to store (default all)")
     pr.add_argument("--k", type=int, default=D.TOP_K, help=f"images kept per unit (default {D.TOP_K})")
     pr.add_argument("--batch-size", type=int, default=D.BATCH_SIZE)
     pr.add_argument("--workers", type=int, help="decoding processes (default: min(8, CPUs))")
@@ -261,8 +261,8 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--labels", metavar="FILE", help="CSV relative_path,label")
     a.add_argument("--boxes", metavar="FILE", help="bounding boxes: CSV, LOC_val_solution.csv or a folder of XML")
     a.add_argument("--limit", type=int, help="use at most this many labelled images, evenly spaced in path order")
-    a.add_argument("--layers", metavar="SPEC", help="layers for spatial and sites (default: all / first, middle, last)")
-    a.add_argument("--units", metavar="SPEC", help="units for spatial and sites (default: 32 sampled / 0-3)")
+    a.add_argument("--layers", metavar="SELECTION", help="layers for spatial and sites (default: all / first, middle, last)")
+    a.add_argument("--units", metavar="SELECTION", help="units for spatial and sites (default: 32 sampled / 0-3)")
     a.add_argument("--threshold", type=float, default=0.5, help="spatial: active patch threshold (default 0.5)")
     a.add_argument("--seed", type=int, default=D.SEED)
     a.add_argument("--batch-size", type=int, default=D.BATCH_SIZE)
@@ -271,11 +271,12 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, help="atlas folder")
     a.set_defaults(run=cmd_analyze)
 
-    r = sub.add_parser("render", help="render an atlas folder into a static site (DIR/site)")
+    r = sub.add_parser("render", help="render an atlas folder into a static website (DIR/site)")
     r.add_argument("dir", help="atlas folder")
-    r.add_argument("--site", help="output folder (default DIR/site)")
+    r.add_argument("--out", help="website folder (default DIR/site)")
+    r.add_argument("--site", dest="out", help=argparse.SUPPRESS)   # before the glossary: a site is a unit site
     r.add_argument("--workers", type=int, help="processes (default: min(8, CPUs))")
-    r.add_argument("--base-url", default="", help="where the site will be hosted (absolute permalinks)")
+    r.add_argument("--base-url", default="", help="where the website will be hosted (absolute permalinks)")
     r.add_argument("--images", help="the dataset's image folder, if it moved since the probe")
     r.add_argument("--data-url", default="", metavar="URL",
                    help="where the website's data/ folder (the packs) will be hosted, when apart from the pages "
@@ -285,22 +286,26 @@ def parser() -> argparse.ArgumentParser:
                         "auto (default) does for atlases up to 512 MB of shards whose data lives beside the pages")
     r.set_defaults(run=cmd_render)
 
-    sv = sub.add_parser("serve", help="serve an atlas's site on localhost for preview")
+    sv = sub.add_parser("serve", help="serve an atlas's website on localhost for preview")
     sv.add_argument("dir", help="atlas folder")
     sv.add_argument("--port", type=int, default=8000)
     sv.set_defaults(run=cmd_serve)
 
-    ru = sub.add_parser("run", help="build everything a TOML spec asks for (this process's part of it)")
+    ru = sub.add_parser("run", help="build everything a TOML spec asks for (this process's share of it)")
     ru.add_argument("spec", help="build spec (TOML; see examples/)")
     pl = sub.add_parser("plan", help="print the work of a spec: shards, units, FLOPs, hours on this device")
     pl.add_argument("spec", help="build spec (TOML)")
     pl.add_argument("--no-calibrate", action="store_true", help="skip the short measured calibration")
     for p_ in (ru, pl):
-        p_.add_argument("--shard-index", type=int, help="this process's part (0-based); else Slurm or torchrun tell")
-        p_.add_argument("--num-shards", type=int, help="number of parts")
+        p_.add_argument("--share-index", type=int, help="this process's share of the build (0-based); else Slurm or "
+                                                       "torchrun tell")
+        p_.add_argument("--num-shares", type=int, help="number of shares the build is split into")
+        # hidden aliases: a share is not a shard
+        p_.add_argument("--shard-index", dest="share_index", type=int, help=argparse.SUPPRESS)  # before the glossary
+        p_.add_argument("--num-shards", dest="num_shares", type=int, help=argparse.SUPPRESS)   # before the glossary
     ru.set_defaults(run=cmd_run)
     pl.set_defaults(run=cmd_plan)
-    fi = sub.add_parser("finalize", help="probe, analyses, manifest and site once every shard exists")
+    fi = sub.add_parser("finalize", help="probe, analyses, manifest and website once every shard exists")
     fi.add_argument("dir", help="atlas folder built with `run`")
     fi.set_defaults(run=cmd_finalize)
     ex = sub.add_parser("export", help="write the atlas as Parquet tables with a Hugging Face dataset card")

@@ -1,4 +1,4 @@
-"""ViT Atlas data: the atlas format, its manifest, the reader API and the site renderer.
+"""ViT Atlas data: the atlas format, its manifest, the reader API and the website renderer.
 
     import atlas
     a = atlas.open("atlas-demo")

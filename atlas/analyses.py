@@ -1,7 +1,7 @@
 """Analysis results in an atlas: ``analyses/<name>.json`` (docs/FORMAT.md, "Analyses").
 
 One file per analysis. ``results`` holds each model's raw numbers (a later run for another model
-adds to it); ``tables`` and ``charts`` are views of all models' results that the site renders as
+adds to it); ``tables`` and ``charts`` are views of all models' results that the website renders as
 they are; ``title``, ``summary`` and ``method`` describe the analysis.
 """
 from __future__ import annotations
@@ -10,12 +10,29 @@ import datetime as _dt
 import json
 from pathlib import Path
 
-from .format import FORMAT_VERSION
+from .format import ANALYSES, FORMAT_VERSION
 from .locks import Lock, lock_path
 from .manifest import write_json
 from .quarantine import quarantine
 
-ANALYSES = "analyses"
+
+
+def parse_analysis(path: Path) -> dict:
+    """An analysis file's content; ValueError naming what is wrong when it is not an analysis result
+    (unreadable, not JSON, or no ``results`` table)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(str(e)) from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise ValueError("no results table")
+    return data
+
+
+def analysis_files(root: Path) -> list[Path]:
+    """The analysis files of the atlas at ``root``, by name."""
+    folder = Path(root) / ANALYSES
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
 
 
 def read_analysis(root: str | Path, name: str) -> dict | None:
@@ -25,11 +42,8 @@ def read_analysis(root: str | Path, name: str) -> dict | None:
     if not path.exists():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
-            raise ValueError("no results table")
-        return data
-    except (ValueError, UnicodeDecodeError) as e:
+        return parse_analysis(path)
+    except ValueError as e:
         quarantine(root, path.relative_to(root), f"not an analysis result: {str(e)[:160]}")
         return None
 

@@ -1,4 +1,4 @@
-"""Inline SVG charts for the site (no JavaScript charting): histograms, line charts, heat maps.
+"""Inline SVG charts for the website (no JavaScript charting): histograms, line charts, heat maps.
 
 Every text that comes from data is escaped; colours come from CSS classes so charts follow the
 light/dark theme.

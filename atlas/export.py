@@ -1,8 +1,8 @@
 """`build.py export ATLAS --format parquet --out DIR`: the atlas as Parquet tables a hub can host as is.
 
     DIR/README.md                                the dataset card (YAML header that `datasets` reads)
-    DIR/units/<model>/<site>/part-00000.parquet  one row per unit, files of at most --max-file-mb
-    DIR/dataset/part-00000.parquet               the dataset index: row, path, label, class_name
+    DIR/units/<model>/<site>/data-00000.parquet  one row per unit, files of at most --max-file-mb
+    DIR/dataset/data-00000.parquet               the dataset index: row, path, label, class_name
 
 A unit row holds its id, model, site, layer and unit; each optimized picture (``image`` for the
 paper's, ``fourier_image`` for the Fourier one) as PNG bytes in the `datasets` Image convention
@@ -109,7 +109,7 @@ def _shard_rows(a: Atlas, model: str, site: str, layer: int, ref, pictures: list
     return rows
 
 
-class _PartWriter:
+class _ParquetFiles:
     """Parquet files of bounded size: rows go out in batches, and a batch that would take the current
     file past ``max_bytes`` starts the next file. A batch's bytes are predicted from its rows' estimate
     times the largest written/estimated ratio seen so far (Parquet's list offsets and pages add to it)."""
@@ -134,7 +134,7 @@ class _PartWriter:
             self._close_file()
         if self.writer is None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            path = self.folder / f"part-{len(self.files):05d}.parquet"
+            path = self.folder / f"data-{len(self.files):05d}.parquet"
             self.files.append(path)
             self.sink = self.pa.OSFile(str(path), "wb")
             self.writer = pq.ParquetWriter(self.sink, self.schema, compression="zstd")
@@ -248,7 +248,7 @@ def _write_export(pa, a: Atlas, out: Path, max_file_mb: float, progress: bool) -
             refs = [(layer, r) for layer in a.layers(model, site) for r in a.shards(model, site, layer)]
             pictures = [p for p in PICTURES if any(p in r.parts for _, r in refs)]
             schema = _unit_schema(pa, pictures).with_metadata({"huggingface": _hf_metadata(pictures)})
-            writer = _PartWriter(pa, out / "units" / model / site, schema, int(max_file_mb * 2**20))
+            writer = _ParquetFiles(pa, out / "units" / model / site, schema, int(max_file_mb * 2**20))
             for layer, ref in refs:
                 for row, size in _shard_rows(a, model, site, layer, ref, pictures):
                     writer.add(row, size)
@@ -264,7 +264,7 @@ def _write_export(pa, a: Atlas, out: Path, max_file_mb: float, progress: bool) -
                                 "class_name": pa.array([d.class_name(int(x)) for x in d.labels], pa.string())})
         import pyarrow.parquet as pq
         (out / "dataset").mkdir(parents=True, exist_ok=True)
-        pq.write_table(index_table, out / "dataset" / "part-00000.parquet", compression="zstd")
+        pq.write_table(index_table, out / "dataset" / "data-00000.parquet", compression="zstd")
         configs.append({"name": "dataset_index", "path": "dataset/*.parquet", "schema": index_table.schema,
                         "images": set()})
     card = out / "README.md"

@@ -21,11 +21,7 @@ Flags (booleans, from the values and the thresholds below; ``THRESHOLDS`` is sto
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
-
-from .shard import read_attrs
 
 THRESHOLDS = {"class_selective": 0.5, "global": 0.4, "outlier_tokens": 0.3}
 FLAG_NAMES = ("dead", "class_selective", "local", "global", "outlier_tokens")
@@ -88,14 +84,3 @@ def flags_of(values: dict, positive: float, thresholds: dict = THRESHOLDS) -> di
             "local": ext == ext and ext < thresholds["global"] and positive > 0,
             "global": ext == ext and ext >= thresholds["global"] and positive > 0,
             "outlier_tokens": bool(values["concentration"] >= thresholds["outlier_tokens"]) and not selective}
-
-
-def shard_flag_values(f, rows, labels: Callable[[], np.ndarray | None]) -> tuple[dict[str, np.ndarray], dict]:
-    """A probed shard's flag values for ``rows`` (an index or slice of its units) and the thresholds that
-    cut them: the stored ``flags/*`` (format 1.3), else derived from its top-k data as the probe would
-    (``labels()`` gives the dataset's labels, read only then)."""
-    if "flags/extent" in f:
-        values = {name: f[f"flags/{name}"][rows] for name in VALUE_NAMES}
-    else:
-        values = flag_values(f["topk/index"][rows], f["topk/map"][rows], labels())
-    return values, read_attrs(f["probe"]).get("flag_thresholds") or THRESHOLDS

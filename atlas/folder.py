@@ -9,12 +9,11 @@ import errno
 import os
 from pathlib import Path
 
-from .format import DATASET, MANIFEST, SHARDS, AtlasError
-from .locks import LOCKS
+from .format import DATASET, LOCKS, MANIFEST, SHARDS, SPEC_COPY, AtlasError
 from .manifest import read_manifest
 
 # Any of these makes a folder an atlas (LOCKS is created by the first command that writes into it).
-ATLAS_MARKERS = (MANIFEST, SHARDS, DATASET, LOCKS, "spec.toml")
+ATLAS_MARKERS = (MANIFEST, SHARDS, DATASET, LOCKS, SPEC_COPY)
 
 
 def is_atlas(folder: Path) -> bool:

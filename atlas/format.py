@@ -13,13 +13,24 @@ from __future__ import annotations
 
 import re
 
-FORMAT_VERSION = "1.5"
+FORMAT_VERSION = "1.6"
 MANIFEST = "manifest.json"
 DATASET = "dataset.h5"
 RELATED = "related.h5"      # related units of every probed unit (rebuilt after each probe)
 SCORES = "scores"           # scores/<model>-<site>.h5: per-image scores or their sketch
 SHARDS = "shards"
 CITATION = "CITATION.cff"
+ANALYSES = "analyses"       # analyses/<name>.json
+BLOCKS = "blocks"           # blocks/<shard path>.sha256: the sha256 of each block of that shard, 32 bytes each
+# Folders and files of an atlas that are not its data (the manifest does not list them):
+WEBSITE = "site"            # the rendered website (the folder's name predates the glossary: a site is a unit site)
+SPEC_COPY = "spec.toml"     # the resolved build spec an atlas was built from
+LOGS = "logs"               # logs/<host>-<pid>.jsonl: the build log
+LOCKS = ".locks"            # .locks/<name>.<generation>: owned locks
+CACHE = ".cache"            # the manifest's hash cache
+PROBE_STATE = ".probe"      # a probe's running state, resumed after a kill
+QUARANTINE = "quarantine"   # unreadable shards moved aside, with the reason
+TMP_MARK = ".tmp-"          # <name>.tmp-<host>-<pid>: a file being written
 
 SITES = ("ffn", "q", "k", "v", "attn", "block")
 

@@ -1,4 +1,4 @@
-"""Decoding the user's image files into RGB, the same way for the probe and the site.
+"""Decoding the user's image files into RGB, the same way for the probe and the website.
 
 Anything Pillow decodes becomes 8-bit RGB: EXIF orientation is applied; grayscale, palette and CMYK
 are converted; 16-bit and float images are scaled to 8 bits (Pillow's own conversion would clip

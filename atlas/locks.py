@@ -25,9 +25,8 @@ import time
 import uuid
 from pathlib import Path
 
-from .format import AtlasError
+from .format import LOCKS, AtlasError
 
-LOCKS = ".locks"
 
 try:
     import fcntl

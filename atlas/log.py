@@ -8,7 +8,8 @@ import os
 import socket
 from pathlib import Path
 
-LOGS = "logs"
+from .format import LOGS
+
 
 
 def append_log(root: Path, record: dict) -> None:

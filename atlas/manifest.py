@@ -7,22 +7,19 @@ import json
 import re
 from pathlib import Path
 
-import h5py
-
 from . import __version__
-from .format import (DATA_PATH, DATASET, FORMAT_VERSION, MANIFEST, MAX_UNITS, MODEL_NAME, PARTS, RELATED, SCORES,
-                     SHARD_PATH, SHARDS, AtlasError, data_path, shard_path)
+from .format import (ANALYSES, BLOCKS, DATA_PATH, DATASET, FORMAT_VERSION, MANIFEST, MAX_UNITS, MODEL_NAME, PARTS, RELATED, SCORES,
+                     SHARD_PATH, SHARDS, AtlasError, data_path)
 from .locks import Lock, lock_path
 from .quarantine import quarantine
-from .shard import parts_of, read_attrs, write_atomically
+from .shard import read_shard_header, write_atomically
 
 _HASH_CACHE = ".cache/sha256.json"
 # Files other than shards that the manifest covers, relative to the atlas root.
-DATA_FILES = (DATASET, RELATED, SCORES, "analyses")
+DATA_FILES = (DATASET, RELATED, SCORES, ANALYSES)
 
 
 BLOCK = 32 * 1024          # bytes per hashed block of a shard (remote readers verify each block they fetch)
-BLOCKS = "blocks"          # blocks/<shard path>.sha256: the sha256 of each block of that shard, 32 bytes each
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -109,31 +106,6 @@ def data_files(root: Path) -> list[str]:
         elif p.is_dir():
             found += [q.relative_to(root).as_posix() for q in p.rglob("*") if q.is_file()]
     return sorted(rel for rel in found if DATA_PATH.fullmatch(rel))
-
-
-SHARD_ATTRS = ("model", "site", "layer", "unit_start", "unit_stop")
-
-
-def read_shard_header(path: Path) -> dict:
-    """A shard's attributes and parts; raises AtlasError naming the file when it cannot be read."""
-    try:
-        with h5py.File(path, "r") as f:
-            attrs, parts = read_attrs(f), parts_of(f)
-    except (OSError, KeyError, ValueError, RuntimeError) as e:
-        raise AtlasError(f"{path} is not a readable shard ({str(e).splitlines()[0][:200]})") from None
-    missing = [a for a in SHARD_ATTRS if a not in attrs]
-    if missing:
-        raise AtlasError(f"{path} lacks the shard attributes {missing}")
-    try:
-        named = shard_path(attrs["model"], attrs["site"], int(attrs["layer"]), int(attrs["unit_start"]),
-                           int(attrs["unit_stop"]))
-    except (TypeError, ValueError):
-        named = None
-    if named is None or not SHARD_PATH.fullmatch(named) or not Path(path).as_posix().endswith("/" + named):
-        raise AtlasError(f"{path} is not a readable shard (its attributes model={attrs['model']!r}, "
-                         f"site={attrs['site']!r}, layer={attrs['layer']!r}, units {attrs['unit_start']!r}.."
-                         f"{attrs['unit_stop']!r} do not name its own path)")
-    return {"attrs": attrs, "parts": parts}
 
 
 def scan_shards(root: Path, quarantine_damaged: bool = True) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Images for the site: WebP encodings, the model's view of a dataset image, and activation maps.
+"""Images for the website: WebP encodings, the model's view of a dataset image, and activation maps.
 
 Maps travel as one byte per patch (``quantize_map``); the browser draws them on the patch grid through
 a transparent-to-yellow ramp (``RAMP`` in site_templates/static/atlas.js, the one place it is defined), so no
@@ -51,20 +51,6 @@ def quantize_map(values: np.ndarray, scale: float, bits: int = 8) -> bytes:
         q = np.concatenate([q, np.zeros(len(q) % 2, np.uint8)])
         q = (q[0::2] << 4) | q[1::2]
     return q.tobytes()
-
-
-def view_geometry(size: tuple[int, int], data_config: dict) -> tuple[tuple[int, int], tuple[int, int]]:
-    """timm's eval resize and center crop for an image of ``size`` (W, H): the resized (W, H) and the
-    crop's (left, top) offset; the crop is ``data_config["input_size"]``."""
-    _, th, tw = data_config["input_size"]
-    crop_pct = data_config.get("crop_pct") or 1.0
-    w, h = size
-    if data_config.get("crop_mode", "center") == "squash":
-        new = (round(tw / crop_pct), round(th / crop_pct))
-    else:  # torchvision Resize(int): the shorter side to floor(size / crop_pct)
-        short = int(np.floor(min(th, tw) / crop_pct))
-        new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
-    return new, (int(round((new[0] - tw) / 2.0)), int(round((new[1] - th) / 2.0)))
 
 
 def model_view(img: Image.Image, data_config: dict, size: int | None = None) -> Image.Image:

@@ -12,7 +12,8 @@ import json
 import os
 from pathlib import Path
 
-QUARANTINE = "quarantine"
+from .format import QUARANTINE
+
 LOG = "log.jsonl"
 
 

@@ -5,13 +5,13 @@ import bisect
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import h5py
 import numpy as np
 
 from .dataset import Dataset
-from .flags import FLAG_NAMES, flags_of, shard_flag_values
+from .flags import FLAG_NAMES, THRESHOLDS, VALUE_NAMES, flag_values, flags_of
 from .format import DATASET, MODEL_NAME, PICTURES, RELATED, SITE_NAME, AtlasError, parse_unit_id, unit_id
 from .manifest import describe_shards, read_manifest, sha256_file
 from .remote import RemoteAtlas, is_url
@@ -513,19 +513,36 @@ class Atlas:
         return Dataset(path)
 
 
+def shard_flag_values(f, rows, labels: Callable[[], np.ndarray | None]) -> tuple[dict[str, np.ndarray], dict]:
+    """A probed shard's flag values for ``rows`` (an index or slice of its units) and the thresholds that
+    cut them: the stored ``flags/*`` (format 1.3), else derived from its top-k data as the probe would
+    (``labels()`` gives the dataset's labels, read only then)."""
+    if "flags/extent" in f:
+        values = {name: f[f"flags/{name}"][rows] for name in VALUE_NAMES}
+    else:
+        values = flag_values(f["topk/index"][rows], f["topk/map"][rows], labels())
+    return values, read_attrs(f["probe"]).get("flag_thresholds") or THRESHOLDS
+
+
 def read_related(path: Path) -> dict:
     """``related.h5`` read whole and checked (docs/FORMAT.md): model and site lists of the format's
-    names, rows and correlations of matching shapes, every row index inside the table. AtlasError when
+    names, rows and correlations of matching shapes, every row index inside the table, and ``sources``
+    (the [score file, sha256] pairs it was built from; None before format 1.4). AtlasError when
     it is not such a file."""
     try:
         with h5py.File(path, "r") as f:
             attrs = read_attrs(f)
             keys = np.stack([f[n][()] for n in ("model", "site", "layer", "unit")], 1).astype(np.int64)
             data = {"models": attrs["models"], "sites": attrs["sites"], "scopes": attrs["scopes"], "keys": keys,
-                    "rows": f["related/row"][()], "corr": f["related/corr"][()], "method": attrs.get("method")}
+                    "rows": f["related/row"][()], "corr": f["related/corr"][()], "method": attrs.get("method"),
+                    "sources": attrs.get("sources")}
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise AtlasError(f"{path.name} is not a readable related-units file ({str(e).splitlines()[0][:100]})") from None
     rows, corr, n = data["rows"], data["corr"], len(keys)
+    sources = data["sources"]
+    if sources is not None and not (isinstance(sources, list) and all(
+            isinstance(s, list) and len(s) == 2 and all(isinstance(v, str) for v in s) for s in sources)):
+        raise AtlasError(f"{path.name}: its sources attribute is not a list of [score file, sha256] pairs")
     named = all(isinstance(x, list) and all(isinstance(v, str) for v in x)
                 for x in (data["models"], data["sites"], data["scopes"]))
     if not named or not all(MODEL_NAME.fullmatch(m) for m in data["models"]) or \

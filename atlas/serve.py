@@ -1,11 +1,11 @@
-"""`build.py serve DIR`: preview an atlas's site on this machine, and nothing else of the machine.
+"""`build.py serve DIR`: preview an atlas's website on this machine, and nothing else of the machine.
 
-What it answers: the rendered site (``DIR/site/``) and the data files the site links to and the
+What it answers: the rendered website (``DIR/site/``) and the data files the website links to and the
 manifest publishes (``manifest.json``, ``CITATION.cff``, the shards and data files the manifest
 lists). Everything else is 404: the build's private files (``.locks``, ``.cache``, ``.probe``,
 ``logs``, ``spec.toml``, the quarantine), directory listings, and any path whose real location
 (symbolic links resolved) is not one of those files. Requests must name this machine
-(``Host: 127.0.0.1`` or ``localhost``), which defeats DNS rebinding; every answer carries the site's
+(``Host: 127.0.0.1`` or ``localhost``), which defeats DNS rebinding; every answer carries the website's
 Content-Security-Policy, ``nosniff``, ``no-referrer`` and ``frame-ancestors 'none'``.
 """
 from __future__ import annotations
@@ -18,15 +18,14 @@ import re
 import urllib.parse
 from pathlib import Path
 
-from .format import CITATION, MANIFEST, AtlasError
+from .format import CITATION, MANIFEST, WEBSITE, AtlasError
 from .manifest import read_manifest
 from .website.urls import content_security_policy
 
-SITE = "site"
 CSP = content_security_policy(header=True)
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 # A unit page of a website rendered before format 1.4: sent on to the unit view (unit.html#<id>).
-OLD_UNIT_PAGE = re.compile(rf"^/{SITE}/(?P<id>[A-Za-z0-9][A-Za-z0-9_.\-]*/[a-z][a-z0-9_\-]*/L\d{{2,}}/U\d{{4,}})\.html$")
+OLD_UNIT_PAGE = re.compile(rf"^/{WEBSITE}/(?P<id>[A-Za-z0-9][A-Za-z0-9_.\-]*/[a-z][a-z0-9_\-]*/L\d{{2,}}/U\d{{4,}})\.html$")
 
 
 def published_files(root: Path) -> set[str]:
@@ -50,12 +49,12 @@ def resolve_request(root: Path, url_path: str, published: set[str]) -> Path | No
     rel = "/".join(parts)
     real_root = root.resolve()
     target = (root / rel).resolve()
-    site = (root / SITE).resolve()
-    if target.is_dir() and (target == site or site in target.parents):
+    website = (root / WEBSITE).resolve()
+    if target.is_dir() and (target == website or website in target.parents):
         target = target / "index.html"
     if not target.is_file():
         return None
-    if site in target.parents:
+    if website in target.parents:
         return target
     if real_root in target.parents and target.relative_to(real_root).as_posix() in published and rel in published:
         return target
@@ -94,17 +93,17 @@ class AtlasRequestHandler(http.server.SimpleHTTPRequestHandler):
         old = OLD_UNIT_PAGE.match(path)
         if path in ("", "/") or (old and resolve_request(self.root, path, self.published) is None):
             self.send_response(302)
-            self.send_header("Location", f"/{SITE}/index.html" if not old else f"/{SITE}/unit.html#{old['id']}")
+            self.send_header("Location", f"/{WEBSITE}/index.html" if not old else f"/{WEBSITE}/unit.html#{old['id']}")
             self.end_headers()
             return None
         target = resolve_request(self.root, self.path, self.published)
         if target is None:
-            self.send_error(404, "not part of this atlas's site")
+            self.send_error(404, "not part of this atlas's website")
             return None
         try:
             f = open(target, "rb")
         except OSError:
-            self.send_error(404, "not part of this atlas's site")
+            self.send_error(404, "not part of this atlas's website")
             return None
         size = target.stat().st_size
         wanted = _byte_range(self.headers.get("Range"), size)
@@ -137,7 +136,7 @@ class AtlasRequestHandler(http.server.SimpleHTTPRequestHandler):
         super().end_headers()
 
     def list_directory(self, path):  # never: send_head answers folders with their index.html or 404
-        self.send_error(404, "not part of this atlas's site")
+        self.send_error(404, "not part of this atlas's website")
         return None
 
     def log_message(self, format, *args):  # noqa: A002 (the base class's name)
@@ -146,10 +145,10 @@ class AtlasRequestHandler(http.server.SimpleHTTPRequestHandler):
 
 def make_server(root: str | Path, port: int) -> http.server.ThreadingHTTPServer:
     """A server on 127.0.0.1:``port`` (0: any free port) for the atlas at ``root``; AtlasError when the
-    atlas has no site or the port cannot be had."""
+    atlas has no website or the port cannot be had."""
     root = Path(root)
-    if not (root / SITE / "index.html").is_file():
-        raise AtlasError(f"{root} has no rendered site: run `python build.py render {root}` first")
+    if not (root / WEBSITE / "index.html").is_file():
+        raise AtlasError(f"{root} has no rendered website: run `python build.py render {root}` first")
     if not 0 <= port <= 65535:
         raise AtlasError(f"--port must be between 0 and 65535 (0 picks a free one), not {port}")
     handler = type("Handler", (AtlasRequestHandler,), {"root": root, "published": published_files(root)})

@@ -11,16 +11,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .format import FORMAT_VERSION, PARTS, ROW_CHUNKED, SHARDS, AtlasError
+from .format import TMP_MARK, FORMAT_VERSION, PARTS, PICTURES, ROW_CHUNKED, SHARD_PATH, SHARDS, AtlasError, shard_path
 from .locks import Lock, lock_path, remove_dead_locks
 from .quarantine import quarantine
 
-_TMP_MARK = ".tmp-"
 
 
 def temp_name(path: Path) -> Path:
     """A temporary sibling of ``path`` private to this host and process."""
-    return path.with_name(f"{path.name}{_TMP_MARK}{socket.gethostname()}-{os.getpid()}")
+    return path.with_name(f"{path.name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}")
 
 
 def replace_atomically(tmp: Path, path: Path) -> None:
@@ -74,7 +73,7 @@ def remove_stale_temps(folder: Path) -> int:
     (``locks.remove_dead_locks``); returns how many."""
     host = socket.gethostname()
     removed = remove_dead_locks(folder)
-    for tmp in folder.rglob(f"*{_TMP_MARK}{host}-*"):
+    for tmp in folder.rglob(f"*{TMP_MARK}{host}-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
@@ -283,3 +282,80 @@ def shard_problems(f: h5py.File, dataset_rows: int | None = None, values: bool =
         if bad.any():
             problems.append(f"topk/index holds row {int(index[bad][0])}, outside dataset.h5's {dataset_rows} rows")
     return problems
+
+
+SHARD_ATTRS = ("model", "site", "layer", "unit_start", "unit_stop")
+
+
+def read_shard_header(path: Path) -> dict:
+    """A shard's attributes and parts; raises AtlasError naming the file when it cannot be read."""
+    try:
+        with h5py.File(path, "r") as f:
+            attrs, parts = read_attrs(f), parts_of(f)
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        raise AtlasError(f"{path} is not a readable shard ({str(e).splitlines()[0][:200]})") from None
+    missing = [a for a in SHARD_ATTRS if a not in attrs]
+    if missing:
+        raise AtlasError(f"{path} lacks the shard attributes {missing}")
+    try:
+        named = shard_path(attrs["model"], attrs["site"], int(attrs["layer"]), int(attrs["unit_start"]),
+                           int(attrs["unit_stop"]))
+    except (TypeError, ValueError):
+        named = None
+    if named is None or not SHARD_PATH.fullmatch(named) or not Path(path).as_posix().endswith("/" + named):
+        raise AtlasError(f"{path} is not a readable shard (its attributes model={attrs['model']!r}, "
+                         f"site={attrs['site']!r}, layer={attrs['layer']!r}, units {attrs['unit_start']!r}.."
+                         f"{attrs['unit_stop']!r} do not name its own path)")
+    return {"attrs": attrs, "parts": parts}
+
+
+# Datasets whose every value must be finite (a NaN there is a failed optimization or a damaged file).
+MUST_BE_FINITE = tuple(f"{part}/{name}" for part in PICTURES for name in ("activation", "map", "loss")) \
+    + ("topk/map", "stats/mean", "stats/positive", "stats/hist_edges")
+
+
+def check_shard(path: Path, dataset_rows: int | None = None) -> tuple[dict | None, list[tuple[str, np.ndarray | None]]]:
+    """Everything ``build.py verify`` checks inside one shard file: its header (None when unreadable)
+    and its problems, each a message and, when the problem is about units, a boolean array over the
+    shard's unit rows. Reads every value (NaN/inf, failed units, top-k rows inside ``dataset_rows``)."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        return None, [(f"not a readable HDF5 file ({str(e).splitlines()[0]})", None)]
+    with f:
+        missing = [a for a in ("format_version", *SHARD_ATTRS) if a not in f.attrs]
+        if missing:
+            return None, [(f"lacks attributes {missing}", None)]
+        problems = []
+        if str(f.attrs["format_version"]).split(".")[0] != FORMAT_VERSION.split(".")[0]:
+            problems.append((f"format version {f.attrs['format_version']}", None))
+        try:
+            header = read_shard_header(path)
+        except AtlasError as e:
+            return None, problems + [(str(e).split(" is not a readable shard ", 1)[-1].strip("()"), None)]
+        present = [p for p, names in PARTS.items() if any(name in f for name in names)]
+        if not present:
+            problems.append(("holds neither a viz nor a probe part", None))
+        problems += [(f"part {part} lacks {name}", None) for part in present for name in PARTS[part] if name not in f]
+        schema = shard_problems(f, dataset_rows, values=True)
+        problems += [(message, None) for message in schema]
+        if schema:
+            return header, problems   # values of misshapen datasets would only repeat the problem
+        for name in MUST_BE_FINITE:
+            if name not in f:
+                continue
+            try:
+                data = f[name][()]
+            except OSError as e:
+                problems.append((f"{name} cannot be read ({str(e).splitlines()[0]})", None))
+                continue
+            finite = np.isfinite(np.atleast_1d(data).astype(np.float64))
+            problems.append((f"NaN/inf in {name}", ~finite.reshape(len(finite), -1).all(1)))
+        if "topk/score" in f and "topk/index" in f:
+            problems.append(("NaN/inf score of a kept image",
+                             (~np.isfinite(f["topk/score"][()]) & (f["topk/index"][()] >= 0)).any(1)))
+        for part in PICTURES:
+            if f"{part}/failed" in f:
+                problems.append((f"{part} optimization failed (NaN/inf after every retry)",
+                                 f[f"{part}/failed"][()].astype(bool)))
+    return header, [(message, rows) for message, rows in problems if rows is None or rows.any()]

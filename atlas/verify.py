@@ -8,26 +8,20 @@ asked for.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from .analyses import analysis_files, parse_analysis
 from .dataset import Dataset, images_inside
-from .format import CITATION, DATASET, FORMAT_VERSION, MANIFEST, PARTS, PICTURES, RELATED, SCORES, SHARDS, AtlasError, unit_id
-from .locks import LOCKS
-from .manifest import BLOCKS, read_manifest, read_shard_header, sha256_file, shard_files
+from .format import (ANALYSES, BLOCKS, CACHE, CITATION, DATASET, LOCKS, LOGS, MANIFEST, PROBE_STATE, QUARANTINE, RELATED,
+                     SCORES, SHARDS, SPEC_COPY, TMP_MARK, WEBSITE, AtlasError, unit_id)
+from .manifest import read_manifest, sha256_file, shard_files
 from .reader import read_related
-from .shard import shard_problems
+from .shard import check_shard
 from .website.check import check_website
-from .quarantine import QUARANTINE, quarantined
-
-REQUIRED_ATTRS = ("format_version", "model", "site", "layer", "unit_start", "unit_stop")
-MUST_BE_FINITE = tuple(f"{part}/{name}" for part in PICTURES for name in ("activation", "map", "loss")) \
-    + ("topk/map", "stats/mean", "stats/positive", "stats/hist_edges")
-
+from .quarantine import quarantined
 
 @dataclass(frozen=True)
 class Problem:
@@ -65,53 +59,21 @@ def _check_files(root: Path, manifest: dict) -> list[Problem]:
 
 
 def _check_shard(root: Path, rel: str, entry: dict | None, dataset_rows: int | None) -> list[Problem]:
-    try:
-        f = h5py.File(root / rel, "r")
-    except OSError as e:
-        return [Problem(rel, f"not a readable HDF5 file ({str(e).splitlines()[0]})")]
+    header, found = check_shard(root / rel, dataset_rows)
     problems = []
-    with f:
-        missing = [a for a in REQUIRED_ATTRS if a not in f.attrs]
-        if missing:
-            return [Problem(rel, f"lacks attributes {missing}")]
-        if str(f.attrs["format_version"]).split(".")[0] != FORMAT_VERSION.split(".")[0]:
-            problems.append(Problem(rel, f"format version {f.attrs['format_version']}"))
-        try:
-            read_shard_header(root / rel)
-        except AtlasError as e:
-            return problems + [Problem(rel, str(e).split(" is not a readable shard ", 1)[-1].strip("()"))]
-        model, site, layer = str(f.attrs["model"]), str(f.attrs["site"]), int(f.attrs["layer"])
-        start, stop = int(f.attrs["unit_start"]), int(f.attrs["unit_stop"])
+    if header is not None:
+        attrs = header["attrs"]
+        start, stop = int(attrs["unit_start"]), int(attrs["unit_stop"])
         if entry is not None and (entry["unit_start"], entry["unit_stop"]) != (start, stop):
             problems.append(Problem(rel, f"holds units {start}..{stop}, the manifest says "
                                          f"{entry['unit_start']}..{entry['unit_stop']}"))
-        present = [p for p, names in PARTS.items() if any(name in f for name in names)]
-        if not present:
-            problems.append(Problem(rel, "holds neither a viz nor a probe part"))
-        for part in present:
-            problems += [Problem(rel, f"part {part} lacks {name}") for name in PARTS[part] if name not in f]
-        schema = shard_problems(f, dataset_rows, values=True)
-        problems += [Problem(rel, message) for message in schema]
-        if schema:
-            return problems   # values of misshapen datasets would only repeat the problem
-        for name in MUST_BE_FINITE:
-            if name not in f:
-                continue
-            try:
-                data = f[name][()]
-            except OSError as e:
-                problems.append(Problem(rel, f"{name} cannot be read ({str(e).splitlines()[0]})"))
-                continue
-            finite = np.isfinite(np.atleast_1d(data).astype(np.float64))
-            bad = ~finite.reshape(len(finite), -1).all(1)
-            problems += _units(rel, bad, model, site, layer, start, f"NaN/inf in {name}")
-        if "topk/score" in f and "topk/index" in f:
-            bad = (~np.isfinite(f["topk/score"][()]) & (f["topk/index"][()] >= 0)).any(1)
-            problems += _units(rel, bad, model, site, layer, start, "NaN/inf score of a kept image")
-        for part in PICTURES:
-            if f"{part}/failed" in f:
-                problems += _units(rel, f[f"{part}/failed"][()], model, site, layer, start,
-                                   f"{part} optimization failed (NaN/inf after every retry)")
+    for message, rows in found:
+        if rows is None:
+            problems.append(Problem(rel, message))
+        else:
+            a = header["attrs"]
+            problems += [Problem(rel, message, unit_id(a["model"], a["site"], int(a["layer"]), start + int(r)))
+                         for r in np.flatnonzero(rows)]
     return problems
 
 
@@ -126,10 +88,6 @@ def _check_layout(manifest: dict) -> list[Problem]:
             if b["unit_start"] < a["unit_stop"]:
                 problems.append(Problem(b["path"], f"its units overlap those of {a['path']}"))
     return problems
-
-
-def _units(rel, bad, model, site, layer, start, message) -> list[Problem]:
-    return [Problem(rel, message, unit_id(model, site, layer, start + int(r))) for r in np.flatnonzero(bad)]
 
 
 def _check_coverage(root: Path, manifest: dict) -> list[Problem]:
@@ -157,7 +115,7 @@ def _check_coverage(root: Path, manifest: dict) -> list[Problem]:
 
 
 # Files and folders of an atlas that are not data: the manifest does not list them.
-NOT_DATA = (MANIFEST, CITATION, "spec.toml", "site", "logs", LOCKS, ".cache", ".probe", QUARANTINE, BLOCKS)
+NOT_DATA = (MANIFEST, CITATION, SPEC_COPY, WEBSITE, LOGS, LOCKS, CACHE, PROBE_STATE, QUARANTINE, BLOCKS)
 
 
 def _check_unlisted(root: Path, manifest: dict) -> list[Problem]:
@@ -174,7 +132,7 @@ def _check_unlisted(root: Path, manifest: dict) -> list[Problem]:
         top = rel.split("/", 1)[0]
         if not path.is_file() or top in NOT_DATA or rel in listed or rel.endswith(".h5") and top == SHARDS:
             continue
-        if ".tmp-" in path.name or any(rel.startswith(folder) for folder in inside):
+        if TMP_MARK in path.name or any(rel.startswith(folder) for folder in inside):
             continue  # a write in progress; the dataset's own images
         problems.append(Problem(rel, "not listed in the manifest (not part of the atlas's data; move it out, or "
                                      "rerun `build.py finalize` if it should be)"))
@@ -190,14 +148,11 @@ def _check_data(root: Path, manifest: dict) -> list[Problem]:
         except AtlasError as e:
             problems.append(Problem(DATASET, str(e).split(": ", 1)[-1] if str(e).startswith(str(root)) else str(e)))
     problems += _check_related(root, manifest)
-    for path in sorted((root / "analyses").glob("*.json")) if (root / "analyses").is_dir() else []:
+    for path in analysis_files(root):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            ok = isinstance(data, dict) and isinstance(data.get("results"), dict)
-        except (ValueError, UnicodeDecodeError, OSError):
-            ok = False
-        if not ok:
-            problems.append(Problem(f"analyses/{path.name}", "not an analysis result (invalid JSON or no results)"))
+            parse_analysis(path)
+        except ValueError:
+            problems.append(Problem(f"{ANALYSES}/{path.name}", "not an analysis result (invalid JSON or no results)"))
     return problems
 
 
@@ -208,9 +163,7 @@ def _check_related(root: Path, manifest: dict) -> list[Problem]:
         return [Problem(RELATED, f"missing although {scores[0]} exists (a probe was killed before it; rerun "
                                  "the probe to complete it)")] if scores else []
     try:
-        read_related(root / RELATED)
-        with h5py.File(root / RELATED, "r") as f:
-            sources = json.loads(f.attrs["sources"]) if "sources" in f.attrs else None
+        sources = read_related(root / RELATED)["sources"]
     except (AtlasError, OSError, ValueError) as e:
         return [Problem(RELATED, str(e).split(": ", 1)[-1])]
     if sources is None:
@@ -226,7 +179,7 @@ def verify(root: str | Path) -> list[Problem]:
     root = Path(root)
     manifest = read_manifest(root)
     if manifest is None:
-        return [Problem("manifest.json", "missing: nothing to check against (run `build.py finalize DIR`)")]
+        return [Problem(MANIFEST, "missing: nothing to check against (run `build.py finalize DIR`)")]
     problems = _check_files(root, manifest)
     entries = {e["path"]: e for e in manifest.get("shards", [])}
     try:
@@ -236,7 +189,7 @@ def verify(root: str | Path) -> list[Problem]:
     for rel in sorted(set(entries) | set(shard_files(root))):
         if (root / rel).exists():
             problems += _check_shard(root, rel, entries.get(rel), rows)
-    website = [Problem(file, message) for file, message in check_website(root, root / "site")]
+    website = [Problem(file, message) for file, message in check_website(root, root / WEBSITE)]
     return problems + _check_layout(manifest) + _check_coverage(root, manifest) + _check_unlisted(root, manifest) \
         + _check_data(root, manifest) + website
 

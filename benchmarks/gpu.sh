@@ -20,33 +20,18 @@ esac
 export HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
 # preconditions, and the device line of the table: ViT Atlas installed, CUDA visible (not for --dry-run)
-$PY - $DRY > "$OUT/gpu.txt" <<'PY' || exit 1
-import sys
-try:
-    import atlas, builder, timm, torch
-except ImportError as e:
-    sys.exit(f"ViT Atlas is not installed for {sys.executable} ({e}): run `pip install -e .` in the repository")
-if torch.cuda.is_available() and sys.argv[1] == "0":
-    p = torch.cuda.get_device_properties(0)
-    print(f"{p.name} ({p.total_memory / 2**30:.0f} GiB), torch {torch.__version__}, CUDA {torch.version.cuda}")
-elif sys.argv[1] == "0":
-    sys.exit("torch sees no CUDA device (check CUDA_VISIBLE_DEVICES and the driver); on a machine without one, "
-             "--dry-run walks the commands")
-else:
-    print(f"CPU (dry run), torch {torch.__version__}")
-PY
+$PY benchmarks/preflight.py check $DRY > "$OUT/gpu.txt" || exit 1
 if [ $DRY = 0 ]; then
   MODEL=(--model vit_base_patch16_224 --model-args '{}')
   ENGINE=(--steps 20 --units 32 --batch-units 32)
   PROBE=(--n 5000 --batch-size 256)
   SPEC=examples/vit_b16_imagenet.toml
 else
-  TINY='{"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2, "num_classes": 5}'
-  MODEL=(--model vit_tiny_patch16_224 --model-args "$TINY" --device cpu)
+  MODEL=(--model vit_tiny_patch16_224 --model-args "$($PY benchmarks/preflight.py model-args)" --device cpu)
   ENGINE=(--steps 2 --units 2 --batch-units 2 --layers 0,2)
   PROBE=(--n 8 --batch-size 4 --workers 0)
   SPEC=$OUT/tiny.toml
-  printf '[atlas]\nname = "dry-run"\nout = "%s/atlas"\n[build]\ndevice = "cpu"\n[recipe]\npreset = "quick"\nsteps = 2\n[[models]]\nname = "vit_tiny_patch16_224"\nrandom_init = true\nprobe = false\nmodel_args = { img_size = 32, patch_size = 8, embed_dim = 32, depth = 3, num_heads = 2, num_classes = 5 }\n' "$OUT" > "$SPEC"
+  $PY benchmarks/preflight.py spec "$OUT" > "$SPEC"
 fi
 
 # 1. the engine on ViT-B/16, paper preset, defaults on CUDA (bf16, compiled with CUDA graphs), first,

@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # build.py, the command line part 2 drives
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # build.py, the command line check 2 drives
 import build  # noqa: E402
+from benchmarks.preflight import TINY_VIT  # noqa: E402
 from atlas.log import read_logs
 from builder.device import exact_fp32
 from builder.forward import unit_forward
@@ -39,7 +40,6 @@ from builder.schedule import auto_batch_units
 from builder.visualize import optimize_units
 
 VIT_B = ["--model", "vit_base_patch16_224", "--random-init"]
-TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2, "num_classes": 5}
 
 
 def torch_log_counts(path: Path) -> dict:
@@ -55,7 +55,7 @@ def visualize_lines(out: Path) -> list[dict]:
 
 
 def forced_out_of_memory(out: Path) -> str:
-    """Part 2: the process may use only the memory of about 20 units of ViT-B/16 layer 6 (measured by
+    """Check 2: the process may use only the memory of about 20 units of ViT-B/16 layer 6 (measured by
     the batch trial) while asked for batches of 64: the batch must halve (64 -> 32 -> 16) and the
     layer finish, compiled, with its graphs replaying."""
     lm = load_model(ModelSource("vit_base_patch16_224", random_init=True))
@@ -85,8 +85,8 @@ def forced_out_of_memory(out: Path) -> str:
 
 
 def precision_gap(dry: bool) -> tuple[str, str]:
-    """Part 3: bf16 vs fp32 for the same units and seeds."""
-    kwargs = TINY if dry else {}
+    """Check 3: bf16 vs fp32 for the same units and seeds."""
+    kwargs = TINY_VIT if dry else {}
     lm = load_model(ModelSource("vit_tiny_patch16_224" if dry else "vit_base_patch16_224", random_init=True), **kwargs)
     device = torch.device("cpu" if dry else "cuda")
     lm.model.to(device)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from atlas.dataset import Dataset, paths_sha256, write_dataset
 from atlas.flags import THRESHOLDS, flag_values
 from atlas.folder import prepare_atlas_folder
-from atlas.format import DATASET, SCORES, AtlasError, check_model_name, shard_path
+from atlas.format import DATASET, PROBE_STATE, SCORES, AtlasError, check_model_name, shard_path
 from atlas.log import append_log
 from atlas.manifest import write_manifest
 from atlas.quarantine import quarantine
@@ -30,7 +30,7 @@ from atlas.shard import atomic_file, remove_stale_temps, write_part
 from .dataset import ImageDataset, ImageIndex, collate, loader_workers
 from .models import LoadedModel
 from .device import DEFAULT_DEVICE, DEFAULT_PRECISION, autocast, resolve_device, resolve_precision
-from .schedule import existing_shards, layer_attrs, plan_ranges, select_layers
+from .plan import existing_shards, layer_attrs, plan_ranges, select_layers
 from .related import MODES, ScoreStore, complete_related, score_file_of
 from .sites import Layer, run_to
 from .defaults import BATCH_SIZE, RELATED_K, SHARD_UNITS, SKETCH_DIMS, TOP_K
@@ -208,7 +208,7 @@ def _plan_pass(lm: LoadedModel, index: ImageIndex, job: ProbeJob, out: Path, sel
     existing = existing_shards(out, job.name, job.site, lm)
     plan = {layer.index: plan_ranges(existing.get(layer.index, []), units, job.shard_units, "probe")
             for layer, units in selected}
-    state_path = out / ".probe" / f"{job.name}-{job.site}.pt"
+    state_path = out / PROBE_STATE / f"{job.name}-{job.site}.pt"
     state = _load_state(out, state_path)
     chosen = [layer for layer, _ in selected if plan[layer.index]]
     if state is not None and state.get("finished"):
@@ -223,7 +223,7 @@ def _plan_pass(lm: LoadedModel, index: ImageIndex, job: ProbeJob, out: Path, sel
     run = ProbePass(layers, {layer.index: plan[layer.index] for layer in layers},
                     [LayerProbe(layer.units, layer.grid, job.k, device) for layer in layers], kept,
                     ScoreStore([len(kept[layer.index]) for layer in layers], len(index.paths), job.related,
-                               job.sketch_dims, out / ".probe" / f"{job.name}-{job.site}.scores.npy", device),
+                               job.sketch_dims, out / PROBE_STATE / f"{job.name}-{job.site}.scores.npy", device),
                     state_path, _fingerprint(job, lm, layers, index))
     if state is not None and state.get("fingerprint") == run.fingerprint and len(state.get("layers", [])) == len(layers):
         run.position, run.skipped = state["position"], state["skipped"]

@@ -1,6 +1,8 @@
-"""Scheduling: which shards to write, in which batches, resuming what a killed run left."""
+"""The visualize runner: claims shards, sizes balanced batches to memory, retries out-of-memory and NaN
+batches, writes picture parts, resumes what a killed run left; and the calibration that times it."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,106 +11,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from atlas.format import AtlasError, check_model_name, picture_part, shard_path, unit_runs
+from atlas.format import AtlasError, check_model_name, picture_part, shard_path
 from atlas.log import append_log
-from atlas.manifest import scan_shards, write_manifest
+from atlas.manifest import write_manifest
 from atlas.folder import prepare_atlas_folder
 from atlas.locks import Lock, lock_path
 from atlas.shard import remove_stale_temps, shard_holds, write_part
 
 from .device import (DEFAULT_COMPILE, DEFAULT_DEVICE, DEFAULT_PRECISION, compute_dtype, resolve_compile,
                      resolve_device, resolve_precision)
-from .forward import unit_forward
+from .forward import planned_pass_flops, unit_forward
 from .models import LoadedModel
 from .recipe import Recipe, unit_seed
-from .sites import Layer, find_layers, run_to
+from .sites import Layer, run_to
 from .visualize import Step, optimize_units
+from .plan import Task, existing_shards, layer_attrs, load_spec_model, plan_ranges, recipe_of, select_layers
+from .spec import BuildSpec
 from .defaults import SEED, SHARD_UNITS
-
-# Shard attributes that must agree between every part written into one atlas for a model.
-IDENTITY = ("arch", "weights", "image_size")
-
-
-def parse_spec(spec: str, valid: list[int], what: str) -> list[int]:
-    """Parse 'all', '5', '0-3' or '0,2,5-7' into sorted indices, all of which must be in ``valid``."""
-    spec = str(spec).strip()
-    if spec == "all":
-        return sorted(valid)
-    chosen = set()
-    try:
-        for part in spec.split(","):
-            lo, sep, hi = part.strip().partition("-")
-            lo, hi = int(lo), int(hi) if sep else int(lo)
-            if hi < lo:
-                raise ValueError
-            chosen.update(range(lo, hi + 1))
-    except ValueError:
-        raise AtlasError(f"--{what} {spec!r} is not a SPEC: use all, 5, 0-3 or 0,2,5-7") from None
-    outside = sorted(chosen - set(valid))
-    if outside:
-        shown = f"{min(valid)}-{max(valid)}" if valid == list(range(min(valid), max(valid) + 1)) else valid
-        raise AtlasError(f"--{what} {spec}: {outside[:10]} out of range (valid: {shown})")
-    return sorted(chosen)
-
-
-def plan_ranges(existing: list[tuple[int, int, list[str]]], wanted: list[int], shard_units: int,
-                part: str) -> list[tuple[int, int]]:
-    """Unit ranges to write ``part`` into, for the ``wanted`` units of one layer.
-
-    Existing shards keep their ranges (a part is always written for a shard's whole range); units no
-    shard covers yet go into new shards cut on the grid of multiples of ``shard_units``.
-    """
-    if shard_units < 1:
-        raise AtlasError(f"--shard-units must be at least 1, not {shard_units}")
-    todo, covered = [], set()
-    for start, stop, parts in sorted(existing):
-        if any(start <= u < stop for u in wanted) and part not in parts:
-            todo.append((start, stop))
-        covered.update(range(start, stop))
-    for start, stop in unit_runs([u for u in wanted if u not in covered]):
-        cut = start
-        while cut < stop:
-            end = min(stop, (cut // shard_units + 1) * shard_units)
-            todo.append((cut, end))
-            cut = end
-    return sorted(todo)
-
-
-def layer_attrs(name: str, lm: LoadedModel, layer: Layer) -> dict:
-    """The attributes every shard of this (model, site, layer) carries."""
-    return {"model": name, "arch": lm.source.arch, "weights": lm.weights, "site": layer.site,
-            "layer": layer.index, "layer_units": layer.units, "grid": list(layer.grid),
-            "module": layer.module, "module_call": layer.call, "image_size": list(lm.input_size),
-            "mean": list(lm.mean), "std": list(lm.std)}
-
-
-def existing_shards(out: Path, name: str, site: str, lm: LoadedModel) -> dict[int, list]:
-    """Shards already in the atlas for (name, site), by layer; rejects an atlas built from other weights."""
-    by_layer: dict[int, list] = {}
-    for shard in scan_shards(out):
-        attrs = shard["attrs"]
-        if attrs["model"] != name:
-            continue
-        mine = {"arch": lm.source.arch, "weights": lm.weights, "image_size": list(lm.input_size)}
-        for key in IDENTITY:
-            if key in attrs and attrs[key] != mine[key]:
-                raise AtlasError(
-                    f"{out} already holds {name} with {key}={attrs[key]!r}, but this run has {mine[key]!r}; "
-                    "pass --name to store this model under another name, or use another --out")
-        if attrs["site"] == site:
-            by_layer.setdefault(int(attrs["layer"]), []).append(
-                (int(attrs["unit_start"]), int(attrs["unit_stop"]), shard["parts"]))
-    return by_layer
-
-
-def select_layers(lm: LoadedModel, site: str, layer_spec: str, unit_spec: str) -> list[tuple[Layer, list[int]]]:
-    """The chosen layers of ``site`` with the chosen units of each; out-of-range SPECs are rejected."""
-    layers = {layer.index: layer for layer in find_layers(lm.model, site, lm.input_size)}
-    chosen = []
-    for index in parse_spec(layer_spec, list(layers), "layers"):
-        layer = layers[index]
-        chosen.append((layer, parse_spec(unit_spec, list(range(layer.units)), "units")))
-    return chosen
 
 
 def bytes_per_image(lm: LoadedModel, layer: Layer, device: torch.device) -> int:
@@ -347,7 +266,15 @@ def _write_picture(out: Path, job: VisualizeJob, lm: LoadedModel, run: LayerRun,
 
 
 def run_visualize(lm: LoadedModel, job: VisualizeJob, command: str | None = None) -> dict:
-    """Visualize the chosen units into ``job.out``: complete shards are skipped, so a killed run resumes."""
+    """`build.py visualize`: the chosen units into ``job.out`` (``visualize_selection``), then the manifest."""
+    stats = visualize_selection(lm, job)
+    write_manifest(job.out, command)
+    return stats
+
+
+def visualize_selection(lm: LoadedModel, job: VisualizeJob) -> dict:
+    """Visualize the units ``job`` selects into ``job.out``: complete shards are skipped, so a killed run
+    resumes. Returns the job's statistics; the manifest is the caller's to write."""
     check_model_name(job.name)
     device = resolve_device(job.device)
     resolve_precision(job.precision, device)
@@ -365,5 +292,43 @@ def run_visualize(lm: LoadedModel, job: VisualizeJob, command: str | None = None
     job.stats.update(units=sum(stop - start for _, start, stop in plan), shards=len(plan), already_done=done,
                      device=str(device))
     visualize_shards(lm, job, plan, device)
-    write_manifest(out, command)
     return job.stats
+
+
+# Calibration: steps per timed run, and the most units it times (the batch a run would use, capped
+# so the figure costs the same seconds on every GPU; a full batch of ViT-B/16 on a 24 GB card).
+CALIBRATION_STEPS = 4
+CALIBRATION_UNITS = 64
+
+
+def calibrate(spec: BuildSpec, tasks: list[Task]) -> tuple[float, str]:
+    """Measured FLOP/s of the engine on this machine's device (in the plan's FLOPs,
+    ``planned_pass_flops``, so the projected hours divide like by like), as a run would reach it: the first
+    model's middle layer, the batch size a run would choose (at most ``CALIBRATION_UNITS``), the
+    spec's precision and compile mode, timed over ``CALIBRATION_STEPS`` steps after an untimed run
+    of the same shapes (which compiles)."""
+    device = resolve_device(spec.device)
+    precision = resolve_precision(spec.precision, device)
+    first = tasks[0].model
+    m = spec.models[first]
+    lm = load_spec_model(m, weights=False)
+    lm.model.to(device)
+    layers = [layer for layer, _ in select_layers(lm, tasks[0].site, m.layers, m.units)]
+    layer = layers[len(layers) // 2]
+    recipe = recipe_of(spec, m).shortened(CALIBRATION_STEPS)
+    forward = unit_forward(lm, layer, compute_dtype(precision), device)
+    step = Step(forward, resolve_compile(spec.compile, device), device)
+    fit = spec.batch_units or auto_batch_units(lm, layer, recipe, device, precision, forward)
+    units = list(range(min(fit, CALIBRATION_UNITS, layer.units)))
+
+    def run():
+        optimize_units(lm, layer, units, units, recipe, device, precision, forward, step)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    run()
+    t0 = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - t0
+    flops = recipe.images_per_unit() * len(units) * planned_pass_flops(lm, [layer])[layer.index]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    return flops / seconds, f"{name}, {len(units)} units per batch, {step.mode}"

@@ -1,6 +1,6 @@
 #!/bin/bash
-# One GPU per array task; each task takes its part of the shard list from SLURM_ARRAY_TASK_ID and
-# SLURM_ARRAY_TASK_COUNT. The last task to finish writes the manifest and renders the site.
+# One GPU per array task; each task takes its share of the shard list from SLURM_ARRAY_TASK_ID and
+# SLURM_ARRAY_TASK_COUNT. The last task to finish writes the manifest and renders the website.
 #   sbatch --array=0-7 examples/sbatch.sh examples/vit_b16_imagenet.toml
 #SBATCH --job-name=vit-atlas
 #SBATCH --gres=gpu:1

@@ -16,8 +16,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the hub in tests
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-# A ViT small enough for CPU tests: 32 px, 4x4 patch grid + CLS, 3 blocks of 128 FFN units.
-TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=5)
+from benchmarks.preflight import TINY_VIT  # noqa: E402  (the tiny ViT of the tests and the GPU scripts' dry runs)
 
 
 TINY_MODEL = ["--model", "vit_tiny_patch16_224", "--random-init", "--model-args", json.dumps(TINY_VIT)]
@@ -49,11 +48,11 @@ def own_remote_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def site(tmp_path_factory):
+def small_atlas(tmp_path_factory):
     """A small rendered atlas whose dataset has names that need escaping: (atlas folder, index.html)."""
     import build
     from atlas.website import render
-    base = tmp_path_factory.mktemp("site")
+    base = tmp_path_factory.mktemp("small-atlas")
     folder, labels = make_tricky_folder(base)
     out = base / 'atlas & "co" <x>'
     assert build.main(["visualize", *TINY_MODEL, "--preset", "quick", "--steps", "3", "--layers", "0-1",

@@ -203,14 +203,24 @@ def assert_refused(result, *needles: str, code: int = 2) -> None:
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
 
 
+def image_folder(root: Path, classes=("a", "b", "c"), per_class: int = 12, size: int | tuple[int, int] = 40,
+                 seed: int = 0, name: str = "{i}.png", dim_by_class: bool = False) -> Path:
+    """An ImageFolder of random RGB images: ``size`` pixels square, or a random height and width in
+    [lo, hi) for a pair; ``dim_by_class`` divides class c's pixels by 1 + c (classes a probe can tell apart)."""
+    rng = np.random.default_rng(seed)
+    for c, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = rng.integers(size[0], size[1], 2) if isinstance(size, tuple) else (size, size)
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            Image.fromarray(pixels // (1 + c) if dim_by_class else pixels).save(root / cls / name.format(i=i))
+    return root
+
+
 def write_spec(folder: Path, out: str = "atlas", steps: int = 2, extra: str = "") -> Path:
     images = folder / "images"
     if not images.exists():
-        rng = np.random.default_rng(0)
-        for c in ("a", "b"):
-            (images / c).mkdir(parents=True)
-            for i in range(6):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(images / c / f"{i}.png")
+        image_folder(images, ("a", "b"), 6, 32)
     args = ", ".join(f"{k} = {v}" for k, v in TINY_VIT.items())
     spec = folder / "spec.toml"
     spec.write_text(f"""

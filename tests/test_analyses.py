@@ -14,24 +14,16 @@ import build
 from atlas.format import AtlasError
 from builder.analyses import ANALYSES, AnalysisJob, run_analysis
 from builder.analyses.common import labelled
-from builder.analyses.foreground import crop_boxes, foreground_mask, read_boxes
+from builder.analyses.foreground import box_mask, read_boxes
 from builder.analyses.frequency import filtered
 from builder.analyses.spatial import FRACTIONS, blackout, linear_fit
 from builder.analyses.token_mixing import embed, isolated_cls_logits, token_logits
 from builder.dataset import scan_images
 from builder.models import ModelSource, load_model
 from tests.conftest import TINY_MODEL, TINY_VIT
+from tests.helpers import image_folder
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-def labelled_folder(root, n=12, classes=("a", "b", "c"), size=40):
-    rng = np.random.default_rng(0)
-    for c in classes:
-        (root / c).mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
-    return root
 
 
 def tiny(**changes):
@@ -41,7 +33,7 @@ def tiny(**changes):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    return scan_images(labelled_folder(tmp_path_factory.mktemp("labelled")))
+    return scan_images(image_folder(tmp_path_factory.mktemp("labelled")))
 
 
 def job(tmp_path, index=None, **kw):
@@ -119,13 +111,20 @@ def test_token_mixing_refuses_cnns_and_unlabelled_images(tmp_path, images):
 
 # -- foreground / background -----------------------------------------------------------------------
 
-def test_boxes_follow_the_resize_and_center_crop():
-    config = {"input_size": (3, 32, 32), "crop_pct": 0.8, "crop_mode": "center"}
-    # 100x50 image: short side 50 -> floor(32/0.8)=40 (scale 0.8), long side 80; crop 32 at (24, 4)
-    (box,) = crop_boxes([(30, 5, 60, 45)], (100, 50), config)
-    assert box == pytest.approx((30 * 0.8 - 24, 5 * 0.8 - 4, 60 * 0.8 - 24, 45 * 0.8 - 4))
-    mask = foreground_mask([(2, 1, 5, 3)], 6, 8)
-    assert mask.sum() == 6 and mask[1:3, 2:5].all()
+@pytest.mark.parametrize("crop_mode", ["center", "squash", "border"])
+def test_boxes_follow_the_models_own_resize_and_crop(crop_mode):
+    """The foreground mask is where a box painted on the image lands after timm's own eval transform
+    (create_transform for the model's data config), whatever its crop mode."""
+    import timm.data
+    config = {"input_size": (3, 32, 32), "crop_pct": 0.8, "crop_mode": crop_mode, "interpolation": "bilinear",
+              "mean": (0, 0, 0), "std": (1, 1, 1)}
+    size, box = (100, 50), (30, 5, 60, 45)
+    painted = np.zeros((size[1], size[0], 3), np.uint8)
+    painted[box[1]:box[3], box[0]:box[2]] = 255
+    seen = timm.data.create_transform(**config, is_training=False)(Image.fromarray(painted))[0].numpy() > 0.5
+    mask = box_mask([box], size, config).numpy()
+    assert mask.shape == seen.shape == (32, 32)
+    assert (mask != seen).mean() < 0.02 and mask.sum() > 0   # resampling differs at the edge only
 
 
 def test_boxes_from_csv_loc_solution_and_xml(tmp_path):
@@ -264,7 +263,7 @@ def test_a_resumed_build_keeps_results_with_the_same_inputs_and_redoes_changed_o
 def test_analyze_all_runs_what_applies_and_says_what_it_skips(tmp_path, capsys):
     out = tmp_path / "atlas"
     # the demo CNN names its classes, so the folder's classes must be among them
-    images = scan_images(labelled_folder(tmp_path / "shapes", n=4, classes=("circle", "heart", "star")))
+    images = scan_images(image_folder(tmp_path / "shapes", ("circle", "heart", "star"), 4))
     assert build.main(["analyze", "all", "--model", "resnet_atlas_demo", "--random-init", "--images",
                        str(images.root), "--workers", "0", "--limit", "9", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -274,6 +273,10 @@ def test_analyze_all_runs_what_applies_and_says_what_it_skips(tmp_path, capsys):
     assert sorted(p.stem for p in (out / "analyses").glob("*.json")) == ["frequency"]
     r = json.loads((out / "analyses/frequency.json").read_text())["results"]["resnet_atlas_demo"]
     assert r["images"] == 9
+    # the command lists what it wrote in the manifest (it once did only when the sites analysis ran)
+    from atlas.verify import verify
+    assert "analyses/frequency.json" in {e["path"] for e in json.loads((out / "manifest.json").read_text())["files"]}
+    assert not [p for p in verify(out) if "not listed in the manifest" in p.message]
     assert build.main(["analyze", "token-mixing", "--model", "resnet_atlas_demo", "--random-init", "--images",
                        str(images.root), "--out", str(out)]) == 2
     assert build.main(["analyze", "nonsense", *TINY_MODEL, "--out", str(out)]) == 2

@@ -27,15 +27,15 @@ TINY_ARGS = json.dumps(TINY_VIT)
 
 
 @pytest.fixture
-def atlas(site, tmp_path):
+def atlas_copy(small_atlas, tmp_path):
     """A copy of a finished atlas (visualized, probed, rendered) and the sha256 of all its files."""
     folder = tmp_path / "atlas"
-    shutil.copytree(site[0], folder)
+    shutil.copytree(small_atlas[0], folder)
     return folder, digests(folder)
 
 
-def unchanged(atlas) -> None:
-    folder, before = atlas
+def unchanged(atlas_copy) -> None:
+    folder, before = atlas_copy
     after = digests(folder)
     assert {k: v for k, v in after.items() if k in before} == before
 
@@ -52,10 +52,10 @@ def visualize(out, *extra, model=TINY_MODEL):
     ('{"not_a_timm_argument": 3}', "does not accept"),
     ("{oops", "not JSON"),
 ])
-def test_bad_model_args(atlas, args, needle):
+def test_bad_model_args(atlas_copy, args, needle):
     model = ["--model", "vit_tiny_patch16_224", "--random-init", "--model-args", args]
-    assert_refused(visualize(atlas[0], model=model), needle)
-    unchanged(atlas)
+    assert_refused(visualize(atlas_copy[0], model=model), needle)
+    unchanged(atlas_copy)
 
 
 def _checkpoint(tmp_path, kind: str) -> Path:
@@ -79,18 +79,18 @@ def _checkpoint(tmp_path, kind: str) -> Path:
 
 @pytest.mark.parametrize("kind", ["empty safetensors", "truncated safetensors", "garbled safetensors", "garbage pth",
                                   "folder"])
-def test_bad_checkpoints(atlas, tmp_path, kind):
+def test_bad_checkpoints(atlas_copy, tmp_path, kind):
     path = _checkpoint(tmp_path, kind)
     model = ["--model", "vit_tiny_patch16_224", "--checkpoint", str(path), "--model-args", TINY_ARGS]
-    result = visualize(atlas[0], model=model)
+    result = visualize(atlas_copy[0], model=model)
     assert_refused(result, "is a folder" if kind == "folder" else "could not load")
     assert "weights_only=False" not in result[2] and "trust" not in result[2]
-    unchanged(atlas)
+    unchanged(atlas_copy)
 
 
-def test_unknown_model_names_close_matches(atlas):
-    assert_refused(visualize(atlas[0], model=["--model", "vit_tiny_patch16_22", "--random-init"]), "did you mean")
-    unchanged(atlas)
+def test_unknown_model_names_close_matches(atlas_copy):
+    assert_refused(visualize(atlas_copy[0], model=["--model", "vit_tiny_patch16_22", "--random-init"]), "did you mean")
+    unchanged(atlas_copy)
 
 
 # -- flags ----------------------------------------------------------------------------------------
@@ -101,26 +101,26 @@ def test_unknown_model_names_close_matches(atlas):
     (["--batch-units", "0"], "at least 1"),
     (["--shard-units", "0"], "at least 1"),
     (["--layers", "99"], "out of range"),
-    (["--units", "3-1"], "not a SPEC"),
+    (["--units", "3-1"], "not a selection"),
     (["--steps", "0"], "at least 1"),
     (["--device", "tpu"], "--device"),
     (["--preset", "fast"], "unknown preset"),
 ])
-def test_bad_flags(atlas, extra, needle):
-    assert_refused(visualize(atlas[0], *extra), needle)
-    unchanged(atlas)
+def test_bad_flags(atlas_copy, extra, needle):
+    assert_refused(visualize(atlas_copy[0], *extra), needle)
+    unchanged(atlas_copy)
 
 
 # -- output folders -------------------------------------------------------------------------------
 
-def test_out_is_a_file_or_someone_elses_folder(atlas, tmp_path):
+def test_out_is_a_file_or_someone_elses_folder(atlas_copy, tmp_path):
     notes = tmp_path / "my-notes"
     notes.mkdir()
     (notes / "thesis.txt").write_text("mine")
     assert_refused(visualize(notes), "not empty and holds no atlas")
     assert (notes / "thesis.txt").read_text() == "mine" and sorted(p.name for p in notes.iterdir()) == ["thesis.txt"]
     assert_refused(visualize(notes / "thesis.txt"), "is a file")
-    unchanged(atlas)
+    unchanged(atlas_copy)
 
 
 def test_a_foreign_manifest_fails_before_any_work(tmp_path):
@@ -157,21 +157,21 @@ def test_a_read_only_out_fails_before_any_work(tmp_path):
     with read_only_folder(tmp_path) as ro:
         assert_refused(visualize(ro / "atlas"), "cannot create --out")
         assert_refused(visualize(ro), "cannot write into")
-        assert_refused(run_cli("render", str(ROOT / "tests"), "--site", str(ro / "web")), "cannot create")
+        assert_refused(run_cli("render", str(ROOT / "tests"), "--out", str(ro / "web")), "cannot create")
 
 
-def test_render_into_someone_elses_folder(atlas, tmp_path):
+def test_render_into_someone_elses_folder(atlas_copy, tmp_path):
     mine = tmp_path / "www"
     (mine / "assets").mkdir(parents=True)
     (mine / "index.html").write_text("<h1>my page</h1>")
     (mine / "assets" / "atlas.css").write_text("body{}")
     before = digests(mine)
-    assert_refused(run_cli("render", str(atlas[0]), "--site", str(mine)), "not rendered by ViT Atlas")
+    assert_refused(run_cli("render", str(atlas_copy[0]), "--out", str(mine)), "not rendered by ViT Atlas")
     assert digests(mine) == before
-    unchanged(atlas)
+    unchanged(atlas_copy)
     fresh = tmp_path / "fresh"
-    assert run_cli("render", str(atlas[0]), "--site", str(fresh))[0] == 0
-    assert run_cli("render", str(atlas[0]), "--site", str(fresh))[0] == 0  # its own website: rendered again
+    assert run_cli("render", str(atlas_copy[0]), "--out", str(fresh))[0] == 0
+    assert run_cli("render", str(atlas_copy[0]), "--site", str(fresh))[0] == 0  # rendered again; --site: before the glossary
 
 
 def test_make_dataset_into_someone_elses_folder(tmp_path):
@@ -184,7 +184,7 @@ def test_make_dataset_into_someone_elses_folder(tmp_path):
 
 # -- image folders --------------------------------------------------------------------------------
 
-def test_a_folder_of_text_files_named_jpg(atlas, tmp_path):
+def test_a_folder_of_text_files_named_jpg(atlas_copy, tmp_path):
     fake = tmp_path / "fake"
     fake.mkdir()
     for i in range(3):
@@ -193,8 +193,8 @@ def test_a_folder_of_text_files_named_jpg(atlas, tmp_path):
                      "--out", str(tmp_path / "new"))
     assert_refused(result, "could be decoded", "nothing was written")
     assert not (tmp_path / "new" / "dataset.h5").exists()
-    assert_refused(run_cli("probe", *TINY_MODEL, "--images", str(tmp_path / "nowhere"), "--out", str(atlas[0])))
-    unchanged(atlas)
+    assert_refused(run_cli("probe", *TINY_MODEL, "--images", str(tmp_path / "nowhere"), "--out", str(atlas_copy[0])))
+    unchanged(atlas_copy)
 
 
 def test_non_utf8_names_and_symlink_loops_in_the_image_folder(tmp_path):
@@ -279,25 +279,25 @@ def test_spec_copy_is_valid_toml_for_any_value(tmp_path):
 
 # -- serve ----------------------------------------------------------------------------------------
 
-def test_serve_port_errors(atlas):
-    assert_refused(run_cli("serve", str(atlas[0]), "--port", "70000"), "between 0 and 65535")
+def test_serve_port_errors(atlas_copy):
+    assert_refused(run_cli("serve", str(atlas_copy[0]), "--port", "70000"), "between 0 and 65535")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        assert_refused(run_cli("serve", str(atlas[0]), "--port", str(busy.getsockname()[1])), "already in use")
-    assert_refused(run_cli("serve", str(atlas[0].parent)), "no rendered site")
-    unchanged(atlas)
+        assert_refused(run_cli("serve", str(atlas_copy[0]), "--port", str(busy.getsockname()[1])), "already in use")
+    assert_refused(run_cli("serve", str(atlas_copy[0].parent)), "no rendered website")
+    unchanged(atlas_copy)
 
 
 # -- other commands -------------------------------------------------------------------------------
 
-def test_verify_and_analyze_bad_targets(atlas, site, tmp_path):
-    images = next(Path(site[0]).parent.glob("imgs"))
+def test_verify_and_analyze_bad_targets(atlas_copy, small_atlas, tmp_path):
+    images = next(Path(small_atlas[0]).parent.glob("imgs"))
     assert_refused(run_cli("verify", str(tmp_path / "nothing")), "problems")
-    assert_refused(run_cli("analyze", "everything", *TINY_MODEL, "--out", str(atlas[0])), "unknown analysis")
-    assert_refused(run_cli("probe", *TINY_MODEL, "--images", str(images), "--k", "0", "--out", str(atlas[0])),
+    assert_refused(run_cli("analyze", "everything", *TINY_MODEL, "--out", str(atlas_copy[0])), "unknown analysis")
+    assert_refused(run_cli("probe", *TINY_MODEL, "--images", str(images), "--k", "0", "--out", str(atlas_copy[0])),
                    "at least 1")
-    unchanged(atlas)
+    unchanged(atlas_copy)
 
 
 def test_internal_errors_say_they_are_bugs(monkeypatch):
@@ -316,8 +316,8 @@ def _with_verify(p, fn):
     return p
 
 
-def test_verify_names_files_the_manifest_does_not_list(atlas):
-    folder, _ = atlas
+def test_verify_names_files_the_manifest_does_not_list(atlas_copy):
+    folder, _ = atlas_copy
     assert build.main(["verify", str(folder)]) == 0
     (folder / "shards" / "notes.txt").write_text("mine")
     (folder / "stray.bin").write_bytes(b"\x00" * 10)

@@ -22,9 +22,9 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def hosts(site, tmp_path_factory):
+def hosts(small_atlas, tmp_path_factory):
     """The small atlas served by nginx and by http.server: {"nginx": url of its site/, "plain": ...}."""
-    out, _ = site
+    out, _ = small_atlas
     with nginx(out, tmp_path_factory.mktemp("nginx")) as ranged, plain_http(out) as plain:
         yield {"nginx": ranged + "site/", "plain": plain + "site/", "disk": (out / "site").as_uri() + "/"}
 
@@ -50,9 +50,9 @@ def open_unit(driver, base: str, uid: str) -> None:
 
 
 @pytest.mark.parametrize("host", ["nginx", "plain", "disk"])
-def test_the_unit_view_shows_what_the_reader_returns(browser, site, hosts, host):
+def test_the_unit_view_shows_what_the_reader_returns(browser, small_atlas, hosts, host):
     from selenium.webdriver.common.by import By
-    out, _ = site
+    out, _ = small_atlas
     with atlas.open(out) as a:
         for site_, layer, index in UNITS:
             u = a.unit(MODEL, layer, index, site=site_)
@@ -155,9 +155,9 @@ def test_overlays_toggle_and_keys_move_between_units(browser, hosts):
 
 
 @pytest.mark.parametrize("host", ["nginx", "disk"])
-def test_search_finds_units_by_id_class_and_flag(browser, site, hosts, host):
+def test_search_finds_units_by_id_class_and_flag(browser, small_atlas, hosts, host):
     from selenium.webdriver.common.by import By
-    out, _ = site
+    out, _ = small_atlas
     base = hosts[host]
     browser.get(base + "index.html")
     box = browser.find_element(By.ID, "q")
@@ -259,12 +259,12 @@ def test_following_a_related_unit_and_filtering_a_layer_page(browser, hosts):
     assert strengths == sorted(strengths, reverse=True) and console_errors(browser) == []
 
 
-def test_pages_and_packs_hosted_apart(browser, site, tmp_path_factory):
+def test_pages_and_packs_hosted_apart(browser, small_atlas, tmp_path_factory):
     """The shell on one origin, the packs on another (a bucket with CORS), by `render --data-url`."""
     from selenium.webdriver.common.by import By
     from atlas.website import render
     from tests.helpers import free_port
-    out, _ = site
+    out, _ = small_atlas
     shell = tmp_path_factory.mktemp("shell")
     port = free_port()
     render(out, out=shell / "site", workers=2, progress=False, data_url=f"http://127.0.0.1:{port}/")

@@ -123,7 +123,7 @@ def test_checkpoints_load_through_the_normal_path(tmp_path, suffix):
     (["--model", "vit_tiny_patch16_224.augreg_in22k", "--random-init"], "no weights 'augreg_in22k'"),
     ([*MODEL, "--random-init", "--layers", "2-5"], r"--layers 2-5: \[3, 4, 5\] out of range \(valid: 0-2\)"),
     ([*MODEL, "--random-init", "--units", "100-200"], r"out of range \(valid: 0-127\)"),
-    ([*MODEL, "--random-init", "--layers", "x"], "is not a SPEC"),
+    ([*MODEL, "--random-init", "--layers", "x"], "is not a selection"),
     ([*MODEL, "--random-init", "--site", "mlp"], "unknown site"),
     ([*MODEL], "pass --checkpoint FILE"),
     ([*MODEL, "--checkpoint", "/nonexistent.pth"], "does not exist"),

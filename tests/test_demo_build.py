@@ -1,4 +1,4 @@
-"""`python build.py`, end to end: the demo atlas with every stage, every analysis, and its site."""
+"""`python build.py`, end to end: the demo atlas with every stage, every analysis, and its website."""
 from __future__ import annotations
 
 import html
@@ -33,12 +33,12 @@ def test_the_demo_builds_a_complete_verified_atlas_and_site(demo):
                                     for v in layers.values())
     assert {f["path"] for f in manifest["files"]} >= {"dataset.h5", "related.h5", f"scores/{VIT}-ffn.h5"}
     assert manifest["atlas"]["name"] == "vit-atlas-demo"
-    site = demo / "site"
+    website = demo / "site"
     from atlas.website.packs import read_unit
-    assert (site / "index.html").exists() and read_unit(site, VIT, "ffn", 5, 255)[1]["id"] == f"{VIT}/ffn/L05/U0255"
+    assert (website / "index.html").exists() and read_unit(website, VIT, "ffn", 5, 255)[1]["id"] == f"{VIT}/ffn/L05/U0255"
     for name in ("token-mixing", "foreground-background", "frequency", "spatial", "sites"):
-        assert (site / f"analyses/{name}.html").exists(), name
-        assert name in (site / "index.html").read_text()
+        assert (website / f"analyses/{name}.html").exists(), name
+        assert name in (website / "index.html").read_text()
 
 
 def test_the_downloads_snippet_runs_as_written(demo, monkeypatch):

@@ -19,6 +19,7 @@ from builder.recipe import PRESETS, resolve_recipe, unit_seed
 from builder.schedule import balanced_batches
 from builder.sites import find_layers, run_to
 from builder.visualize import Step, optimize_units, step_losses
+from tests.conftest import TINY_VIT
 
 CPU = torch.device("cpu")
 
@@ -287,13 +288,12 @@ VIT_FAMILY = {
     "deit_distilled": ("deit_tiny_distilled_patch16_224", {}),
     "clip_quickgelu": ("vit_base_patch16_clip_quickgelu_224", {}),
 }
-SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=5)
 
 
 @pytest.mark.parametrize("family", list(VIT_FAMILY))
 def test_truncated_forward_equals_the_hook_path(family):
     name, extra = VIT_FAMILY[family]
-    lm = load_model(ModelSource(name, random_init=True), **{**SMALL, **extra})
+    lm = load_model(ModelSource(name, random_init=True), **{**TINY_VIT, **extra})
     x = torch.randn(6, 3, 32, 32, dtype=torch.float64)
     units = torch.tensor([3, 77])
     layers = find_layers(lm.model, "ffn", lm.input_size)

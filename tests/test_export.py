@@ -16,10 +16,10 @@ from tests.helpers import load_every_config
 
 
 @pytest.fixture(scope="module")
-def exported(site, tmp_path_factory):
+def exported(small_atlas, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "parquet"
-    assert build.main(["export", str(site[0]), "--format", "parquet", "--out", str(out)]) == 0
-    return site[0], out
+    assert build.main(["export", str(small_atlas[0]), "--format", "parquet", "--out", str(out)]) == 0
+    return small_atlas[0], out
 
 
 def _shard_values(root):
@@ -74,22 +74,22 @@ def test_every_config_of_the_card_loads_with_datasets(exported):
     load_every_config(*exported)
 
 
-def test_files_stay_under_the_size_bound(site, tmp_path):
+def test_files_stay_under_the_size_bound(small_atlas, tmp_path):
     out = tmp_path / "small"
-    assert build.main(["export", str(site[0]), "--out", str(out), "--max-file-mb", "0.25"]) == 0
+    assert build.main(["export", str(small_atlas[0]), "--out", str(out), "--max-file-mb", "0.25"]) == 0
     files = sorted((out / "units").rglob("*.parquet"))
     assert len(files) > 2 and all(p.stat().st_size <= 0.25 * 2**20 * 1.1 for p in files)
     import pandas as pd
-    a = atlas.open(site[0])
+    a = atlas.open(small_atlas[0])
     model = "vit_tiny_patch16_224"
     units = sum(len(a.units(model, layer, site)) for site in a.sites(model) for layer in a.layers(model, site))
     assert sum(len(pd.read_parquet(p)) for p in files) == units
 
 
-def test_export_refuses_someone_elses_folder_and_says_how_to_get_pyarrow(site, tmp_path, monkeypatch):
+def test_export_refuses_someone_elses_folder_and_says_how_to_get_pyarrow(small_atlas, tmp_path, monkeypatch):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
-    assert_refused(run_cli("export", str(site[0]), "--out", str(mine)), "not an export")
+    assert_refused(run_cli("export", str(small_atlas[0]), "--out", str(mine)), "not an export")
     monkeypatch.setitem(sys.modules, "pyarrow", None)
-    assert_refused(run_cli("export", str(site[0]), "--out", str(tmp_path / "x")), "pip install -e '.[export]'")
+    assert_refused(run_cli("export", str(small_atlas[0]), "--out", str(tmp_path / "x")), "pip install -e '.[export]'")

@@ -20,7 +20,7 @@ from builder.augment import PixelNoise, draw
 from builder.counter_rng import seed_tensor
 from builder.device import exact_fp32, resolve_precision
 from builder.forward import unit_forward
-from builder.parts import Part, detect_part, part_device
+from builder.shares import Share, detect_share, share_device
 from builder.recipe import resolve_recipe
 from builder.sites import find_layers
 from builder.visualize import Step, optimize_units
@@ -36,38 +36,38 @@ BEIT = ["--model", "beit_base_patch16_224", "--random-init", "--model-args", jso
 SBATCH = {"SLURM_JOB_ID": "9", "SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_LOCALID": "0"}
 
 
-@pytest.mark.parametrize("env, part", [
+@pytest.mark.parametrize("env, share", [
     # torchrun inside an sbatch script: the batch step's SLURM_PROCID=0 is not the rank
-    ({**SBATCH, "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3"}, Part(3, 4, 3, "torchrun")),
+    ({**SBATCH, "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3"}, Share(3, 4, 3, "torchrun")),
     # a Slurm array job whose every task runs torchrun: task-major numbering over all processes
     ({**SBATCH, "SLURM_ARRAY_TASK_ID": "11", "SLURM_ARRAY_TASK_MIN": "10", "SLURM_ARRAY_TASK_COUNT": "3",
-      "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, Part(3, 6, 1, "Slurm array x torchrun")),
+      "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, Share(3, 6, 1, "Slurm array x torchrun")),
     # a plain array job, one process per task
-    ({**SBATCH, "SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4"}, Part(2, 4, 0, "Slurm array")),
+    ({**SBATCH, "SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4"}, Share(2, 4, 0, "Slurm array")),
     # srun: SLURM_PROCID counts inside a job step
     ({**SBATCH, "SLURM_STEP_ID": "0", "SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1"},
-     Part(5, 8, 1, "Slurm srun")),
+     Share(5, 8, 1, "Slurm srun")),
     # the batch script itself, no srun and no torchrun: the whole build
-    (SBATCH, Part()),
+    (SBATCH, Share()),
 ])
-def test_the_part_comes_from_the_launcher_that_started_the_process(env, part):
-    assert detect_part(env=env) == part
+def test_the_share_comes_from_the_launcher_that_started_the_process(env, share):
+    assert detect_share(env=env) == share
     # the flags win over every launcher
-    assert detect_part(1, 2, env=env) == Part(1, 2, None, "--shard-index/--num-shards")
+    assert detect_share(1, 2, env=env) == Share(1, 2, None, "--share-index/--num-shares")
 
 
 def test_a_launcher_value_that_is_not_a_number_is_one_line():
     with pytest.raises(build.AtlasError, match="RANK='x'"):
-        detect_part(env={"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+        detect_share(env={"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
 
 
 def test_the_local_rank_picks_the_gpu_and_makes_it_current(monkeypatch):
     chosen = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
-    assert part_device(CUDA, Part(5, 8, 5, "torchrun")) == torch.device("cuda", 1)
-    assert part_device(torch.device("cuda", 2), Part(5, 8, 5, "torchrun")) == torch.device("cuda", 2)
-    assert part_device(CPU, Part(5, 8, 5, "torchrun")) == CPU
+    assert share_device(CUDA, Share(5, 8, 5, "torchrun")) == torch.device("cuda", 1)
+    assert share_device(torch.device("cuda", 2), Share(5, 8, 5, "torchrun")) == torch.device("cuda", 2)
+    assert share_device(CPU, Share(5, 8, 5, "torchrun")) == CPU
     assert chosen == [torch.device("cuda", 1), torch.device("cuda", 2)]
 
 
@@ -291,19 +291,19 @@ def test_bf16_casts_only_products_and_the_residual_stream_stays_fp32(tiny_vit):
 
 def test_calibration_times_the_batch_and_the_compile_mode_a_run_uses(tmp_path, monkeypatch):
     from tests.helpers import write_spec
-    import builder.pipeline as pipeline
-    import builder.visualize as visualize
+    import builder.schedule as schedule
+    from builder.plan import plan_tasks
     from builder.spec import load_spec
     calls = []
-    monkeypatch.setattr(visualize, "optimize_units",
+    monkeypatch.setattr(schedule, "optimize_units",
                         lambda lm, layer, units, seeds, recipe, device, precision, forward, step:
                         calls.append((len(units), recipe.steps, step.mode)))
-    monkeypatch.setattr(pipeline, "auto_batch_units", lambda *a, **k: 13)
+    monkeypatch.setattr(schedule, "auto_batch_units", lambda *a, **k: 13)
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
     spec = load_spec(write_spec(tmp_path))
     spec.compile = "on"
-    rate, where = pipeline.calibrate(spec, pipeline.plan_tasks(spec))
-    assert calls == [(13, pipeline.CALIBRATION_STEPS, "compiled")] * 2      # one untimed, one timed
+    rate, where = schedule.calibrate(spec, plan_tasks(spec))
+    assert calls == [(13, schedule.CALIBRATION_STEPS, "compiled")] * 2      # one untimed, one timed
     assert "13 units per batch, compiled" in where and rate > 0
 
 

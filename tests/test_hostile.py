@@ -83,11 +83,11 @@ class HostileServer:
 
 
 @pytest.fixture
-def served_atlas(site, tmp_path, monkeypatch):
+def served_atlas(small_atlas, tmp_path, monkeypatch):
     """A copy of the small atlas, a fresh cache, a fake home (nothing outside tmp_path can be written),
     and a maker of hostile servers over the copy."""
     folder = tmp_path / "atlas"
-    shutil.copytree(site[0], folder)
+    shutil.copytree(small_atlas[0], folder)
     monkeypatch.setenv("VIT_ATLAS_CACHE", str(tmp_path / "home" / ".cache" / "vit-atlas"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     servers = []
@@ -294,10 +294,10 @@ def test_a_redirect_on_the_same_host_is_followed(served_atlas):
 # -- 2, 12. names and paths in a local atlas's manifest never steer a write (or a read) ------------
 
 @pytest.fixture
-def hostile(site, tmp_path):
+def hostile(small_atlas, tmp_path):
     """A copy of the small atlas in tmp_path/atlas; nothing outside tmp_path may change."""
     folder = tmp_path / "atlas"
-    shutil.copytree(site[0], folder)
+    shutil.copytree(small_atlas[0], folder)
     return folder
 
 
@@ -346,8 +346,8 @@ def test_manifest_entries_outside_the_atlas_are_refused(hostile, path):
     _edit_manifest(hostile, edit)
     for command in (["verify", str(hostile)], ["render", str(hostile)]):
         assert_refused(run_cli(*command), "not a shard path")
-    site = hostile / "site"
-    assert not any("hostname" in p.name for p in site.rglob("*"))
+    website = hostile / "site"
+    assert not any("hostname" in p.name for p in website.rglob("*"))
 
 
 # -- 3, 15, 13. export: never deletes the user's files, never into the atlas, sane sizes --------------
@@ -384,9 +384,9 @@ def _export_killed_after(atlas_dir: Path, out: Path, files: int) -> int:
     """Run `build.py export` in a process that dies (os._exit, no cleanup) right after its ``files``-th
     Parquet file is written; returns its exit code."""
     code = (f"import os, sys; sys.path.insert(0, {str(ROOT)!r}); import atlas.export as e, build\n"
-            f"orig, n = e._PartWriter._close_file, [0]\n"
+            f"orig, n = e._ParquetFiles._close_file, [0]\n"
             f"def close(self):\n    orig(self); n[0] += 1\n    if n[0] >= {files}: os._exit(137)\n"
-            f"e._PartWriter._close_file = close\n"
+            f"e._ParquetFiles._close_file = close\n"
             f"sys.exit(build.main(['export', {str(atlas_dir)!r}, '--out', {str(out)!r}]))")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300).returncode
 
@@ -440,12 +440,12 @@ def test_export_on_a_full_disk_says_so_and_frees_what_it_wrote(hostile, tmp_path
 
 # -- 4. a killed probe completes its related units on the next run --------------------------------
 
-def test_a_probe_killed_before_related_h5_completes_it_on_rerun(site, tmp_path, monkeypatch):
+def test_a_probe_killed_before_related_h5_completes_it_on_rerun(small_atlas, tmp_path, monkeypatch):
     import builder.probe
     from tests.conftest import TINY_MODEL
     out = tmp_path / "atlas"
-    images = next(Path(site[0]).parent.glob("imgs"))
-    labels = next(Path(site[0]).parent.glob("labels.csv"))
+    images = next(Path(small_atlas[0]).parent.glob("imgs"))
+    labels = next(Path(small_atlas[0]).parent.glob("labels.csv"))
     args = ["probe", *TINY_MODEL, "--images", str(images), "--labels", str(labels), "--layers", "0-1", "--k", "3",
             "--workers", "0", "--out", str(out)]
 
@@ -572,12 +572,12 @@ def test_damaged_data_files_give_one_line_not_a_traceback(hostile, tmp_path, wha
 
 # -- 10. verify passes on a copied or moved atlas -----------------------------------------------------
 
-def test_verify_passes_on_a_copy_and_a_move_of_the_demo_layout(site, tmp_path):
+def test_verify_passes_on_a_copy_and_a_move_of_the_demo_layout(small_atlas, tmp_path):
     """An atlas that keeps its image folder inside (as the demo does), copied with `cp -a`, then moved."""
     from atlas.dataset import Dataset
     folder = tmp_path / "atlas"
-    shutil.copytree(site[0], folder)
-    images = next(Path(site[0]).parent.glob("imgs"))
+    shutil.copytree(small_atlas[0], folder)
+    images = next(Path(small_atlas[0]).parent.glob("imgs"))
     shutil.copytree(images, folder / "images")
     with h5py.File(folder / "dataset.h5", "r+") as f:     # as if probed from inside the atlas
         f.attrs["root"] = str(folder / "images")
@@ -612,7 +612,7 @@ def test_render_sweeps_temporary_files_of_a_killed_render(hostile):
 def test_render_on_a_full_disk_says_so_and_keeps_the_atlas(hostile, tmp_path):
     with small_disk(tmp_path, "96k") as disk:
         before = digests(hostile)
-        assert_refused(run_cli("render", str(hostile), "--site", str(disk / "web")), "no space left")
+        assert_refused(run_cli("render", str(hostile), "--out", str(disk / "web")), "no space left")
         after = digests(hostile)
         assert {k: after[k] for k in before if k != "CITATION.cff"} == {k: v for k, v in before.items()
                                                                      if k != "CITATION.cff"}

@@ -1,4 +1,4 @@
-"""A second picture per unit: the Fourier parametrization, its own shard part, the reader and the site."""
+"""A second picture per unit: the Fourier parametrization, its own shard part, the reader and the website."""
 from __future__ import annotations
 
 import hashlib
@@ -104,9 +104,9 @@ def test_an_atlas_of_format_1_0_still_opens(tmp_path):
     assert u.pictures == ["viz"] and u.picture().recipe["preset"] == "quick" and u.activation == u.picture().activation
 
 
-def test_the_unit_record_holds_both_pictures(site):
+def test_the_unit_record_holds_both_pictures(small_atlas):
     from atlas.website.packs import read_unit
-    out, _ = site
+    out, _ = small_atlas
     header, meta, _ = read_unit(out / "site", "vit_tiny_patch16_224", "ffn", 0, 3)
     assert [p["part"] for p in meta["pictures"]] == ["viz", "fourier"]
     assert set(header["tiles"]) == {"viz", "fourier"} and set(header["layer"]["parts"]) == {"viz", "fourier"}
@@ -116,6 +116,7 @@ def test_the_unit_record_holds_both_pictures(site):
     assert "picture-switch" not in other                       # layer 1 has the paper's picture only
 
 
+@pytest.mark.slow
 def test_a_spec_builds_both_pictures_and_verify_covers_them(tmp_path):
     from atlas.verify import verify
     from tests.helpers import write_spec

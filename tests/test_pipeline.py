@@ -18,7 +18,7 @@ import build
 from atlas.format import AtlasError
 from atlas.log import read_logs
 from atlas.verify import verify
-from builder.parts import Part, detect_part, partition
+from builder.shares import Share, detect_share, partition
 from builder.pipeline import check_room, plan_tasks
 from builder.spec import dump_spec, load_spec
 from tests.conftest import ROOT, TINY_VIT
@@ -62,17 +62,17 @@ def test_bad_specs_say_what_is_wrong(tmp_path, change, message):
 
 
 def test_parts_come_from_flags_then_the_launchers():
-    assert detect_part(2, 5, env={"RANK": "1", "WORLD_SIZE": "4"}) == Part(2, 5, None, "--shard-index/--num-shards")
-    assert detect_part(env={"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_MIN": "0",
-                            "RANK": "0", "WORLD_SIZE": "2"}) == Part(7, 8, None, "Slurm array")
-    assert detect_part(env={"SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1"}) \
-        == Part(3, 4, 1, "Slurm srun")
-    assert detect_part(env={"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == Part(1, 2, 1, "torchrun")
-    assert detect_part(env={}) == Part()
+    assert detect_share(2, 5, env={"RANK": "1", "WORLD_SIZE": "4"}) == Share(2, 5, None, "--share-index/--num-shares")
+    assert detect_share(env={"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_MIN": "0",
+                            "RANK": "0", "WORLD_SIZE": "2"}) == Share(7, 8, None, "Slurm array")
+    assert detect_share(env={"SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1"}) \
+        == Share(3, 4, 1, "Slurm srun")
+    assert detect_share(env={"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == Share(1, 2, 1, "torchrun")
+    assert detect_share(env={}) == Share()
     with pytest.raises(AtlasError, match="together"):
-        detect_part(1, None, env={})
+        detect_share(1, None, env={})
     with pytest.raises(AtlasError, match="out of range"):
-        detect_part(4, 4, env={})
+        detect_share(4, 4, env={})
 
 
 def test_partition_balances_cost_not_count():
@@ -92,10 +92,10 @@ def test_deeper_layers_cost_more(tmp_path):
 
 def test_plan_prints_the_work_and_the_calibrated_hours(tmp_path, capsys):
     # the quick preset's own 32 steps, 8 of them clean: the calibration shortens the recipe
-    assert build.main(["plan", str(write_spec(tmp_path, steps=32)), "--num-shards", "3"]) == 0
+    assert build.main(["plan", str(write_spec(tmp_path, steps=32)), "--num-shares", "3"]) == 0
     out = capsys.readouterr().out
     assert "9 shards, 9 pictures to make (0 already complete), 72 units" in out and "TFLOP/s achieved" in out \
-        and "3 parts:" in out
+        and "3 shares:" in out
 
 
 def test_no_room_and_unwritable_folders_are_refused_before_work(tmp_path):
@@ -120,9 +120,9 @@ def test_one_process_and_four_parts_give_byte_identical_unit_data(tmp_path):
     four.mkdir()
     spec = write_spec(four)
     for i in (2, 0, 3):
-        assert build.main(["run", str(spec), "--shard-index", str(i), "--num-shards", "4"]) == 0
+        assert build.main(["run", str(spec), "--share-index", str(i), "--num-shares", "4"]) == 0
         assert not (four / "atlas/manifest.json").exists()        # not everything is done yet
-    assert build.main(["run", str(spec), "--shard-index", "1", "--num-shards", "4"]) == 0
+    assert build.main(["run", str(spec), "--share-index", "1", "--num-shares", "4"]) == 0
     assert (four / "atlas/manifest.json").exists() and (four / "atlas/site/index.html").exists()
     a, b = unit_data(one / "atlas"), unit_data(four / "atlas")
     assert a.keys() == b.keys() and len(a) == 9
@@ -147,7 +147,7 @@ def test_torchrun_with_four_cpu_processes_matches_one_process(tmp_path):
     assert unit_data(one / "atlas") == unit_data(multi / "atlas")
     assert (multi / "atlas/site/index.html").exists() and verify(multi / "atlas") == []
     pids = {line["pid"] for line in read_logs(multi / "atlas") if line["stage"] == "visualize"}
-    assert len(pids) == 4   # every rank did its part, each in its own log file
+    assert len(pids) == 4   # every rank did its share, each in its own log file
     assert len(list((multi / "atlas/logs").glob("*.jsonl"))) >= 4
 
 
@@ -178,9 +178,10 @@ def test_killed_at_random_points_the_build_completes_without_recomputing(tmp_pat
 @pytest.mark.slow
 def test_finalize_command_and_a_stale_lock(tmp_path):
     spec = write_spec(tmp_path)
-    assert build.main(["run", str(spec), "--shard-index", "0", "--num-shards", "2"]) == 0
-    assert build.main(["finalize", str(tmp_path / "atlas")]) == 2        # part 1 has not run
-    assert build.main(["run", str(spec), "--shard-index", "1", "--num-shards", "2"]) == 0
+    # the old spellings still work (hidden aliases of --share-index/--num-shares)
+    assert build.main(["run", str(spec), "--shard-index", "0", "--num-shards", "2"]) == 0   # before the glossary
+    assert build.main(["finalize", str(tmp_path / "atlas")]) == 2        # share 1 has not run
+    assert build.main(["run", str(spec), "--shard-index", "1", "--num-shards", "2"]) == 0   # before the glossary
     (tmp_path / "atlas/site").rename(tmp_path / "old-site")
     lock = tmp_path / "atlas/.locks/finalize.3"
     lock.write_text(json.dumps({"host": os.uname().nodename, "pid": 999999999}))   # left by a dead process

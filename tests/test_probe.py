@@ -22,19 +22,14 @@ from builder.dataset import imagenet_classes, scan_images
 from builder.probe import LayerProbe, hist_edges
 from builder.sites import find_layers
 from tests.conftest import ROOT, TINY_MODEL
+from tests.helpers import image_folder
 
 MODEL = TINY_MODEL
 
 
 def make_folder(root, n_per_class=15, classes=("apple", "boat", "cat"), seed=0):
     """An ImageFolder of random images of varied sizes."""
-    rng = np.random.default_rng(seed)
-    for c in classes:
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            h, w = rng.integers(24, 80, 2)
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / c / f"{i:03d}.png")
-    return root
+    return image_folder(root, classes, n_per_class, (24, 80), seed, "{i:03d}.png")
 
 
 def brute_force(lm, index, layers):

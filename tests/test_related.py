@@ -13,6 +13,7 @@ from PIL import Image
 import atlas
 import build
 from tests.conftest import TINY_VIT
+from tests.helpers import image_folder
 
 MODEL = ["--model", "vit_tiny_patch16_224", "--random-init", "--model-args", json.dumps(TINY_VIT)]
 
@@ -21,12 +22,7 @@ MODEL = ["--model", "vit_tiny_patch16_224", "--random-init", "--model-args", jso
 def probed(tmp_path_factory):
     """A probed tiny atlas (3 layers of 128 units) on 60 labelled images, with exact related units."""
     base = tmp_path_factory.mktemp("related")
-    rng = np.random.default_rng(0)
-    for c in ("a", "b", "c"):
-        (base / "imgs" / c).mkdir(parents=True)
-        for i in range(20):
-            img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) // (1 + "abc".index(c))
-            Image.fromarray(img.astype(np.uint8)).save(base / "imgs" / c / f"{i}.png")
+    image_folder(base / "imgs", per_class=20, size=32, dim_by_class=True)
     out = base / "atlas"
     assert build.main(["probe", *MODEL, "--images", str(base / "imgs"), "--k", "5", "--workers", "0",
                        "--out", str(out)]) == 0

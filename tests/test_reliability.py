@@ -37,11 +37,11 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_a_pickle_payload_in_the_probe_state_does_not_run(site, tmp_path):
+def test_a_pickle_payload_in_the_probe_state_does_not_run(small_atlas, tmp_path):
     out = tmp_path / "atlas"
-    shutil.copytree(site[0], out)
+    shutil.copytree(small_atlas[0], out)
     marker = tmp_path / "pwned"
-    images = next(Path(site[0]).parent.glob("imgs"))
+    images = next(Path(small_atlas[0]).parent.glob("imgs"))
     for state in (out / ".probe").glob("*") if (out / ".probe").exists() else []:
         state.unlink()
     (out / ".probe").mkdir(exist_ok=True)
@@ -151,9 +151,9 @@ def test_two_visualize_runs_on_one_atlas_cooperate(tmp_path):
     assert len(manifest["history"]) == 2 and len(manifest["shards"]) == 9  # no history entry lost
 
 
-def test_probe_then_visualize_leaves_complete_shards(tmp_path, site):
+def test_probe_then_visualize_leaves_complete_shards(tmp_path, small_atlas):
     out = tmp_path / "atlas"
-    images = next(Path(site[0]).parent.glob("imgs"))
+    images = next(Path(small_atlas[0]).parent.glob("imgs"))
     assert run_cli("probe", *TINY_MODEL, "--images", str(images), "--layers", "0", "--k", "2", "--workers", "0",
                    "--shard-units", "16", "--out", str(out))[0] == 0
     assert run_cli("visualize", *TINY_MODEL, "--preset", "quick", "--steps", "2", "--layers", "0",
@@ -166,6 +166,7 @@ def test_probe_then_visualize_leaves_complete_shards(tmp_path, site):
 
 # -- damaged files -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_truncated_shard_is_quarantined_and_recomputed(tmp_path):
     spec = write_spec(tmp_path)
     assert build.main(["run", str(spec)]) == 0
@@ -180,9 +181,9 @@ def test_a_truncated_shard_is_quarantined_and_recomputed(tmp_path):
         assert "viz" in f and "topk" in f
 
 
-def test_junk_analysis_and_dataset_files_do_not_block_anything(site, tmp_path):
+def test_junk_analysis_and_dataset_files_do_not_block_anything(small_atlas, tmp_path):
     out = tmp_path / "atlas"
-    shutil.copytree(site[0], out)
+    shutil.copytree(small_atlas[0], out)
     (out / "analyses").mkdir(exist_ok=True)
     (out / "analyses" / "frequency.json").write_text("{not json")
     rc, stdout, err = run_cli("render", str(out))
@@ -191,9 +192,9 @@ def test_junk_analysis_and_dataset_files_do_not_block_anything(site, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["thumbs", "units"])
-def test_a_pack_cut_short_is_rewritten(site, tmp_path, kind):
+def test_a_pack_cut_short_is_rewritten(small_atlas, tmp_path, kind):
     out = tmp_path / "atlas"
-    shutil.copytree(site[0], out)
+    shutil.copytree(small_atlas[0], out)
     assert run_cli("render", str(out))[0] == 0          # the copy's own complete render is the reference
     pack = next(p for p in sorted((out / "site" / "data").rglob("*.pack")) if ("/thumbs/" in p.as_posix()) == (kind == "thumbs"))
     whole = pack.read_bytes()
@@ -202,6 +203,7 @@ def test_a_pack_cut_short_is_rewritten(site, tmp_path, kind):
     assert pack.read_bytes() == whole
 
 
+@pytest.mark.slow
 def test_finalize_on_a_copy_leaves_the_original_unchanged(tmp_path):
     spec = write_spec(tmp_path)
     assert build.main(["run", str(spec)]) == 0
@@ -218,10 +220,10 @@ def test_finalize_on_a_copy_leaves_the_original_unchanged(tmp_path):
 # -- serve ---------------------------------------------------------------------------------------
 
 @pytest.fixture
-def server(site, tmp_path):
+def server(small_atlas, tmp_path):
     from atlas.serve import make_server
     out = tmp_path / "atlas"
-    shutil.copytree(site[0], out)
+    shutil.copytree(small_atlas[0], out)
     (out / "site" / "rootlink").symlink_to("/")
     (out / "site" / "up").symlink_to(out)
     srv = make_server(out, 0)

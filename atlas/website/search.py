@@ -1,5 +1,5 @@
 """The website's static search index: script files a browser loads from disk or any host, none of which
-grows with all units at once (docs/FORMAT.md "Site").
+grows with all units at once (docs/FORMAT.md "Website").
 
     search/catalog.js      every model, site and layer with its unit ranges (grows with layers): ids
     search/terms.js        every term (a class name, a flag) with its number of units (grows with classes)

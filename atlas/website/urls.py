@@ -1,6 +1,6 @@
-"""Where everything lives in a rendered website (the ``site/`` folder of an atlas, or ``render --site DIR``).
+"""Where everything lives in a rendered website (the ``site/`` folder of an atlas, or ``render --out DIR``).
 
-URL scheme, relative to the website's root (docs/FORMAT.md "Site"); stable for an atlas version:
+URL scheme, relative to the website's root (docs/FORMAT.md "Website"); stable for an atlas version:
 
     index.html                               the atlas
     <model>/index.html                       a model: its layers with their strongest units

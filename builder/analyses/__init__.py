@@ -12,7 +12,7 @@ from atlas.analyses import read_analysis, write_analysis
 from atlas.dataset import paths_sha256
 from atlas.folder import prepare_atlas_folder
 from atlas.format import AtlasError
-from atlas.manifest import sha256_file
+from atlas.manifest import sha256_file, write_manifest
 
 from ..device import resolve_device
 from . import foreground, frequency, sites, spatial, token_mixing
@@ -33,8 +33,9 @@ def inputs_of(lm, job: AnalysisJob) -> dict:
 
 
 def run_analysis(name: str, lm, job: AnalysisJob, resume: bool = False) -> dict:
-    """Run one analysis (or every applicable one for "all") and store the results in the atlas. With
-    ``resume``, an analysis whose stored results for this model came from the same inputs is kept."""
+    """Run one analysis (or every applicable one for "all"), store the results in the atlas and list
+    them (and the shards an analysis visualized) in its manifest. With ``resume``, an analysis whose
+    stored results for this model came from the same inputs is kept."""
     if name != "all" and name not in ANALYSES:
         raise AtlasError(f"unknown analysis {name!r}; analyses are {', '.join(ANALYSES)} or all")
     device = resolve_device(job.device)
@@ -56,4 +57,5 @@ def run_analysis(name: str, lm, job: AnalysisJob, resume: bool = False) -> dict:
         results = module.run(lm, job, device)
         write_analysis(job.out, n, job.name, results, module.describe, job.command, inputs)
         done[n] = results
+    write_manifest(job.out, job.command)
     return done

@@ -2,7 +2,7 @@
 
 With bounding boxes, the foreground (inside any box of the image) or the background (outside every
 box) is filled with the model's mean colour (zero after normalization), in the model's own view of
-the image (boxes go through the same resize and center crop). Top-1 and top-5 accuracy of the full,
+the image (boxes go through the model's own eval resize and crop). Top-1 and top-5 accuracy of the full,
 foreground-removed and background-removed images, and each normalized by the full-image accuracy.
 
 Boxes: ``relative_path,x0,y0,x1,y1`` CSV (the demo's ``boxes.csv``; several rows per image allowed;
@@ -15,11 +15,13 @@ import csv
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from atlas.format import AtlasError
 from atlas.images import ImageError, load_rgb
-from atlas.media import view_geometry
+from atlas.media import model_view
 
 from ..dataset import ImageDataset
 from .common import AnalysisJob, check, correct_topk, labelled, loader, missing_labels, percent
@@ -61,21 +63,19 @@ def read_boxes(source: str | Path, paths: list[str]) -> dict[str, list[Box]]:
     return boxes
 
 
-def crop_boxes(boxes: list[Box], size: tuple[int, int], data_config: dict) -> list[Box]:
-    """Boxes in original pixels -> boxes in the model's input after its resize and center crop."""
-    (w, h), (left, top) = view_geometry(size, data_config)
-    sx, sy = w / size[0], h / size[1]
-    return [(x0 * sx - left, y0 * sy - top, x1 * sx - left, y1 * sy - top) for x0, y0, x1, y1 in boxes]
-
-
-def foreground_mask(boxes: list[Box], height: int, width: int) -> torch.Tensor:
-    """Bool [H, W]: pixels whose centre lies inside any box."""
-    ys = torch.arange(height).float()[:, None] + 0.5
-    xs = torch.arange(width).float()[None, :] + 0.5
-    mask = torch.zeros(height, width, dtype=torch.bool)
+def box_mask(boxes: list[Box], size: tuple[int, int], data_config: dict) -> torch.Tensor:
+    """Bool [H, W] in the model's input: the boxes (original pixels; a pixel is inside when its centre
+    is) painted on an image of ``size`` (W, H) and sent through timm's own eval resize and crop for
+    ``data_config`` (atlas.media.model_view, nearest-neighbour), so the mask lands where the model
+    sees the object whatever the crop mode."""
+    w, h = size
+    ys, xs = np.mgrid[0:h, 0:w] + 0.5
+    painted = np.zeros((h, w), bool)
     for x0, y0, x1, y1 in boxes:
-        mask |= (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
-    return mask
+        painted |= (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
+    view = model_view(Image.fromarray(painted.astype(np.uint8) * 255).convert("RGB"),
+                      {**data_config, "interpolation": "nearest"})
+    return torch.from_numpy(np.asarray(view)[..., 0] > 127)
 
 
 class BoxedDataset(ImageDataset):
@@ -91,7 +91,7 @@ class BoxedDataset(ImageDataset):
         except ImageError as e:
             return i, None, str(e)
         x = self.transform(img)
-        mask = foreground_mask(crop_boxes(self.boxes[self.paths[i]], img.size, self.data_config), *x.shape[1:])
+        mask = box_mask(self.boxes[self.paths[i]], img.size, self.data_config)
         return i, (x, mask), ""
 
 

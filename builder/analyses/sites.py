@@ -9,7 +9,8 @@ import atlas
 from atlas.format import SITES, AtlasError, unit_id
 
 from ..recipe import Recipe, resolve_recipe
-from ..schedule import VisualizeJob, parse_spec, run_visualize
+from ..plan import parse_selection
+from ..schedule import VisualizeJob, visualize_selection
 from ..sites import available_sites, find_layers
 from .common import AnalysisJob
 
@@ -45,17 +46,17 @@ def run(lm, job: AnalysisJob, device) -> dict:
     by_site = {site: {x.index: x for x in find_layers(lm.model, site, lm.input_size)}
                for site in available_sites(lm.model, lm.input_size)}
     ffn = sorted(by_site["ffn"])
-    layers = parse_spec(job.layers, ffn, "layers") if job.layers else default_layers(ffn)
+    layers = parse_selection(job.layers, ffn, "layers") if job.layers else default_layers(ffn)
     width = min(x.units for found in by_site.values() for i, x in found.items() if i in layers)
-    units = parse_spec(job.units or "0-3", list(range(width)), "units")
+    units = parse_selection(job.units or "0-3", list(range(width)), "units")
     recipe = atlas_recipe(job.out, job.name, layers[0]) or resolve_recipe("quick")
     done = {}
     for site, found in by_site.items():
         present = [layer for layer in layers if layer in found]
         if present:
-            run_visualize(lm, VisualizeJob(out=job.out, name=job.name, recipe=recipe, site=site,
-                                           layers=",".join(map(str, present)), units=",".join(map(str, units)),
-                                           seed=job.seed, device=str(device)), job.command)
+            visualize_selection(lm, VisualizeJob(out=job.out, name=job.name, recipe=recipe, site=site,
+                                                 layers=",".join(map(str, present)),
+                                                 units=",".join(map(str, units)), seed=job.seed, device=str(device)))
             done[site] = present
     return {"layers": layers, "units": units, "sites": done, "recipe": recipe.to_dict()}
 

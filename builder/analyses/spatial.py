@@ -17,7 +17,7 @@ from atlas.format import AtlasError
 from atlas.images import load_rgb
 
 from ..recipe import unit_seed
-from ..schedule import parse_spec
+from ..plan import parse_selection
 from ..sites import find_layers, run_to
 from .common import AnalysisJob, check
 
@@ -70,7 +70,7 @@ def run(lm, job: AnalysisJob, device: torch.device) -> dict:
     root = job.index.root if job.index else a.dataset.root
     model = lm.model.to(device)
     layers = {layer.index: layer for layer in find_layers(model, "ffn", lm.input_size)}
-    chosen = parse_spec(job.layers or "all", probed, "layers")
+    chosen = parse_selection(job.layers or "all", probed, "layers")
     mean, std = torch.tensor(lm.mean).view(3, 1, 1), torch.tensor(lm.std).view(3, 1, 1)
     black = ((0 - mean) / std).to(device)
     transform = lm.eval_transform()
@@ -79,7 +79,7 @@ def run(lm, job: AnalysisJob, device: torch.device) -> dict:
         layer = layers[index]
         available = list(a.units(job.name, index))
         rng = np.random.default_rng([job.seed, index])
-        units = parse_spec(job.units, available, "units") if job.units else \
+        units = parse_selection(job.units, available, "units") if job.units else \
             sorted(rng.choice(available, min(UNITS_PER_LAYER, len(available)), replace=False).tolist())
         count_curves, sum_curves, used, skipped = [], [], {}, 0
         for u in units:

@@ -2,7 +2,7 @@
 
 It is `examples/demo.toml` run as a build spec — visualize every FFN unit of the demo ViT with the
 ``quick`` preset, probe it on the generated shapes, run the analyses for the ViT and the CNN, write
-the manifest and render the site — after generating the dataset (cached) into the atlas folder.
+the manifest and render the website — after generating the dataset (cached) into the atlas folder.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from atlas.folder import prepare_atlas_folder
+from atlas.format import WEBSITE
 
 from .shapes import make_dataset
 from ..defaults import DEMO_IMAGES, DEMO_SEED
@@ -18,8 +19,8 @@ DEMO_SPEC = Path(__file__).resolve().parents[2] / "examples" / "demo.toml"
 
 
 def build_demo(out: str | Path = "atlas-demo", command: str = "python build.py", progress: bool = True) -> Path:
-    """Build the demo atlas in ``out``; returns the path of the site's index.html."""
-    from builder.parts import Part
+    """Build the demo atlas in ``out``; returns the path of the website's index.html."""
+    from builder.shares import Share
     from builder.pipeline import run_spec
     from builder.spec import load_spec
 
@@ -29,8 +30,8 @@ def build_demo(out: str | Path = "atlas-demo", command: str = "python build.py",
     spec.images, spec.boxes = spec.out / "images", spec.out / "images" / "boxes.csv"
     prepare_atlas_folder(spec.out)
     make_dataset(spec.images, DEMO_IMAGES, DEMO_SEED)
-    run_spec(spec, Part(), command, progress)
-    index = spec.out / "site" / "index.html"
+    run_spec(spec, Share(), command, progress)
+    index = spec.out / WEBSITE / "index.html"
     print(f"demo atlas built in {time.time() - t0:.0f} s: {spec.out}/")
     print(f"open {index} in a browser (or run `python build.py serve {out}`)")
     return index

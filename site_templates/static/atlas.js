@@ -1,4 +1,4 @@
-/* ViT Atlas website: reads the packed per-unit data (docs/FORMAT.md "Site") and shows it; no build step,
+/* ViT Atlas website: reads the packed per-unit data (docs/FORMAT.md "Website") and shows it; no build step,
    no dependencies. Packs are read by HTTP range requests; a host that answers a range with the whole file
    is read whole once per pack; pages opened from disk (file://, where browsers refuse fetch) load each
    pack's script twin (<pack>.js, which calls AtlasPacks.add). Everything from data is set as text or

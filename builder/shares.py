@@ -1,10 +1,10 @@
 """Splitting a build over processes, GPUs and machines with the launchers people already use.
 
-A process learns its part from ``--shard-index I --num-shards N``; else from torchrun
+A process learns its share from ``--share-index I --num-shares N``; else from torchrun
 (``RANK``/``WORLD_SIZE``, with ``LOCAL_RANK`` choosing the GPU), combined with a Slurm array job's
 task when both are present; else from a Slurm array job (``SLURM_ARRAY_TASK_ID``/``_COUNT``); else
 from ``srun`` (``SLURM_PROCID``/``SLURM_NTASKS`` inside a job step). No process group is created:
-every process computes the same deterministic plan and takes its part.
+every process computes the same deterministic plan and takes its share.
 """
 from __future__ import annotations
 
@@ -18,44 +18,44 @@ from atlas.format import AtlasError
 
 
 @dataclass(frozen=True)
-class Part:
-    """This process's share of the work: part ``index`` of ``count``, and the GPU it should use."""
+class Share:
+    """This process's share of a build: share ``index`` of ``count``, and the GPU it should use."""
     index: int = 0
     count: int = 1
     local_rank: int | None = None
     source: str = "single process"
 
 
-def detect_part(shard_index: int | None = None, num_shards: int | None = None, env=None) -> Part:
-    """The part from the flags, else from the launcher that started this process.
+def detect_share(share_index: int | None = None, num_shares: int | None = None, env=None) -> Share:
+    """The share from the flags, else from the launcher that started this process.
 
     torchrun comes before Slurm: a torchrun inside an sbatch script still sees the batch step's
     ``SLURM_PROCID=0``, which is not its rank (Lightning's issue 11406). Slurm's ``SLURM_PROCID`` counts
-    only inside an ``srun`` step (``SLURM_STEP_ID`` set). An array task running torchrun is part
+    only inside an ``srun`` step (``SLURM_STEP_ID`` set). An array task running torchrun has share
     ``task · world + rank`` of ``tasks · world``.
     """
     env = os.environ if env is None else env
-    if shard_index is not None or num_shards is not None:
-        if shard_index is None or num_shards is None:
-            raise AtlasError("pass --shard-index and --num-shards together")
-        part = Part(shard_index, num_shards, None, "--shard-index/--num-shards")
+    if share_index is not None or num_shares is not None:
+        if share_index is None or num_shares is None:
+            raise AtlasError("pass --share-index and --num-shares together")
+        share = Share(share_index, num_shares, None, "--share-index/--num-shares")
     else:
         torchrun = _torchrun(env)
         array = _slurm_array(env)
         if torchrun and array:
             (rank, world, local), (task, tasks) = torchrun, array
-            part = Part(task * world + rank, tasks * world, local, "Slurm array x torchrun")
+            share = Share(task * world + rank, tasks * world, local, "Slurm array x torchrun")
         elif torchrun:
-            part = Part(torchrun[0], torchrun[1], torchrun[2], "torchrun")
+            share = Share(torchrun[0], torchrun[1], torchrun[2], "torchrun")
         elif array:
-            part = Part(array[0], array[1], _int(env, "SLURM_LOCALID"), "Slurm array")
+            share = Share(array[0], array[1], _int(env, "SLURM_LOCALID"), "Slurm array")
         elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env and ("SLURM_STEP_ID" in env or "SLURM_STEPID" in env):
-            part = Part(_int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS"), _int(env, "SLURM_LOCALID"), "Slurm srun")
+            share = Share(_int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS"), _int(env, "SLURM_LOCALID"), "Slurm srun")
         else:
-            return Part()
-    if not 0 <= part.index < part.count:
-        raise AtlasError(f"part {part.index} of {part.count} ({part.source}) is out of range")
-    return part
+            return Share()
+    if not 0 <= share.index < share.count:
+        raise AtlasError(f"share {share.index} of {share.count} ({share.source}) is out of range")
+    return share
 
 
 def _int(env, key: str) -> int | None:
@@ -82,22 +82,22 @@ def _slurm_array(env) -> tuple[int, int] | None:
     return None
 
 
-def part_device(device: torch.device, part: Part) -> torch.device:
-    """The device this part computes on, made the current CUDA device: the launcher's local rank picks
+def share_device(device: torch.device, share: Share) -> torch.device:
+    """The device this share computes on, made the current CUDA device: the launcher's local rank picks
     the GPU when ``device`` names none (``cuda``), so ``synchronize()`` and every library call that
     uses "the current device" agree with the tensors' device."""
     if device.type != "cuda":
         return device
     if device.index is None:
         count = torch.cuda.device_count()
-        device = torch.device("cuda", (part.local_rank or 0) % count if count else 0)
+        device = torch.device("cuda", (share.local_rank or 0) % count if count else 0)
     torch.cuda.set_device(device)
     return device
 
 
 def partition(costs: list[float], count: int) -> list[int]:
-    """Assign items to ``count`` parts balancing total cost (largest first, to the lightest part).
-    Deterministic: ties go to the lower part index, items of equal cost keep their order."""
+    """Assign items to ``count`` shares balancing total cost (largest first, to the lightest share).
+    Deterministic: ties go to the lower share index, items of equal cost keep their order."""
     owner = [0] * len(costs)
     heap = [(0.0, p) for p in range(count)]
     for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):

@@ -1,0 +1,170 @@
+"""Planning: which layers and units a request selects, which shards hold them, and the build's list
+of tasks (one picture part of one shard each) with their estimated costs, derived from a spec alone.
+
+Read by the visualize runner (builder.schedule), the probe, the pipeline and the analyses; it loads
+models only as shapes (the meta device) and computes nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from atlas.format import AtlasError, shard_path, unit_runs
+from atlas.manifest import scan_shards
+from atlas.shard import shard_holds
+
+from .forward import planned_pass_flops
+from .models import LoadedModel, ModelSource, load_model
+from .recipe import Recipe
+from .sites import Layer, find_layers
+from .spec import BuildSpec, ModelSpec
+
+
+# Shard attributes that must agree between every part written into one atlas for a model.
+IDENTITY = ("arch", "weights", "image_size")
+
+
+def parse_selection(selection: str, valid: list[int], what: str) -> list[int]:
+    """Parse a selection ('all', '5', '0-3' or '0,2,5-7') into sorted indices, all of which must be in
+    ``valid``; ``what`` names the flag in errors."""
+    selection = str(selection).strip()
+    if selection == "all":
+        return sorted(valid)
+    chosen = set()
+    try:
+        for item in selection.split(","):
+            lo, sep, hi = item.strip().partition("-")
+            lo, hi = int(lo), int(hi) if sep else int(lo)
+            if hi < lo:
+                raise ValueError
+            chosen.update(range(lo, hi + 1))
+    except ValueError:
+        raise AtlasError(f"--{what} {selection!r} is not a selection: use all, 5, 0-3 or 0,2,5-7") from None
+    outside = sorted(chosen - set(valid))
+    if outside:
+        shown = f"{min(valid)}-{max(valid)}" if valid == list(range(min(valid), max(valid) + 1)) else valid
+        raise AtlasError(f"--{what} {selection}: {outside[:10]} out of range (valid: {shown})")
+    return sorted(chosen)
+
+
+def plan_ranges(existing: list[tuple[int, int, list[str]]], wanted: list[int], shard_units: int,
+                part: str) -> list[tuple[int, int]]:
+    """Unit ranges to write ``part`` into, for the ``wanted`` units of one layer.
+
+    Existing shards keep their ranges (a part is always written for a shard's whole range); units no
+    shard covers yet go into new shards cut on the grid of multiples of ``shard_units``.
+    """
+    if shard_units < 1:
+        raise AtlasError(f"--shard-units must be at least 1, not {shard_units}")
+    todo, covered = [], set()
+    for start, stop, parts in sorted(existing):
+        if any(start <= u < stop for u in wanted) and part not in parts:
+            todo.append((start, stop))
+        covered.update(range(start, stop))
+    for start, stop in unit_runs([u for u in wanted if u not in covered]):
+        cut = start
+        while cut < stop:
+            end = min(stop, (cut // shard_units + 1) * shard_units)
+            todo.append((cut, end))
+            cut = end
+    return sorted(todo)
+
+
+def layer_attrs(name: str, lm: LoadedModel, layer: Layer) -> dict:
+    """The attributes every shard of this (model, site, layer) carries."""
+    return {"model": name, "arch": lm.source.arch, "weights": lm.weights, "site": layer.site,
+            "layer": layer.index, "layer_units": layer.units, "grid": list(layer.grid),
+            "module": layer.module, "module_call": layer.call, "image_size": list(lm.input_size),
+            "mean": list(lm.mean), "std": list(lm.std)}
+
+
+def existing_shards(out: Path, name: str, site: str, lm: LoadedModel) -> dict[int, list]:
+    """Shards already in the atlas for (name, site), by layer; rejects an atlas built from other weights."""
+    by_layer: dict[int, list] = {}
+    for shard in scan_shards(out):
+        attrs = shard["attrs"]
+        if attrs["model"] != name:
+            continue
+        mine = {"arch": lm.source.arch, "weights": lm.weights, "image_size": list(lm.input_size)}
+        for key in IDENTITY:
+            if key in attrs and attrs[key] != mine[key]:
+                raise AtlasError(
+                    f"{out} already holds {name} with {key}={attrs[key]!r}, but this run has {mine[key]!r}; "
+                    "pass --name to store this model under another name, or use another --out")
+        if attrs["site"] == site:
+            by_layer.setdefault(int(attrs["layer"]), []).append(
+                (int(attrs["unit_start"]), int(attrs["unit_stop"]), shard["parts"]))
+    return by_layer
+
+
+def select_layers(lm: LoadedModel, site: str, layers: str, units: str) -> list[tuple[Layer, list[int]]]:
+    """The layers of ``site`` a selection chooses, with the units the unit selection chooses in each;
+    indices out of range are rejected."""
+    found = {layer.index: layer for layer in find_layers(lm.model, site, lm.input_size)}
+    chosen = []
+    for index in parse_selection(layers, list(found), "layers"):
+        layer = found[index]
+        chosen.append((layer, parse_selection(units, list(range(layer.units)), "units")))
+    return chosen
+
+
+@dataclass(frozen=True)
+class Task:
+    """One picture part of one shard of the build."""
+    model: int          # index into spec.models
+    site: str
+    layer: int
+    start: int
+    stop: int
+    cost: float         # estimated FLOPs
+    bytes: int          # estimated size of its data
+    part: str = "viz"   # the picture part: "viz" (the paper's) or "fourier"
+
+    def path(self, spec: BuildSpec) -> str:
+        return shard_path(spec.models[self.model].atlas_name, self.site, self.layer, self.start, self.stop)
+
+
+def load_spec_model(m: ModelSpec, weights: bool = True, shapes_only: bool = False) -> LoadedModel:
+    """The spec's model, with its weights, or (for calibration) with random ones, or (for planning) as
+    shapes only, on the meta device."""
+    if weights and not shapes_only:
+        source = ModelSource(m.name, m.checkpoint, m.random_init, m.init_seed)
+    else:
+        source = ModelSource(m.name, random_init=True, init_seed=m.init_seed)
+    return load_model(source, shapes_only=shapes_only, **m.model_args)
+
+
+def recipe_of(spec: BuildSpec, m: ModelSpec, part: str = "viz") -> Recipe:
+    """The recipe of a model's picture ``part`` ("viz": the paper's picture)."""
+    return (m.recipe or spec.recipe) if part == "viz" else spec.pictures[part]
+
+
+def plan_tasks(spec: BuildSpec) -> list[Task]:
+    """Every picture part of every shard the spec asks for, with its estimated cost, in a fixed order."""
+    tasks = []
+    for i, m in enumerate(spec.models):
+        if not m.visualize:
+            continue
+        lm = load_spec_model(m, shapes_only=True)
+        h, w = lm.input_size
+        for site in m.sites:
+            selected = select_layers(lm, site, m.layers, m.units)
+            pass_flops = planned_pass_flops(lm, [layer for layer, _ in selected])
+            for layer, units in selected:
+                flops = pass_flops[layer.index]
+                cells = layer.grid[0] * layer.grid[1]
+                for part in ["viz", *m.pictures]:
+                    recipe = recipe_of(spec, m, part)
+                    unit_bytes = h * w * 3 + 2 * cells + 64 * recipe.loss_points + 64
+                    if part == "viz":  # the probe's rows go into the same shards
+                        unit_bytes += 2 * cells * spec.k + 16 * spec.k + 512
+                    for start, stop in plan_ranges([], units, spec.shard_units, "viz"):
+                        n = stop - start
+                        tasks.append(Task(i, site, layer.index, start, stop, recipe.images_per_unit() * flops * n,
+                                          unit_bytes * n, part))
+    return tasks
+
+
+def shard_done(out: Path, rel: str, part: str = "viz") -> bool:
+    """Whether the shard exists under its final name and holds ``part``."""
+    return shard_holds(out / rel, part)
