@@ -57,6 +57,27 @@ def _load(args):
     return load_model(source, **kwargs)
 
 
+def _sae_args(p: argparse.ArgumentParser) -> None:
+    from builder.sae import SAE_FORMATS
+    p.add_argument("--sae", metavar="PATH", help="a sparse autoencoder's checkpoint (with --site sae): its latents are the units")
+    p.add_argument("--sae-format", choices=SAE_FORMATS, help="the checkpoint's format (default: detected)")
+    p.add_argument("--sae-name", help="its name in the atlas: the site is sae-<name> (default: from the path)")
+
+
+def _site(args, lm) -> str:
+    """The unit site the command reads: --site, or the latents of the SAE --sae names (then read onto ``lm``)."""
+    if args.sae is None:
+        if args.site == "sae":
+            raise AtlasError("--site sae needs --sae PATH (a SAELens folder, a ViT-Prisma config.json + .pt, or a saev sae.pt)")
+        return args.site
+    if args.site not in ("sae", "ffn"):
+        raise AtlasError(f"--sae reads an SAE's latents: pass --site sae, not --site {args.site}")
+    from builder.sae import load_sae
+    sae = load_sae(args.sae, args.sae_format, args.sae_name)
+    lm.saes[sae.site] = sae
+    return sae.site
+
+
 def cmd_visualize(args, command: str) -> None:
     from builder.recipe import resolve_recipe
     from builder.schedule import VisualizeJob, run_visualize
@@ -64,7 +85,7 @@ def cmd_visualize(args, command: str) -> None:
                             tv=args.tv, tv_input=args.tv_input, noise=args.noise, jitter_shared=args.jitter_shared,
                             clean_steps=args.clean_steps)
     lm = _load(args)
-    job = VisualizeJob(out=args.out, name=args.name or args.model, recipe=recipe, site=args.site,
+    job = VisualizeJob(out=args.out, name=args.name or args.model, recipe=recipe, site=_site(args, lm),
                        layers=args.layers, units=args.units, seed=args.seed, device=args.device,
                        precision=args.precision, compile=args.compile, batch_units=args.batch_units, shard_units=args.shard_units)
     stats = run_visualize(lm, job, command)
@@ -79,7 +100,7 @@ def cmd_probe(args, command: str) -> None:
     print(f"{len(index.paths)} images in {index.root} (layout: {index.layout}, "
           f"{len(index.class_names)} classes{f', {index.ignored} other files ignored' if index.ignored else ''})")
     lm = _load(args)
-    job = ProbeJob(out=args.out, name=args.name or args.model, site=args.site, layers=args.layers, units=args.units,
+    job = ProbeJob(out=args.out, name=args.name or args.model, site=_site(args, lm), layers=args.layers, units=args.units,
                    k=args.k,
                    batch_size=args.batch_size, device=args.device, precision=args.precision,
                    shard_units=args.shard_units, checkpoint_seconds=args.checkpoint_every, workers=args.workers,
@@ -208,7 +229,8 @@ def parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("visualize", help="optimize one image per unit into an atlas")
     _model_args(v)
-    v.add_argument("--site", default="ffn", help="ffn (default), q, k, v, attn or block")
+    v.add_argument("--site", default="ffn", help="ffn (default), q, k, v, attn, block, or sae (with --sae)")
+    _sae_args(v)
     v.add_argument("--layers", default="all", metavar="SELECTION", help="all, 5, 0-3, 0,2,5-7")
     v.add_argument("--units", default="all", metavar="SELECTION", help="units of each layer, same SELECTION form")
     v.add_argument("--preset", default="paper", help="paper (default: what the authors' runs optimized), "
@@ -235,7 +257,8 @@ def parser() -> argparse.ArgumentParser:
     _model_args(pr)
     pr.add_argument("--images", required=True, metavar="DIR", help="image folder (ImageNet, ImageFolder or plain)")
     pr.add_argument("--labels", metavar="FILE", help="CSV relative_path,label (overrides the folder's labels)")
-    pr.add_argument("--site", default="ffn", help="ffn (default), q, k, v, attn or block")
+    pr.add_argument("--site", default="ffn", help="ffn (default), q, k, v, attn, block, or sae (with --sae)")
+    _sae_args(pr)
     pr.add_argument("--layers", default="all", metavar="SELECTION", help="all, 5, 0-3, 0,2,5-7")
     pr.add_argument("--units", default="all", metavar="SELECTION", help="units of each layer to store (default all)")
     pr.add_argument("--k", type=int, default=D.TOP_K, help=f"images kept per unit (default {D.TOP_K})")

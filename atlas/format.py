@@ -33,6 +33,7 @@ QUARANTINE = "quarantine"   # unreadable shards moved aside, with the reason
 TMP_MARK = ".tmp-"          # <name>.tmp-<host>-<pid>: a file being written
 
 SITES = ("ffn", "q", "k", "v", "attn", "block")
+SAE_SITE = re.compile(r"^sae-[a-z0-9][a-z0-9_\-]*$")   # the latents of a sparse autoencoder: sae-<name>
 
 # Optimized pictures: one part per parametrization ("viz" is the paper's, pixel-parametrized).
 PICTURES = {"viz": "pixel", "fourier": "fourier"}
@@ -119,7 +120,7 @@ def unit_id(model: str, site: str, layer: int, unit: int) -> str:
 def parse_unit_id(text: str) -> tuple[str, str, int, int]:
     """Split a unit id into (model, site, layer, unit); raises AtlasError on a malformed id."""
     m = UNIT_ID.fullmatch(text.strip()) if isinstance(text, str) else None
-    if not m or m["site"] not in SITES:
+    if not m or not (m["site"] in SITES or SAE_SITE.fullmatch(m["site"])):
         raise AtlasError(f"{text!r} is not a unit id; expected <model>/<site>/L<ll>/U<uuuu>, "
                          "e.g. vit_atlas_demo/ffn/L03/U0042")
     return m["model"], m["site"], int(m["layer"]), int(m["unit"])

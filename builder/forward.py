@@ -13,7 +13,9 @@ image: copy k of unit u is ``scale[u, k] * rolled[u] + offset[u, k] (+ pixel_noi
   of the source image and combined per copy: its forward and backward cost 1/copies of the usual.
   Plain modules and tensors, so it compiles (``torch.compile``, CUDA graphs).
 - ``HookForward``, for every other model and site: the traced hook path (``sites.run_to``, stopped by
-  an exception) and a gather of each image's channel. Always eager.
+  an exception) and a gather of each image's channel; at an SAE site, each image's latent's
+  pre-activation (one encoder column; a TopK or JumpReLU output has no gradient where it is zero).
+  Always eager.
 
 Both run the model copy ``LoadedModel.cast`` holds for the compute dtype (weights cast once, not by
 autocast at every step) under autocast, which keeps norms and softmax in fp32.
@@ -94,8 +96,12 @@ class HookForward:
         return self(build_copies(rolled, scale, offset, pixel_noise), units)
 
     def __call__(self, x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
-        (grid,) = run_to(self.model, x, [self.layer])                    # (B, h, w, C)
-        return unit_maps(grid, units.repeat_interleave(grid.shape[0] // units.shape[0]))
+        sae = self.layer.sae
+        (grid,) = run_to(self.model, x, [self.layer], sae_input=sae is not None)   # (B, h, w, C)
+        channels = units.repeat_interleave(grid.shape[0] // units.shape[0])
+        if sae is not None:            # an SAE latent: its pre-activation, one encoder column per image
+            return sae.unit_pre(grid, channels)
+        return unit_maps(grid, channels)
 
 
 def _linear_patchifier(pe: nn.Module) -> bool:

@@ -42,6 +42,7 @@ class LoadedModel:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     data_config: dict
+    saes: dict = field(default_factory=dict)   # unit site "sae-<name>" -> builder.sae.SAE read on this model
     _copies: dict = field(default_factory=dict, repr=False, compare=False)
 
     def normalization(self, device) -> tuple[torch.Tensor, torch.Tensor]:

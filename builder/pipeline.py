@@ -91,7 +91,7 @@ def visualize_tasks(spec: BuildSpec, tasks: list[Task], device: torch.device, pr
     for i in sorted({t.model for t in tasks}):
         m = spec.models[i]
         lm = load_spec_model(m)
-        for site in m.sites:
+        for site in m.unit_sites:
             layers = {layer.index: layer for layer, _ in select_layers(lm, site, m.layers, m.units)}
             for picture in ["viz", *m.pictures]:
                 plan = [(layers[t.layer], t.start, t.stop) for t in tasks
@@ -159,7 +159,7 @@ def probe_and_analyze(spec: BuildSpec, device: str, command: str, progress: bool
         if not (m.probe or m.analyses):
             continue
         lm = load_spec_model(m)
-        for site in m.sites if m.probe else []:
+        for site in m.unit_sites if m.probe else []:
             run_probe(lm, index, ProbeJob(out=spec.out, name=m.atlas_name, site=site, layers=m.layers, units=m.units,
                                          k=spec.k, batch_size=spec.batch_size, device=device,
                                          precision=spec.precision, related=spec.related,
@@ -195,7 +195,7 @@ def plan_report(spec: BuildSpec, shares: int = 1, measure: bool = True) -> str:
         mine = [t for t in tasks if t.model == i]
         units = sum(t.stop - t.start for t in mine if t.part == "viz")
         what = [w for w, on in (("visualize", m.visualize), ("probe", m.probe)) if on] + m.analyses
-        lines.append(f"  {m.atlas_name}: sites {','.join(m.sites)}; pictures {', '.join(['viz', *m.pictures])}; "
+        lines.append(f"  {m.atlas_name}: sites {','.join(m.unit_sites)}; pictures {', '.join(['viz', *m.pictures])}; "
                      f"{len({t.path(spec) for t in mine})} shards, {units:,} units, "
                      f"{sum(t.cost for t in mine):.3g} FLOPs; {', '.join(what) or 'nothing'}")
     total_cost = sum(t.cost for t in tasks)

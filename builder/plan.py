@@ -16,7 +16,8 @@ from atlas.shard import shard_holds
 from .forward import planned_pass_flops
 from .models import LoadedModel, ModelSource, load_model
 from .recipe import Recipe
-from .sites import Layer, find_layers
+from .sae import load_sae
+from .sites import Layer, find_layers, sae_layer
 from .spec import BuildSpec, ModelSpec
 
 
@@ -71,11 +72,15 @@ def plan_ranges(existing: list[tuple[int, int, list[str]]], wanted: list[int], s
 
 
 def layer_attrs(name: str, lm: LoadedModel, layer: Layer) -> dict:
-    """The attributes every shard of this (model, site, layer) carries."""
-    return {"model": name, "arch": lm.source.arch, "weights": lm.weights, "site": layer.site,
-            "layer": layer.index, "layer_units": layer.units, "grid": list(layer.grid),
-            "module": layer.module, "module_call": layer.call, "image_size": list(lm.input_size),
-            "mean": list(lm.mean), "std": list(lm.std)}
+    """The attributes every shard of this (model, site, layer) carries; an SAE site's also its ``sae``
+    record (builder.sae.SAE.record: identity, sha256 and encoder)."""
+    attrs = {"model": name, "arch": lm.source.arch, "weights": lm.weights, "site": layer.site,
+             "layer": layer.index, "layer_units": layer.units, "grid": list(layer.grid),
+             "module": layer.module, "module_call": layer.call, "image_size": list(lm.input_size),
+             "mean": list(lm.mean), "std": list(lm.std)}
+    if layer.sae is not None:
+        attrs["sae"] = layer.sae.record()
+    return attrs
 
 
 def existing_shards(out: Path, name: str, site: str, lm: LoadedModel) -> dict[int, list]:
@@ -91,6 +96,9 @@ def existing_shards(out: Path, name: str, site: str, lm: LoadedModel) -> dict[in
                 raise AtlasError(
                     f"{out} already holds {name} with {key}={attrs[key]!r}, but this run has {mine[key]!r}; "
                     "pass --name to store this model under another name, or use another --out")
+        if attrs["site"] == site and site in lm.saes and (attrs.get("sae") or {}).get("sha256") != lm.saes[site].sha256:
+            raise AtlasError(f"{out} already holds site {site} of {name} from another SAE checkpoint; pass --sae-name "
+                             "to store this one under another name, or use another --out")
         if attrs["site"] == site:
             by_layer.setdefault(int(attrs["layer"]), []).append(
                 (int(attrs["unit_start"]), int(attrs["unit_stop"]), shard["parts"]))
@@ -100,12 +108,33 @@ def existing_shards(out: Path, name: str, site: str, lm: LoadedModel) -> dict[in
 def select_layers(lm: LoadedModel, site: str, layers: str, units: str) -> list[tuple[Layer, list[int]]]:
     """The layers of ``site`` a selection chooses, with the units the unit selection chooses in each;
     indices out of range are rejected."""
-    found = {layer.index: layer for layer in find_layers(lm.model, site, lm.input_size)}
+    if site.startswith("sae-"):
+        found = _sae_layers(lm, site, layers)
+        layers = "all"
+    else:
+        found = {layer.index: layer for layer in find_layers(lm.model, site, lm.input_size)}
     chosen = []
     for index in parse_selection(layers, list(found), "layers"):
         layer = found[index]
         chosen.append((layer, parse_selection(units, list(range(layer.units)), "units")))
     return chosen
+
+
+def _sae_layers(lm: LoadedModel, site: str, layers: str) -> dict[int, Layer]:
+    """The one layer of an SAE site: the block it reads, which the selection must include (a model's
+    selection covers all its sites), or, for an SAE that does not say, the one block the selection names."""
+    if site not in lm.saes:
+        raise AtlasError(f"site {site!r} is an SAE's: pass --sae PATH (or the spec's sae = [...]) to read it")
+    sae = lm.saes[site]
+    blocks = [layer.index for layer in find_layers(lm.model, "block", lm.input_size)]
+    chosen = parse_selection(layers, blocks, "layers")
+    if sae.layer is None and len(chosen) != 1:
+        raise AtlasError(f"the SAE {sae.name!r} does not say which block it reads: pass --layers with that one "
+                         f"block (not {layers!r})")
+    if sae.layer is not None and sae.layer not in chosen:
+        raise AtlasError(f"the SAE {sae.name!r} reads block {sae.layer}, which --layers {layers} leaves out")
+    layer = sae_layer(lm.model, sae, lm.input_size, None if sae.layer is not None else chosen[0])
+    return {layer.index: layer}
 
 
 @dataclass(frozen=True)
@@ -131,7 +160,11 @@ def load_spec_model(m: ModelSpec, weights: bool = True, shapes_only: bool = Fals
         source = ModelSource(m.name, m.checkpoint, m.random_init, m.init_seed)
     else:
         source = ModelSource(m.name, random_init=True, init_seed=m.init_seed)
-    return load_model(source, shapes_only=shapes_only, **m.model_args)
+    lm = load_model(source, shapes_only=shapes_only, **m.model_args)
+    for path in m.sae:
+        sae = load_sae(path)
+        lm.saes[sae.site] = sae
+    return lm
 
 
 def recipe_of(spec: BuildSpec, m: ModelSpec, part: str = "viz") -> Recipe:
@@ -147,7 +180,7 @@ def plan_tasks(spec: BuildSpec) -> list[Task]:
             continue
         lm = load_spec_model(m, shapes_only=True)
         h, w = lm.input_size
-        for site in m.sites:
+        for site in m.unit_sites:
             selected = select_layers(lm, site, m.layers, m.units)
             pass_flops = planned_pass_flops(lm, [layer for layer, _ in selected])
             for layer, units in selected:

@@ -8,6 +8,8 @@ three scales) gives one layer per call. A *site* picks what is read at that laye
     q/k/v  the block's fused qkv projection, split in three (heads concatenated)
     attn   the block's attention output, after its projection
     block  the residual stream after the block
+    sae-<name>  the latents of a sparse autoencoder on one block's residual stream or MLP output
+                (builder.sae; ``sae_layer``)
 
 Every site's output is viewed as a patch grid ``[B, h, w, C]``: tokens that are not patches (CLS,
 distillation, register tokens) are dropped, and hierarchical models give each layer its own grid.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -45,6 +47,7 @@ class Layer:
     layout: str                 # "tokens" [B, N, C], "nhwc" [B, h, w, C] or "nchw" [B, C, h, w]
     prefix: int                 # non-patch tokens before the grid ("tokens" layout)
     grid: tuple[int, int]       # (h, w) patch grid
+    sae: object = field(default=None, compare=False, repr=False)   # builder.sae.SAE of an SAE site
 
     @property
     def units(self) -> int:
@@ -52,13 +55,22 @@ class Layer:
         return self.channels[1] - self.channels[0]
 
     def to_grid(self, output: torch.Tensor) -> torch.Tensor:
-        """View the hooked module's output as ``[B, h, w, units]`` (patch tokens only)."""
+        """View the hooked module's output as ``[B, h, w, units]`` (patch tokens only); at an SAE site
+        the latents' values of the tokens it reads."""
+        if self.sae is not None:
+            return self.sae.encode(self.sae_input(output))
         if self.layout == "nchw":
             output = output.permute(0, 2, 3, 1)
         elif self.layout == "tokens":
             output = output[:, self.prefix:, :].reshape(output.shape[0], *self.grid, output.shape[-1])
         lo, hi = self.channels
         return output if (lo, hi) == (0, output.shape[-1]) else output[..., lo:hi]
+
+    def sae_input(self, output: torch.Tensor) -> torch.Tensor:
+        """An SAE site's input tokens as ``[B, h, w, d_in]``: the patch tokens, or the CLS token as a
+        1x1 grid for an SAE trained on CLS only."""
+        tokens = output[:, :1] if self.sae.tokens == "cls" else output[:, self.prefix:]
+        return tokens.reshape(output.shape[0], *self.grid, output.shape[-1])
 
 
 def _mlp_activations(model: nn.Module) -> list[str]:
@@ -201,17 +213,47 @@ def find_layers(model: nn.Module, site: str = "ffn", input_size: tuple[int, int]
     return layers
 
 
+def sae_layer(model: nn.Module, sae, input_size: tuple[int, int], index: int | None = None) -> Layer:
+    """The layer of an SAE's latents: the block it reads (its own, else ``index``), hooked where the SAE
+    was trained (``resid_post``: the block's output; ``mlp_out``: its ``ls2``, the MLP's scaled output).
+    AtlasError when the model has no such block or its width is not the SAE's input."""
+    blocks = {layer.index: layer for layer in find_layers(model, "block", input_size)}
+    index = sae.layer if sae.layer is not None else index
+    if index is None:
+        raise AtlasError(f"the SAE {sae.name!r} does not say which block it reads: pass --layers with that one block")
+    if sae.layer is not None and index != sae.layer:
+        raise AtlasError(f"the SAE {sae.name!r} reads block {sae.layer}, not {index}: pass --layers {sae.layer} or all")
+    if index not in blocks or blocks[index].layout != "tokens":
+        raise AtlasError(f"{type(model).__name__} has no token block {index} for the SAE {sae.name!r} "
+                         f"(blocks: {min(blocks)}-{max(blocks)})" if blocks else "no token blocks")
+    block = blocks[index]
+    module = block.module
+    if sae.hook == "mlp_out":
+        module = f"{block.module}.ls2"
+        try:
+            model.get_submodule(module)
+        except AttributeError:
+            raise AtlasError(f"{type(model).__name__}'s block {index} has no ls2 (the MLP's output) for the SAE "
+                             f"{sae.name!r} trained on hook_mlp_out") from None
+    if block.units != sae.d_in:
+        raise AtlasError(f"the SAE {sae.name!r} reads {sae.d_in} channels but block {index} of "
+                         f"{type(model).__name__} has {block.units}: it was trained on another model")
+    grid = (1, 1) if sae.tokens == "cls" else block.grid
+    return replace(block, site=sae.site, module=module, channels=(0, sae.d_sae), grid=grid, sae=sae)
+
+
 def available_sites(model: nn.Module, input_size: tuple[int, int]) -> list[str]:
     """The sites ``find_layers`` can read for this model."""
     return [site for site in SITES if _find(model, site, input_size)]
 
 
 def run_to(model: nn.Module, x: torch.Tensor, layers: list[Layer],
-           on_capture: Callable[[int, torch.Tensor], object] | None = None) -> list:
+           on_capture: Callable[[int, torch.Tensor], object] | None = None, sae_input: bool = False) -> list:
     """Forward ``x`` until every layer in ``layers`` has fired, then stop (no deeper block, no head).
 
     Returns each layer's patch grid ``[B, h, w, units]``, or what ``on_capture(i, grid)`` returns for it
-    (the probe consumes each layer's activations as they come instead of holding all of them).
+    (the probe consumes each layer's activations as they come instead of holding all of them); with
+    ``sae_input``, an SAE layer's input tokens instead of its latents.
     """
     wanted = defaultdict(list)
     for i, layer in enumerate(layers):
@@ -227,7 +269,8 @@ def run_to(model: nn.Module, x: torch.Tensor, layers: list[Layer],
             counts[name] += 1
             for want_call, i in wanted[name]:
                 if want_call == call:
-                    grid = layers[i].to_grid(output)
+                    layer = layers[i]
+                    grid = layer.sae_input(output) if sae_input and layer.sae is not None else layer.to_grid(output)
                     results[i] = on_capture(i, grid) if on_capture else grid
                     remaining -= 1
             if remaining == 0:

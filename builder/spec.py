@@ -52,6 +52,13 @@ class ModelSpec:
     analyses: list[str] = field(default_factory=list)
     pictures: list[str] = field(default_factory=list)   # picture parts beyond "viz", e.g. ["fourier"]
     recipe: Recipe | None = None        # overrides the build's recipe
+    sae: list[str] = field(default_factory=list)        # SAE checkpoints: each one's latents are one more site
+
+    @property
+    def unit_sites(self) -> list[str]:
+        """Every site the build reads: ``sites``, then each SAE's ``sae-<name>``."""
+        from .sae import sae_name
+        return self.sites + [f"sae-{sae_name(Path(p))}" for p in self.sae]
 
 
 @dataclass
@@ -102,7 +109,8 @@ TYPES = {
                 "limit": _INT, "related": _STR, "related_k": _INT, "sketch_dims": _INT},
     "models": {"name": _STR, "atlas_name": _STR, "checkpoint": _STR, "random_init": _BOOL, "init_seed": _INT,
                "model_args": "a table", "sites": _STRS, "layers": (_STR, _INT), "units": (_STR, _INT),
-               "visualize": _BOOL, "probe": _BOOL, "analyses": _STRS, "pictures": _STRS, "recipe": "a table"},
+               "visualize": _BOOL, "probe": _BOOL, "analyses": _STRS, "pictures": _STRS, "recipe": "a table",
+               "sae": _STRS},
 }
 _RECIPE_TYPES = {str: _STR, int: _INT, float: _NUM, bool: _BOOL}
 
@@ -215,6 +223,12 @@ def load_spec(path: str | Path) -> BuildSpec:
         model = ModelSpec(**table)
         model.atlas_name = check_model_name(model.atlas_name or model.name)
         model.checkpoint = str(resolve(model.checkpoint)) if model.checkpoint else None
+        model.sae = [str(resolve(p)) for p in model.sae]
+        missing = [p for p in model.sae if not Path(p).exists()]
+        if missing:
+            raise AtlasError(f"{where}: sae {missing[0]} does not exist")
+        if len(set(model.unit_sites)) != len(model.unit_sites):
+            raise AtlasError(f"{where}: two SAEs with the same name ({model.unit_sites}); rename one's folder")
         if recipe_table:
             model.recipe = _recipe(recipe_table, recipe, f"{where} recipe")
         bad = set(model.sites) - set(SITES)
