@@ -17,6 +17,7 @@ import errno
 import json
 import shlex
 import sys
+from pathlib import Path
 
 from atlas.format import AtlasError
 
@@ -111,6 +112,23 @@ def cmd_probe(args, command: str) -> None:
         print(f"skipped {stats['skipped']} files that could not be decoded (listed in dataset.h5 'skipped'):")
         for path, reason in stats["skipped_files"][:20]:
             print(f"  {path}: {reason}")
+
+
+def cmd_train_sae(args, command: str) -> None:
+    from builder.dataset import scan_images
+    from builder.train_sae import TrainJob, run_train_sae
+    index = scan_images(args.images, None)
+    lm = _load(args)
+    layers = args.layers.split(",")
+    if len(layers) != 1 or not layers[0].strip().isdigit():
+        raise AtlasError(f"--layers {args.layers}: train-sae trains on one block, e.g. --layers 3")
+    job = TrainJob(out=Path(args.out), layer=int(layers[0]), hook=args.hook, kind=args.kind, latents=args.latents,
+                   k=args.k, l1=args.l1, steps=args.steps, batch_tokens=args.batch_tokens, lr=args.lr, seed=args.seed,
+                   batch_size=args.batch_size, workers=args.workers, device=args.device)
+    m = run_train_sae(lm, index, job, args.name or args.model)
+    print(f"trained a {args.kind} SAE of {args.latents} latents on block {job.layer} ({args.hook}) of {len(index.paths)} "
+          f"images into {args.out}: explained variance {m['explained_variance']:.1%}, L0 {m['l0']:.1f}, "
+          f"dead {m['dead_fraction']:.1%} (held-out tokens)")
 
 
 def cmd_make_dataset(args, command: str) -> None:
@@ -275,6 +293,27 @@ def parser() -> argparse.ArgumentParser:
                     help="save the running state this often, so a killed pass resumes (default 300)")
     pr.add_argument("--out", required=True, help="atlas folder")
     pr.set_defaults(run=cmd_probe)
+
+    from builder.train_sae import KINDS, TrainJob as T
+    ts = sub.add_parser("train-sae", help="train a small sparse autoencoder on one block's activations (SAELens format)")
+    _model_args(ts)
+    ts.add_argument("--images", required=True, metavar="DIR", help="image folder to train on")
+    ts.add_argument("--layers", required=True, metavar="BLOCK", help="the block whose activations it reads")
+    ts.add_argument("--hook", default=T.hook, choices=("resid_post", "mlp_out"),
+                    help=f"resid_post: the block's output; mlp_out: its MLP's (ls2) (default {T.hook})")
+    ts.add_argument("--kind", default=T.kind, choices=KINDS, help=f"topk, or relu with an L1 penalty (default {T.kind})")
+    ts.add_argument("--latents", type=int, default=T.latents, help=f"number of latents (default {T.latents})")
+    ts.add_argument("--k", type=int, default=T.k, help=f"topk: latents kept per token (default {T.k})")
+    ts.add_argument("--l1", type=float, default=T.l1, help=f"relu: L1 weight (default {T.l1})")
+    ts.add_argument("--steps", type=int, default=T.steps, help=f"Adam steps (default {T.steps})")
+    ts.add_argument("--batch-tokens", type=int, default=T.batch_tokens, help=f"tokens per step (default {T.batch_tokens})")
+    ts.add_argument("--lr", type=float, default=T.lr)
+    ts.add_argument("--seed", type=int, default=D.SEED)
+    ts.add_argument("--batch-size", type=int, default=D.BATCH_SIZE, help="images per forward while collecting")
+    ts.add_argument("--workers", type=int, help="decoding processes (default: min(8, CPUs))")
+    ts.add_argument("--device", default=T.device, help=f"cpu or cuda (default {T.device})")
+    ts.add_argument("--out", required=True, help="folder to write cfg.json and sae_weights.safetensors into")
+    ts.set_defaults(run=cmd_train_sae)
 
     a = sub.add_parser("analyze", help="the paper's experiments: token-mixing, foreground-background, "
                                        "frequency, spatial, sites, or all")

@@ -270,3 +270,34 @@ def test_a_build_spec_reads_saes_and_verify_covers_their_sites(tmp_path):
         assert latent.parts == ["viz", "probe"] or set(latent.parts) == {"viz", "probe"}
         assert len(a.units(MODEL, LAYER, site="sae-my_sae")) == 24     # the spec's units apply to its latents
     assert "sae-my_sae" in json.loads((out / "manifest.json").read_text())["models"][MODEL]["sites"]
+
+
+@pytest.mark.parametrize("kind", ["relu", "topk"])
+def test_train_sae_writes_a_saelens_sae_whose_metrics_hold(kind, tmp_path, images):
+    """train-sae's files are SAELens's layout, read back by --sae; the explained variance, L0 and dead
+    fraction it reports are what its weights give on the held-out images' tokens (every tenth image)."""
+    from builder.dataset import scan_images
+    out = tmp_path / "trained"
+    assert build.main(["train-sae", *TINY_MODEL, "--images", str(images), "--layers", str(LAYER), "--kind", kind,
+                       "--latents", "64", "--k", "8", "--steps", "300", "--workers", "0", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    cfg = json.loads((out / "cfg.json").read_text())
+    reported = cfg["vit_atlas"]["metrics"]
+    sae = load_sae(out)
+    assert (sae.format, sae.d_sae, sae.layer, sae.activation) == ("saelens", 64, LAYER, kind)
+    data_config, _, _ = model_config()
+    import timm.data
+    from atlas.images import load_rgb
+    index = scan_images(images)
+    transform = timm.data.create_transform(**data_config, is_training=False)
+    held = [p for i, p in enumerate(index.paths) if i % 10 == 0]
+    x = tokens_at(torch.stack([transform(load_rgb(index.root / p)) for p in held]), "resid_post")[:, 1:].reshape(-1, D)
+    from safetensors.numpy import load_file
+    w = load_file(str(out / "sae_weights.safetensors"))
+    f = reference(x, w, kind, k=8)
+    recon = f @ w["W_dec"] + w["b_dec"]
+    explained = 1 - ((x - recon) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert reported["explained_variance"] == pytest.approx(explained, abs=1e-4)
+    assert reported["l0"] == pytest.approx((f > 0).sum(1).mean(), abs=1e-4)
+    assert reported["dead_fraction"] == pytest.approx((~(f > 0).any(0)).mean(), abs=1e-6)
+    assert explained > 0.2 and (kind == "relu" or reported["l0"] <= 8)   # 170 training tokens: better than their mean
