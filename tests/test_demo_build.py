@@ -61,7 +61,7 @@ def test_every_config_of_the_demos_export_loads_with_datasets(demo, tmp_path):
 
 
 def test_optimized_images_beat_the_best_dataset_image_for_most_live_units(demo):
-    beat = live = 0
+    beat = fourier = live = 0
     with atlas.open(demo) as a:
         for layer in a.layers(VIT):
             for u in a.units(VIT, layer):
@@ -70,7 +70,8 @@ def test_optimized_images_beat_the_best_dataset_image_for_most_live_units(demo):
                     continue
                 live += 1
                 beat += unit.activation > unit.stats.max
-    assert live > 1000 and beat / live >= 0.8
+                fourier += unit.picture("fourier").activation > unit.stats.max
+    assert live > 1000 and beat / live >= 0.95 and fourier / live >= 0.95, (beat / live, fourier / live)
 
 
 def test_late_units_prefer_a_class_and_the_analyses_compare_vit_and_cnn(demo):
@@ -135,6 +136,9 @@ def test_one_unit_of_the_served_demo_is_read_remotely_with_little_transfer(demo,
         with atlas.open(demo) as local:
             assert np.array_equal(unit.image, local.unit(VIT, 3, 42).image)
             assert unit.activation == local.unit(VIT, 3, 42).activation
+            latent = remote.unit(VIT, 3, 42, site="sae-l3-topk")           # an SAE latent, read the same way
+            assert latent.activation == local.unit(VIT, 3, 42, site="sae-l3-topk").activation
+            assert [t.index for t in latent.topk] == [t.index for t in local.unit(VIT, 3, 42, site="sae-l3-topk").topk]
         shard_bytes = sum(s["bytes"] for s in json.loads((demo / "manifest.json").read_text())["shards"])
         assert remote.remote.fetched < 0.05 * shard_bytes
         # a served shard changed after the manifest was written is refused (restored afterwards)
@@ -150,3 +154,98 @@ def test_one_unit_of_the_served_demo_is_read_remotely_with_little_transfer(demo,
     finally:
         server.shutdown()
         server.server_close()
+
+
+SAE = "sae-l3-topk"
+
+
+def test_the_demos_sae_site_holds_its_latents_and_they_beat_the_data(demo):
+    """The committed SAE's 256 latents on block 3: reader, probe and both pictures; at least 90% of the
+    live latents' pictures beat their best dataset image; its explained variance and L0 re-derived on
+    the demo's own images (not those it was trained on) with a plain numpy encoder."""
+    from safetensors.numpy import load_file
+    from builder.demo.models import WEIGHTS
+    manifest = json.loads((demo / "manifest.json").read_text())
+    assert set(manifest["models"][VIT]["sites"][SAE]["03"]["parts"]) == {"viz", "fourier", "probe"}
+    beat = {"viz": 0, "fourier": 0}
+    live = 0
+    with atlas.open(demo) as a:
+        assert a.units(VIT, 3, site=SAE) == list(range(256))
+        assert a.shard_attrs(VIT, 3, site=SAE)["sae"]["activation"] == "topk"
+        for u in a.units(VIT, 3, site=SAE):
+            unit = a.unit(VIT, 3, u, site=SAE)
+            if unit.stats.dead:
+                continue
+            live += 1
+            for part in beat:
+                beat[part] += unit.picture(part).activation > unit.stats.max
+        assert live >= 200 and all(b / live >= 0.9 for b in beat.values()), (live, beat)
+        # explained variance and L0 of the committed SAE on block 3's patch tokens of the probe's images
+        import timm.data
+        import torch
+        from atlas.images import load_rgb
+        from builder.models import ModelSource, load_model
+        from builder.demo.models import weights_file
+        lm = load_model(ModelSource(VIT, checkpoint=str(weights_file(VIT))))
+        transform = timm.data.create_transform(**lm.data_config, is_training=False)
+        x = torch.stack([transform(load_rgb(a.dataset.root / p)) for p in a.dataset.paths[::4]])
+    got = {}
+    handle = lm.model.blocks[3].register_forward_hook(lambda m, i, o: got.setdefault("t", o.detach()))
+    with torch.no_grad():
+        lm.model(x)
+    handle.remove()
+    tokens = got["t"][:, 1:].reshape(-1, 64).double().numpy()
+    w = load_file(str(WEIGHTS / "l3-topk" / "sae_weights.safetensors"))
+    pre = (tokens - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    f = np.zeros_like(pre)
+    idx = np.argsort(-pre, axis=1)[:, :8]
+    np.put_along_axis(f, idx, np.maximum(np.take_along_axis(pre, idx, 1), 0), 1)
+    recon = f @ w["W_dec"] + w["b_dec"]
+    explained = 1 - ((tokens - recon) ** 2).sum() / ((tokens - tokens.mean(0)) ** 2).sum()
+    print(f"demo SAE on the demo's images: explained variance {explained:.3f}, L0 {(f > 0).sum(1).mean():.2f}")
+    assert explained > 0.8 and (f > 0).sum(1).mean() <= 8
+
+
+def test_demo_latents_and_neurons_are_related_and_shown_side_by_side(demo):
+    """A latent's related units elsewhere in the model are neurons (co-activating over the probe's
+    images), and the website's record lists them in its related strip; and the other way round."""
+    from atlas.website.packs import read_unit
+    with atlas.open(demo) as a:
+        latent = a.unit(VIT, 3, 5, site=SAE)
+        neurons = [r for r in latent.related if r.scope == "same model" and "/ffn/" in r.id]
+        assert neurons and all(r.corr > 0.3 for r in neurons[:1]), latent.related
+        _, meta, _ = read_unit(demo / "site", VIT, SAE, 3, 5)
+        assert [r[1] for r in meta["related"]] == [r.id for r in latent.related]
+        backwards = [a.unit(VIT, 3, u).related for u in range(0, 256, 16)]
+        assert any(f"/{SAE}/" in r.id for related in backwards for r in related)
+
+
+def test_the_demos_sae_pages_search_and_related_links_work_in_a_browser(demo, tmp_path):
+    from tests.helpers import chromium, nginx
+    browser = chromium()
+    try:
+        with nginx(demo, tmp_path / "nginx") as base:
+            _walk_an_sae_unit(browser, base + "site/")
+    finally:
+        browser.quit()
+
+
+def _walk_an_sae_unit(browser, site: str) -> None:
+    """Open a latent's page, follow its related strip to a neuron, find it by search, list its layer."""
+    from selenium.webdriver.common.by import By
+    from tests.helpers import wait_for
+    uid = f"{VIT}/{SAE}/L03/U0005"
+    browser.get(site + "unit.html#" + uid)
+    assert wait_for(lambda: browser.find_element(By.ID, "unit-view").get_attribute("data-state") == "ready")
+    assert browser.find_element(By.ID, "unit-id").text == uid
+    link = [a for a in browser.find_elements(By.CSS_SELECTOR, "#related a.related-unit")
+            if "/ffn/" in a.get_attribute("data-id")][0]
+    target = link.get_attribute("data-id")
+    link.click()
+    assert wait_for(lambda: browser.find_element(By.ID, "unit-id").text == target)
+    browser.get(site + f"search.html?q={SAE}/L03/U0005")
+    assert wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#search-results a"))
+    assert browser.find_element(By.CSS_SELECTOR, "#search-results code").text == uid
+    browser.get(site + f"{VIT}/{SAE}/L03/index.html")
+    assert wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, "ul.tiles > li")) == 256)
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

@@ -114,6 +114,7 @@ def layer_info(a: Atlas, model: str, site: str, layer: int, summ) -> dict:
     probe = attrs.get("probe")
     return {"model": model, "site": site, "layer": layer, "arch": attrs.get("arch"), "weights": attrs.get("weights"),
             "module": attrs.get("module"), "grid": attrs.get("grid"), "image_size": attrs.get("image_size"),
+            "sae": attrs.get("sae"),
             "width": info.get("units") or attrs.get("layer_units"),
             "runs": [list(r) for r in unit_runs([int(u) for u in summ.units])], "parts": parts,
             "probe": None if not probe or probed is None else {

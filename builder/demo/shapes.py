@@ -16,6 +16,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,19 +179,31 @@ def make_dataset(out: str | Path, n: int, seed: int) -> Path:
         raise AtlasError(f"--n must be at least 1, not {n}")
     own_folder(out, "--out", lambda folder: previous is not None,
                "is not empty and holds no generated dataset; give a new or empty folder")
-    rows = []
-    for i in range(n):
-        sample = generate(seed, i)
-        rel = f"{CLASSES[sample.label]}/{i:05d}.png"
-        (out / CLASSES[sample.label]).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(sample.image).save(out / rel)
-        rows.append([rel, *sample.box, sample.label])
+    for name in CLASSES:
+        (out / name).mkdir(parents=True, exist_ok=True)
+    # every image depends on (seed, i) alone, so processes share the work and the files are the same
+    workers = min(os.cpu_count() or 1, 8)
+    jobs = [(out, seed, i) for i in range(n)]
+    if workers > 1 and n >= 64:
+        with ProcessPoolExecutor(workers) as pool:
+            rows = list(pool.map(_write_sample, jobs, chunksize=max(1, n // (8 * workers))))
+    else:
+        rows = [_write_sample(job) for job in jobs]
     with open(out / "boxes.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["relative_path", "x0", "y0", "x1", "y1", "label"])
         writer.writerows(rows)
     marker.write_text(json.dumps(info, indent=1) + "\n")
     return out
+
+
+def _write_sample(job: tuple[Path, int, int]) -> list:
+    """Generate and save image ``i`` of the dataset of ``seed`` into ``out``; its boxes.csv row."""
+    out, seed, i = job
+    sample = generate(seed, i)
+    rel = f"{CLASSES[sample.label]}/{i:05d}.png"
+    Image.fromarray(sample.image).save(out / rel)
+    return [rel, *sample.box, sample.label]
 
 
 def _generated(marker: Path) -> dict | None:

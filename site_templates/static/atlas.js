@@ -518,6 +518,11 @@
     dd(facts, "Weights", el("code", "wrap", info.weights || ""));
     dd(facts, "Site, layer, unit", u.site + " \u00b7 layer " + u.layer + " \u00b7 unit " + u.unit);
     dd(facts, "Patch grid", grid[0] + " \u00d7 " + grid[1]);
+    if (info.sae) {   /* an SAE site: which autoencoder, read how (the shard's sae record) */
+      var sae = info.sae;
+      dd(facts, "SAE", [sae.name + " \u00b7 " + sae.format + " \u00b7 " + sae.d_sae + " latents, " + sae.activation +
+        (sae.k ? " (k = " + sae.k + ")" : "") + " on " + sae.hook + " of block " + u.layer + " \u00b7 ", el("code", "wrap", "sha256:" + sae.sha256)]);
+    }
     if (probe && probe.top_classes.length) {
       var ul = el("ul", "classes");
       probe.top_classes.forEach(function (c) { var li = el("li", null, c[0] + " "); li.appendChild(el("span", "count", c[1] + "/" + probe.topk.length)); ul.appendChild(li); });
