@@ -159,7 +159,8 @@ def load_every_config(root, out):
         if name == "dataset_index":
             assert len(ds) == len(a.dataset.paths)
             continue
-        model, site = name.rsplit("-", 1)
+        model, site = ds[0]["model"], ds[0]["site"]                 # (site names may hold "-": sae-<name>)
+        assert name == f"{model}-{site}" and set(ds["model"]) == {model} and set(ds["site"]) == {site}
         assert len(ds) == sum(len(a.units(model, layer, site)) for layer in a.layers(model, site))
         first = ds[0]
         assert np.array_equal(np.asarray(first["image"]), a.unit_by_id(first["id"]).image)

@@ -170,7 +170,7 @@ def test_the_demos_sae_site_holds_its_latents_and_they_beat_the_data(demo):
     beat = {"viz": 0, "fourier": 0}
     live = 0
     with atlas.open(demo) as a:
-        assert a.units(VIT, 3, site=SAE) == list(range(256))
+        assert list(a.units(VIT, 3, site=SAE)) == list(range(256))
         assert a.shard_attrs(VIT, 3, site=SAE)["sae"]["activation"] == "topk"
         for u in a.units(VIT, 3, site=SAE):
             unit = a.unit(VIT, 3, u, site=SAE)

@@ -734,11 +734,13 @@
     var m = q.match(/^(?:([A-Za-z0-9][A-Za-z0-9_.\-]*)\/)?(?:([a-z][a-z0-9_\-]*)\/)?L?(\d+)[\/\s]+U?(\d+)$/i) ||
             q.match(/^(?:([A-Za-z0-9][A-Za-z0-9_.\-]*)\/)?(?:([a-z][a-z0-9_\-]*)\/)?()U(\d+)$/i);
     if (!m) { return []; }
+    var wantModel = m[1], wantSite = m[2];
+    if (wantModel && !wantSite && !catalog.models[wantModel]) { wantSite = wantModel; wantModel = ""; }   /* "sae-x/L03/U0005" */
     var found = [];
     Object.keys(catalog.models).forEach(function (model) {
-      if (m[1] && model !== m[1]) { return; }
+      if (wantModel && model !== wantModel) { return; }
       Object.keys(catalog.models[model]).forEach(function (site) {
-        if (m[2] && site !== m[2].toLowerCase()) { return; }
+        if (wantSite && site !== wantSite.toLowerCase()) { return; }
         var layers = catalog.models[model][site];
         Object.keys(layers).forEach(function (key) {
           var layer = parseInt(key, 10), unit = parseInt(m[4], 10);
