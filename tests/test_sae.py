@@ -166,7 +166,11 @@ def images(tmp_path_factory):
     return image_folder(tmp_path_factory.mktemp("sae-images"), ("a", "b"), 6, 32)
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# the quick loop runs two cases (SAELens with layer norm and topk; a pickled ViT-Prisma config); CI runs all
+QUICK = ("saelens-topk-flat", "prisma-pickled-config")
+
+
+@pytest.mark.parametrize("case", [c if c in QUICK else pytest.param(c, marks=pytest.mark.slow) for c in CASES])
 def test_latents_equal_the_formula_through_visualize_and_probe(case, tmp_path, images):
     make, formula, where = CASES[case]
     path, w = make(tmp_path / "ckpt")
@@ -228,6 +232,7 @@ def test_an_sae_for_another_model_or_block_is_one_line(tmp_path):
     assert_refused(run_cli("visualize", *TINY_MODEL, "--site", "sae", "--out", str(tmp_path / "c")), "--sae PATH")
 
 
+@pytest.mark.slow
 def test_latents_and_neurons_are_related_and_the_website_shows_them_side_by_side(tmp_path, images):
     """An SAE site probed beside the model's neurons: each latent's related units elsewhere in its model
     are neurons (and theirs latents), by the correlation of their per-image scores; the website's unit
@@ -256,6 +261,7 @@ def test_latents_and_neurons_are_related_and_the_website_shows_them_side_by_side
     assert any(f"{MODEL}/ffn/" in r[1] for r in meta["related"])
 
 
+@pytest.mark.slow
 def test_a_build_spec_reads_saes_and_verify_covers_their_sites(tmp_path):
     from atlas.verify import verify
     from tests.helpers import write_spec
@@ -272,6 +278,7 @@ def test_a_build_spec_reads_saes_and_verify_covers_their_sites(tmp_path):
     assert "sae-my_sae" in json.loads((out / "manifest.json").read_text())["models"][MODEL]["sites"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["relu", "topk"])
 def test_train_sae_writes_a_saelens_sae_whose_metrics_hold(kind, tmp_path, images):
     """train-sae's files are SAELens's layout, read back by --sae; the explained variance, L0 and dead
