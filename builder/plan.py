@@ -126,14 +126,14 @@ def _sae_layers(lm: LoadedModel, site: str, layers: str) -> dict[int, Layer]:
     if site not in lm.saes:
         raise AtlasError(f"site {site!r} is an SAE's: pass --sae PATH (or the spec's sae = [...]) to read it")
     sae = lm.saes[site]
-    blocks = [layer.index for layer in find_layers(lm.model, "block", lm.input_size)]
-    chosen = parse_selection(layers, blocks, "layers")
+    blocks = find_layers(lm.model, "block", lm.input_size)
+    chosen = parse_selection(layers, [layer.index for layer in blocks], "layers")
     if sae.layer is None and len(chosen) != 1:
         raise AtlasError(f"the SAE {sae.name!r} does not say which block it reads: pass --layers with that one "
                          f"block (not {layers!r})")
     if sae.layer is not None and sae.layer not in chosen:
         raise AtlasError(f"the SAE {sae.name!r} reads block {sae.layer}, which --layers {layers} leaves out")
-    layer = sae_layer(lm.model, sae, lm.input_size, None if sae.layer is not None else chosen[0])
+    layer = sae_layer(lm.model, sae, lm.input_size, None if sae.layer is not None else chosen[0], blocks)
     return {layer.index: layer}
 
 

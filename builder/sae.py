@@ -164,9 +164,10 @@ def load_sae(path: str | Path, format: str | None = None, name: str | None = Non
     if not SAE_SITE.fullmatch(f"sae-{name}"):
         raise AtlasError(f"--sae-name {name!r}: use lowercase letters, digits, '_' and '-' (it names the unit site)")
     reader = {"saelens": _read_saelens, "prisma": _read_prisma, "saev": _read_saev}[format]
+    from safetensors import SafetensorError
     try:
         sae = reader(path, name)
-    except (KeyError, TypeError, ValueError, IndexError, json.JSONDecodeError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OSError, RuntimeError, SafetensorError) as e:
         raise AtlasError(f"--sae {path}: not a readable {format} checkpoint ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
     _check(sae, path)
@@ -357,7 +358,9 @@ def safe_torch_load(source, where: Path | None = None):
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        pass
+        pass                  # a global the weights-only unpickler does not know: which one, below
+    except Exception as e:   # noqa: BLE001 - damaged bytes fail anywhere in torch.load: one line for the user
+        raise AtlasError(f"{where}: not a torch checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
     if hasattr(source, "seek"):
         source.seek(0)
     try:

@@ -213,11 +213,13 @@ def find_layers(model: nn.Module, site: str = "ffn", input_size: tuple[int, int]
     return layers
 
 
-def sae_layer(model: nn.Module, sae, input_size: tuple[int, int], index: int | None = None) -> Layer:
+def sae_layer(model: nn.Module, sae, input_size: tuple[int, int], index: int | None = None,
+              blocks: list[Layer] | None = None) -> Layer:
     """The layer of an SAE's latents: the block it reads (its own, else ``index``), hooked where the SAE
     was trained (``resid_post``: the block's output; ``mlp_out``: its ``ls2``, the MLP's scaled output).
-    AtlasError when the model has no such block or its width is not the SAE's input."""
-    blocks = {layer.index: layer for layer in find_layers(model, "block", input_size)}
+    AtlasError when the model has no such block or its width is not the SAE's input. ``blocks``: the
+    model's ``block`` layers when the caller has them (tracing them again costs a forward)."""
+    blocks = {layer.index: layer for layer in (blocks or find_layers(model, "block", input_size))}
     index = sae.layer if sae.layer is not None else index
     if index is None:
         raise AtlasError(f"the SAE {sae.name!r} does not say which block it reads: pass --layers with that one block")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +59,6 @@ class TrainJob:
 
 def collect_tokens(lm: LoadedModel, index: ImageIndex, job: TrainJob) -> torch.Tensor:
     """Patch tokens [images, tokens, d_in] of the job's block and hook, float32 on the CPU."""
-    from dataclasses import replace
     blocks = {layer.index: layer for layer in find_layers(lm.model, "block", lm.input_size)}
     if job.layer not in blocks:
         raise AtlasError(f"--layers {job.layer}: the model's blocks are {min(blocks)}-{max(blocks)}")

@@ -308,3 +308,25 @@ def test_train_sae_writes_a_saelens_sae_whose_metrics_hold(kind, tmp_path, image
     assert reported["l0"] == pytest.approx((f > 0).sum(1).mean(), abs=1e-4)
     assert reported["dead_fraction"] == pytest.approx((~(f > 0).any(0)).mean(), abs=1e-6)
     assert explained > 0.2 and (kind == "relu" or reported["l0"] <= 8)   # 170 training tokens: better than their mean
+
+
+@pytest.mark.parametrize("damage", ["config a list", "weights not safetensors", "saev body not torch", "prisma junk"])
+def test_a_damaged_checkpoint_is_one_line(damage, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    if damage.startswith("saev"):
+        ckpt.mkdir()
+        (ckpt / "sae.pt").write_bytes(b'{"schema": 2}\nnot a torch file')
+    elif damage == "prisma junk":
+        ckpt.mkdir()
+        (ckpt / "config.json").write_text("{}")
+        (ckpt / "weights.pt").write_bytes(b"junk")
+    else:
+        saelens(ckpt)
+        if damage == "config a list":
+            (ckpt / "cfg.json").write_text("[1, 2]")
+        else:
+            (ckpt / "sae_weights.safetensors").write_bytes(b"junk")
+    out = tmp_path / "atlas"
+    assert_refused(run_cli("visualize", *TINY_MODEL, "--site", "sae", "--sae", str(ckpt), "--layers", str(LAYER),
+                           "--out", str(out)), "ckpt")
+    assert not out.exists()
