@@ -124,6 +124,25 @@ def test_every_demo_unit_has_both_pictures(demo):
         assert len(u.related) == 16 and {r.scope for r in u.related} == {"same layer", "same model"}
 
 
+def test_the_demo_timer_splits_the_build_by_every_site_and_picture_the_atlas_holds(demo):
+    """benchmarks/demo_time.py's split comes from the run logs; the sites and pictures it names are
+    the ones the atlas API lists, and each has taken time."""
+    from benchmarks.demo_time import stage_seconds
+    stages = stage_seconds(demo)
+    with atlas.open(demo) as a:
+        expected = {f"visualize {site} {part}" for site in a.sites(VIT)
+                    for part in a.unit(VIT, a.layers(VIT, site)[0], 0, site).pictures}
+    assert {k for k in stages if k.startswith("visualize")} == expected
+    assert {"visualize ffn fourier", "visualize sae-l3-topk viz"} <= expected
+    assert all(v > 0 for v in stages.values()) and stages["probe"] > 0
+
+
+def test_the_isa_caps_of_the_demo_timer_take_effect_in_a_child_process():
+    import os
+    from benchmarks.demo_time import ISA_CAPS, capability
+    assert capability({**os.environ, **ISA_CAPS["default"]}) == "DEFAULT"
+
+
 def test_one_unit_of_the_served_demo_is_read_remotely_with_little_transfer(demo, tmp_path, monkeypatch):
     import threading
     from atlas.serve import make_server
