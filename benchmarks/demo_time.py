@@ -28,6 +28,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from atlas.format import SHARD_PATH
+from atlas.log import read_logs
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # The switches each library reads at start-up; "native" sets none.
@@ -58,14 +61,12 @@ def capability(env: dict) -> str:
 def stage_seconds(atlas: Path) -> dict:
     """Seconds per stage from the atlas's run logs: visualize per site and picture, and the probe."""
     seconds = defaultdict(float)
-    for log in (atlas / "logs").glob("*.jsonl"):
-        for line in log.read_text().splitlines():
-            record = json.loads(line)
-            if record.get("stage") == "visualize":
-                site = record["shard"].split("/")[2]
-                seconds[f"visualize {site} {record.get('part', 'viz')}"] += record["seconds"]
-            elif record.get("stage") == "probe":
-                seconds["probe"] += record["seconds"]
+    for record in read_logs(atlas):
+        if record.get("stage") == "visualize":
+            site = SHARD_PATH.match(record["shard"])["site"]
+            seconds[f"visualize {site} {record.get('part', 'viz')}"] += record["seconds"]
+        elif record.get("stage") == "probe":
+            seconds["probe"] += record["seconds"]
     return {k: round(v, 1) for k, v in sorted(seconds.items())}
 
 
