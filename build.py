@@ -63,18 +63,23 @@ def _sae_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sae", metavar="PATH", help="a sparse autoencoder's checkpoint (with --site sae): its latents are the units")
     p.add_argument("--sae-format", choices=SAE_FORMATS, help="the checkpoint's format (default: detected)")
     p.add_argument("--sae-name", help="its name in the atlas: the site is sae-<name> (default: from the path)")
+    p.add_argument("--sae-run", metavar="RUN", help="the run to read of a release of many checkpoints (saev's "
+                                                    "manifest.jsonl); --layers N picks it too when one run has that layer")
 
 
 def _site(args, lm) -> str:
     """The unit site the command reads: --site, or the latents of the SAE --sae names (then read onto ``lm``)."""
     if args.sae is None:
+        if args.sae_run is not None:
+            raise AtlasError("--sae-run picks a run of the release --sae PATH names: pass --sae too")
         if args.site == "sae":
             raise AtlasError("--site sae needs --sae PATH (a SAELens folder, a ViT-Prisma config.json + .pt, or a saev sae.pt)")
         return args.site
     if args.site not in ("sae", "ffn"):
         raise AtlasError(f"--sae reads an SAE's latents: pass --site sae, not --site {args.site}")
     from builder.sae import load_sae
-    sae = load_sae(args.sae, args.sae_format, args.sae_name)
+    block = int(args.layers) if str(args.layers).strip().isdigit() else None
+    sae = load_sae(args.sae, args.sae_format, args.sae_name, args.sae_run, block)
     lm.saes[sae.site] = sae
     return sae.site
 
@@ -116,15 +121,16 @@ def cmd_probe(args, command: str) -> None:
 
 def cmd_train_sae(args, command: str) -> None:
     from builder.dataset import scan_images
-    from builder.train_sae import TrainJob, run_train_sae
-    index = scan_images(args.images, None)
-    lm = _load(args)
+    from builder.train_sae import TrainJob, run_train_sae, sae_folder
     layers = args.layers.split(",")
     if len(layers) != 1 or not layers[0].strip().isdigit():
         raise AtlasError(f"--layers {args.layers}: train-sae trains on one block, e.g. --layers 3")
     job = TrainJob(out=Path(args.out), layer=int(layers[0]), hook=args.hook, kind=args.kind, latents=args.latents,
                    k=args.k, l1=args.l1, steps=args.steps, batch_tokens=args.batch_tokens, lr=args.lr, seed=args.seed,
                    batch_size=args.batch_size, workers=args.workers, device=args.device)
+    sae_folder(job.out)                   # a wrong --out fails before the images are read or the model loaded
+    index = scan_images(args.images, None)
+    lm = _load(args)
     m = run_train_sae(lm, index, job, args.name or args.model)
     print(f"trained a {args.kind} SAE of {args.latents} latents on block {job.layer} ({args.hook}) of {len(index.paths)} "
           f"images into {args.out}: explained variance {m['explained_variance']:.1%}, L0 {m['l0']:.1f}, "

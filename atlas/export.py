@@ -162,6 +162,13 @@ PREVIOUS = ".export-previous"         # the export being replaced, while the new
 COMPLETE = "COMPLETE"                 # in STAGING: everything is written, only the swap remains
 
 
+def config_name(model: str, site: str) -> str:
+    """The dataset card's config of a model's site: ``<model>.<site>``. A site has no '.', so the last '.'
+    splits it back: two tables never share a name (``<model>-<site>`` made model m-sae's ffn and model
+    m's sae-ffn one config)."""
+    return f"{model}.{site}"
+
+
 def _owned_folder(out: Path, root: Path) -> Path:
     """``out`` if the export may write there: new, empty, or an earlier export (it holds the marker);
     never the atlas itself, a folder inside it, or a folder holding it."""
@@ -254,7 +261,7 @@ def _write_export(pa, a: Atlas, out: Path, max_file_mb: float, progress: bool) -
                     writer.add(row, size)
                 bar.update(ref.unit_stop - ref.unit_start)
             files = writer.close()
-            configs.append({"name": f"{model}-{site}", "path": f"units/{model}/{site}/*.parquet", "files": len(files),
+            configs.append({"name": config_name(model, site), "path": f"units/{model}/{site}/*.parquet", "files": len(files),
                             "schema": schema, "images": {c for c in schema.names if c.endswith("image")}})
     bar.close()
     if a.has_dataset:

@@ -31,6 +31,9 @@ CACHE = ".cache"            # the manifest's hash cache
 PROBE_STATE = ".probe"      # a probe's running state, resumed after a kill
 QUARANTINE = "quarantine"   # unreadable shards moved aside, with the reason
 TMP_MARK = ".tmp-"          # <name>.tmp-<host>-<pid>: a file being written
+# Every folder of an atlas that ViT Atlas writes into or sweeps: each must be a real directory, with no
+# symbolic link anywhere below it (atlas.folder.prepare_atlas_folder), before a command writes.
+ATLAS_FOLDERS = (SHARDS, BLOCKS, SCORES, ANALYSES, WEBSITE, LOGS, LOCKS, CACHE, PROBE_STATE, QUARANTINE)
 
 SITES = ("ffn", "q", "k", "v", "attn", "block")
 SAE_SITE = re.compile(r"^sae-[a-z0-9][a-z0-9_\-]*$")   # the latents of a sparse autoencoder: sae-<name>

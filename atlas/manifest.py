@@ -10,6 +10,7 @@ from pathlib import Path
 from . import __version__
 from .format import (ANALYSES, BLOCKS, DATA_PATH, DATASET, FORMAT_VERSION, MANIFEST, MAX_UNITS, MODEL_NAME, PARTS, RELATED, SCORES,
                      SHARD_PATH, SHARDS, AtlasError, data_path)
+from .folder import remove_recorded
 from .locks import Lock, lock_path
 from .quarantine import quarantine
 from .shard import read_shard_header, write_atomically
@@ -48,7 +49,9 @@ class _HashCache:
         self.path = root / _HASH_CACHE
         try:
             self.entries = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
+            self.entries = {}
+        if not isinstance(self.entries, dict):
             self.entries = {}
 
     def sha256(self, root: Path, rel: str) -> tuple[int, str]:
@@ -75,6 +78,13 @@ class _HashCache:
         blocks_digest = hashlib.sha256(blocks).hexdigest()
         self.entries[rel] = [*key, digest, blocks_digest]
         return st.st_size, digest, {**entry, "sha256": blocks_digest}
+
+    def block_files(self) -> set[str]:
+        """The block-hash files this cache says were written (``blocks/<shard>.sha256``), for names that
+        are shard paths (the cache is read from disk: anything else is ignored)."""
+        return {f"{BLOCKS}/{rel}.sha256" for rel, hit in self.entries.items()
+                if isinstance(hit, list) and len(hit) == 4 and isinstance(rel, str) and SHARD_PATH.fullmatch(rel)
+                and ".." not in rel.split("/")}
 
     def save(self, keep: set[str]) -> None:
         self.entries = {k: v for k, v in self.entries.items() if k in keep}
@@ -261,11 +271,11 @@ def _write_manifest(root: Path, command: str | None, info: dict | None) -> dict:
     for rel in data_files(root):
         size, digest = cache.sha256(root, rel)
         files.append({"path": rel, "bytes": size, "sha256": digest})
+    # block hashes this writer recorded before (the last manifest, the hash cache) that no shard has now
+    recorded = {e["blocks"]["path"] for e in previous.get("shards", []) if e.get("blocks")} | cache.block_files()
     cache.save({e["path"] for e in shards} | {e["path"] for e in files})
-    current = {e["blocks"]["path"] for e in shards}
-    for old in (root / BLOCKS).rglob("*") if (root / BLOCKS).is_dir() else []:
-        if old.is_file() and old.relative_to(root).as_posix() not in current:
-            old.unlink()
+    stale = recorded - {e["blocks"]["path"] for e in shards}
+    remove_recorded(root, stale)
     history = list(previous.get("history", []))
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     if command:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from .format import MANIFEST, AtlasError, data_path
 from .manifest import BLOCK, check_manifest
+from .folder import check_owned_folder
 from .shard import write_atomically
 
 REQUEST_SECONDS = 120         # the whole of one request: connect, headers and body
@@ -49,9 +50,12 @@ def is_url(text) -> bool:
 
 
 def cache_folder(url: str) -> Path:
-    """The local cache of the atlas at ``url``."""
+    """The local cache of the atlas at ``url``: a real folder with no symbolic link inside (the cache's
+    base, the user's choice, may be one)."""
     base = Path(os.environ.get("VIT_ATLAS_CACHE") or Path.home() / ".cache" / "vit-atlas")
-    return base / hashlib.sha256(url.encode()).hexdigest()[:16]
+    folder = base / hashlib.sha256(url.encode()).hexdigest()[:16]
+    check_owned_folder(folder)
+    return folder
 
 
 class _Watchdog:

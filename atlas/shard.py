@@ -197,7 +197,7 @@ def read_attrs(f: h5py.File) -> dict:
         if isinstance(value, str) and value[:1] in "[{":
             try:
                 value = json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):
                 pass
         elif isinstance(value, np.ndarray):
             value = value.tolist()
@@ -266,6 +266,11 @@ def shard_problems(f: h5py.File, dataset_rows: int | None = None, values: bool =
             want.append(sizes[key])
         if tuple(want) != shape:
             problems.append(f"{name} has shape {shape}, expected {tuple(want)} for its {n} units")
+    for group in (f, *(f[part] for part in PARTS if part in f and isinstance(f[part], h5py.Group))):
+        where = "" if group is f else f" of {group.name.strip('/')}"
+        for key, value in read_attrs(group).items():
+            if not _all_finite(value):
+                problems.append(f"attribute {key}{where} holds a number that is not finite (NaN or inf)")
     present = [name for name in FLAG_DATASETS if name in f]
     if present and len(present) != len(FLAG_DATASETS):
         problems.append(f"holds {present} but not all of {list(FLAG_DATASETS)}")
@@ -282,6 +287,21 @@ def shard_problems(f: h5py.File, dataset_rows: int | None = None, values: bool =
         if bad.any():
             problems.append(f"topk/index holds row {int(index[bad][0])}, outside dataset.h5's {dataset_rows} rows")
     return problems
+
+
+def _all_finite(value) -> bool:
+    """Whether every number in an attribute's value (JSON decoded: lists, objects) is finite: the pages and
+    the export write them as JSON, which has no NaN or inf."""
+    todo = [value]
+    while todo:                      # a loop, not recursion: the value comes from a file
+        v = todo.pop()
+        if isinstance(v, dict):
+            todo += v.values()
+        elif isinstance(v, (list, tuple)):
+            todo += v
+        elif isinstance(v, (float, np.floating)) and not np.isfinite(v):
+            return False
+    return True
 
 
 SHARD_ATTRS = ("model", "site", "layer", "unit_start", "unit_stop")

@@ -120,6 +120,7 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
     the atlas was already finalized from exactly this state (the racing shares of one build finalize
     once). ``device``: the share's device (the probe and analyses run where its visualization ran)."""
     from atlas.website import render
+    prepare_atlas_folder(spec.out, "the atlas")         # its own folders hold no links before anything is written
     tasks = plan_tasks(spec) if tasks is None else tasks
     missing = [t.path(spec) for t in tasks if not shard_done(spec.out, t.path(spec), t.part)]
     if missing:
@@ -212,7 +213,10 @@ def plan_report(spec: BuildSpec, shares: int = 1, measure: bool = True) -> str:
                      + " (the probe, analyses and website come on top)")
     if shares > 1:
         owner = partition([t.cost for t in tasks], shares)
-        loads = [sum(t.cost for t, o in zip(tasks, owner) if o == p) for p in range(shares)]
+        busy = min(shares, len(tasks))          # shares past the number of tasks get none (no list of them is made)
+        loads = [0.0] * busy
+        for t, o in zip(tasks, owner):
+            loads[o] += t.cost
         lines.append(f"{shares} shares: " + ", ".join(f"{load / max(total_cost, 1):.0%}" for load in loads)
-                     + " of the FLOPs each")
+                     + " of the FLOPs each" + (f"; the other {shares - busy:,} get no task" if shares > busy else ""))
     return "\n".join(lines)

@@ -21,6 +21,8 @@ from .sites import Layer, find_layers, sae_layer
 from .spec import BuildSpec, ModelSpec
 
 
+MAX_SELECTION_ITEMS = 10_000   # comma-separated items of one selection
+
 # Shard attributes that must agree between every part written into one atlas for a model.
 IDENTITY = ("arch", "weights", "image_size")
 
@@ -31,20 +33,26 @@ def parse_selection(selection: str, valid: list[int], what: str) -> list[int]:
     selection = str(selection).strip()
     if selection == "all":
         return sorted(valid)
+    if not valid:
+        raise AtlasError(f"--{what} {selection}: there is nothing to select")
+    first, last = min(valid), max(valid)
+    shown = f"{first}-{last}" if len(valid) == last - first + 1 else valid
     chosen = set()
-    try:
-        for item in selection.split(","):
-            lo, sep, hi = item.strip().partition("-")
+    for item in selection.split(",")[:MAX_SELECTION_ITEMS + 1]:
+        lo, sep, hi = item.strip().partition("-")
+        try:
             lo, hi = int(lo), int(hi) if sep else int(lo)
-            if hi < lo:
-                raise ValueError
-            chosen.update(range(lo, hi + 1))
-    except ValueError:
-        raise AtlasError(f"--{what} {selection!r} is not a selection: use all, 5, 0-3 or 0,2,5-7") from None
+        except ValueError:
+            raise AtlasError(f"--{what} {selection[:80]!r} is not a selection: use all, 5, 0-3 or 0,2,5-7") from None
+        if hi < lo or len(selection.split(",")) > MAX_SELECTION_ITEMS:
+            raise AtlasError(f"--{what} {selection[:80]!r} is not a selection: use all, 5, 0-3 or 0,2,5-7")
+        if lo < first or hi > last:        # checked before any list is built: 0-30000000 is a typo, not 30M units
+            outside = (list(range(lo, min(hi, first - 1) + 1)[:10]) + list(range(max(lo, last + 1), hi + 1)[:10]))[:10]
+            raise AtlasError(f"--{what} {selection[:80]}: {outside} out of range (valid: {shown})")
+        chosen.update(range(lo, hi + 1))
     outside = sorted(chosen - set(valid))
     if outside:
-        shown = f"{min(valid)}-{max(valid)}" if valid == list(range(min(valid), max(valid) + 1)) else valid
-        raise AtlasError(f"--{what} {selection}: {outside[:10]} out of range (valid: {shown})")
+        raise AtlasError(f"--{what} {selection[:80]}: {outside[:10]} out of range (valid: {shown})")
     return sorted(chosen)
 
 

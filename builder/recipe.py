@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 from atlas.format import AtlasError
 
+MAX_STEPS = 100_000        # a recipe longer than this is a typo (the paper's is 400)
+MAX_COPIES = 1024          # augmented copies per step (the paper's: 8)
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -41,8 +44,18 @@ class Recipe:
     loss_points: int = 16              # how many steps the stored loss curve samples
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch_copies < 1:
-            raise AtlasError(f"recipe steps and batch_copies must be at least 1, not {self.steps} and {self.batch_copies}")
+        for f in dataclasses.fields(self):      # a recipe comes from flags and spec files: NaN, inf, or 1.5 steps
+            value = getattr(self, f.name)
+            for v in value if isinstance(value, tuple) else (value,):
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise AtlasError(f"recipe {f.name} must be a finite number, not {value}")
+                if f.type in ("int", "bool") and (not isinstance(v, int) or f.type == "int" and isinstance(v, bool)):
+                    raise AtlasError(f"recipe {f.name} must be a whole number, not {value!r}")
+        if not (1 <= self.steps <= MAX_STEPS and 1 <= self.batch_copies <= MAX_COPIES):
+            raise AtlasError(f"recipe steps and batch_copies must be at least 1 (at most {MAX_STEPS} and {MAX_COPIES}), "
+                             f"not {self.steps} and {self.batch_copies}")
+        if not all(0 <= b < 1 for b in self.betas) or len(self.betas) != 2:
+            raise AtlasError(f"recipe betas must be two numbers in [0, 1), not {self.betas}")
         if self.lr <= 0 or self.tv < 0:
             raise AtlasError(f"recipe lr must be positive and tv not negative, not {self.lr} and {self.tv}")
         if not 0 <= self.clean_steps <= self.steps:

@@ -99,7 +99,7 @@ def partition(costs: list[float], count: int) -> list[int]:
     """Assign items to ``count`` shares balancing total cost (largest first, to the lightest share).
     Deterministic: ties go to the lower share index, items of equal cost keep their order."""
     owner = [0] * len(costs)
-    heap = [(0.0, p) for p in range(count)]
+    heap = [(0.0, p) for p in range(min(count, len(costs)))]   # shares past the items' count get none
     for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
         load, p = heapq.heappop(heap)
         owner[i] = p

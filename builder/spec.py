@@ -22,6 +22,7 @@ from pathlib import Path
 import tomli_w
 
 from atlas.format import PICTURES, SITES, AtlasError, check_model_name, picture_part
+from atlas.website.urls import check_url
 
 from .device import DEFAULT_COMPILE, DEFAULT_DEVICE, DEFAULT_PRECISION
 from .recipe import Recipe, resolve_recipe
@@ -199,6 +200,8 @@ def load_spec(path: str | Path) -> BuildSpec:
     dataset = _take(data.get("dataset", {}), TYPES["dataset"], f"{path} [dataset]")
     if "name" not in atlas or "out" not in atlas:
         raise AtlasError(f"{path} [atlas] needs name and out")
+    if atlas.get("url"):
+        check_url(atlas["url"], f"{path} [atlas] url")
     recipe = _recipe(data.get("recipe", {}), None, f"{path} [recipe]")
     pictures = {part: _picture_recipe(part, table, f"{path} [pictures.{part}]")
                 for part, table in _take(data.get("pictures", {}), set(PICTURES) - {"viz"}, f"{path} [pictures]").items()}

@@ -25,16 +25,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from atlas.folder import is_atlas, own_folder
 from atlas.format import AtlasError
 from atlas.shard import write_atomically
 
 from .defaults import BATCH_SIZE, SEED
 from .dataset import ImageDataset, ImageIndex, collate, loader_workers
+from .device import resolve_device
 from .models import LoadedModel
 from .sae import HOOKS
 from .sites import find_layers, run_to
 
 KINDS = ("relu", "topk")
+MAX_LATENTS = 2**20            # the widest SAE train-sae makes (published vision SAEs: up to 65,536)
+MAX_STEPS = 10**7
+MAX_BATCH_TOKENS = 2**24
+TRAINED_BY = "build.py train-sae"   # cfg.json's vit_atlas.trained_by: marks a folder train-sae may write again
 
 
 @dataclass
@@ -56,6 +62,26 @@ class TrainJob:
     device: str = "cpu"
     progress: bool = True
 
+    def __post_init__(self):
+        """The checks visualize and probe make of their numbers, before anything is loaded or trained."""
+        if self.kind not in KINDS:
+            raise AtlasError(f"--kind {self.kind!r}: kinds are {', '.join(KINDS)}")
+        if self.hook not in HOOKS.values():
+            raise AtlasError(f"--hook {self.hook!r}: hooks are {', '.join(HOOKS.values())}")
+        for flag, value, lo, hi in (("--latents", self.latents, 1, MAX_LATENTS), ("--steps", self.steps, 1, MAX_STEPS),
+                                    ("--batch-tokens", self.batch_tokens, 1, MAX_BATCH_TOKENS),
+                                    ("--batch-size", self.batch_size, 1, MAX_BATCH_TOKENS),
+                                    ("--layers", self.layer, 0, 10**4)):
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise AtlasError(f"{flag} must be a whole number from {lo} to {hi:,}, not {value}")
+        if self.kind == "topk" and not 0 < self.k <= self.latents:
+            raise AtlasError(f"--latents {self.latents} and --k {self.k}: need 0 < k <= latents")
+        if not (math.isfinite(self.lr) and self.lr > 0) or not (math.isfinite(self.l1) and self.l1 >= 0):
+            raise AtlasError(f"--lr must be a positive number and --l1 a number not below 0, not {self.lr} and {self.l1}")
+        if self.workers is not None and self.workers < 0:
+            raise AtlasError(f"--workers must not be negative, not {self.workers}")
+        resolve_device(self.device)           # 'bogus', or cuda where there is none: one line now
+
 
 def collect_tokens(lm: LoadedModel, index: ImageIndex, job: TrainJob) -> torch.Tensor:
     """Patch tokens [images, tokens, d_in] of the job's block and hook, float32 on the CPU."""
@@ -65,7 +91,7 @@ def collect_tokens(lm: LoadedModel, index: ImageIndex, job: TrainJob) -> torch.T
     layer = blocks[job.layer]
     if job.hook == "mlp_out":
         layer = replace(layer, module=f"{layer.module}.ls2")
-    device = torch.device(job.device)
+    device = resolve_device(job.device)
     model = lm.model.to(device)
     data = ImageDataset(index, lm.eval_transform())
     loader = torch.utils.data.DataLoader(data, batch_size=job.batch_size, num_workers=loader_workers(job.workers),
@@ -180,7 +206,7 @@ def write_saelens(out: Path, weights: dict, job: TrainJob, model_name: str, metr
            "d_sae": job.latents, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
            "normalize_activations": "none", "use_patches_only": True,
            "metadata": {"model_name": model_name, "hook_name": f"blocks.{job.layer}.{hook}", "hook_layer": job.layer},
-           "vit_atlas": {"trained_by": "build.py train-sae", "kind": job.kind, "steps": job.steps, "lr": job.lr,
+           "vit_atlas": {"trained_by": TRAINED_BY, "kind": job.kind, "steps": job.steps, "lr": job.lr,
                          "l1": job.l1 if job.kind == "relu" else None, "batch_tokens": job.batch_tokens,
                          "seed": job.seed, "images": images, "metrics": metrics}}
     if job.kind == "topk":
@@ -192,17 +218,31 @@ def write_saelens(out: Path, weights: dict, job: TrainJob, model_name: str, metr
     return out
 
 
+def sae_folder(out: Path) -> Path:
+    """``out`` if train-sae may write its SAE there: new, empty, or an SAE it wrote before; never an atlas
+    or a folder holding someone else's files (a user's cfg.json)."""
+    def ours(folder: Path) -> bool:
+        try:
+            cfg = json.loads((folder / "cfg.json").read_text(encoding="utf-8")[:1 << 20])
+        except (OSError, ValueError, RecursionError):
+            return False
+        return isinstance(cfg, dict) and isinstance(cfg.get("vit_atlas"), dict) and \
+            cfg["vit_atlas"].get("trained_by") == TRAINED_BY
+    if Path(out).is_dir() and is_atlas(Path(out)):
+        raise AtlasError(f"--out {out} is an atlas; give the SAE a folder of its own (an atlas's verify would "
+                         "find its files)")
+    return own_folder(out, "--out", ours, "is not empty and holds no SAE train-sae wrote; give a new or empty folder")
+
+
 def run_train_sae(lm: LoadedModel, index: ImageIndex, job: TrainJob, model_name: str) -> dict:
     """`build.py train-sae`: collect, train, fold, measure, write; returns the metrics."""
-    if job.kind not in KINDS:
-        raise AtlasError(f"--kind {job.kind!r}: kinds are {', '.join(KINDS)}")
-    if job.hook not in HOOKS.values():
-        raise AtlasError(f"--hook {job.hook!r}: hooks are {', '.join(HOOKS.values())}")
-    if job.latents < 1 or job.kind == "topk" and not 0 < job.k <= job.latents:
-        raise AtlasError(f"--latents {job.latents} and --k {job.k}: need 0 < k <= latents")
+    sae_folder(job.out)
     torch.manual_seed(job.seed)
     np.random.seed(job.seed)
     tokens = collect_tokens(lm, index, job)
     weights, metrics = train(tokens, job)
+    if not all(torch.isfinite(w).all() for w in weights.values()) or not math.isfinite(metrics["explained_variance"]):
+        raise AtlasError("training diverged (NaN or inf in the weights): lower --lr (or --l1) and run again; "
+                         "nothing was written")
     write_saelens(job.out, weights, job, model_name, metrics, len(tokens))
     return metrics

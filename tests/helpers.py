@@ -159,8 +159,8 @@ def load_every_config(root, out):
         if name == "dataset_index":
             assert len(ds) == len(a.dataset.paths)
             continue
-        model, site = ds[0]["model"], ds[0]["site"]                 # (site names may hold "-": sae-<name>)
-        assert name == f"{model}-{site}" and set(ds["model"]) == {model} and set(ds["site"]) == {site}
+        model, site = ds[0]["model"], ds[0]["site"]
+        assert name == f"{model}.{site}" and set(ds["model"]) == {model} and set(ds["site"]) == {site}
         assert len(ds) == sum(len(a.units(model, layer, site)) for layer in a.layers(model, site))
         first = ds[0]
         assert np.array_equal(np.asarray(first["image"]), a.unit_by_id(first["id"]).image)
@@ -252,3 +252,25 @@ units = "0-23"
 {extra}
 """)
     return spec
+
+
+def save_prisma_checkpoint(path, state: dict, config: dict, key: str = "cfg") -> None:
+    """``torch.save`` of ``{"state_dict": state, key: VisionModelSAERunnerConfig(**config)}``, the config a
+    dataclass of ViT-Prisma's own module name (as its newer checkpoints pickle it), made for the save only:
+    the reader must not find the module (nothing in a checkpoint is imported)."""
+    import dataclasses
+    import sys
+    import types
+    import torch
+    mod = types.ModuleType("vit_prisma.sae.config")
+    cls = dataclasses.make_dataclass("VisionModelSAERunnerConfig", [(k, object, None) for k in config])
+    cls.__module__, cls.__qualname__ = mod.__name__, "VisionModelSAERunnerConfig"
+    mod.VisionModelSAERunnerConfig = cls
+    names = ["vit_prisma", "vit_prisma.sae", "vit_prisma.sae.config"]
+    for name in names:
+        sys.modules[name] = mod if name == mod.__name__ else types.ModuleType(name)
+    try:
+        torch.save({"state_dict": state, key: cls(**config)}, path)
+    finally:
+        for name in names:
+            del sys.modules[name]

@@ -6,9 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
-import types
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -19,7 +16,7 @@ import atlas
 import build
 from builder.sae import load_sae
 from tests.conftest import TINY_MODEL, TINY_VIT
-from tests.helpers import assert_refused, image_folder, run_cli
+from tests.helpers import assert_refused, image_folder, run_cli, save_prisma_checkpoint
 
 D, LATENTS, LAYER = TINY_VIT["embed_dim"], 48, 1
 MODEL = "vit_tiny_patch16_224"
@@ -59,43 +56,20 @@ def prisma(folder, seed=0, pickled=False, **cfg):
               "hook_point": f"blocks.{LAYER}.hook_mlp_out", "activation_fn_str": "relu", "activation_fn_kwargs": {},
               "normalize_activations": "layer_norm", "cls_token_only": False, "architecture": "standard", **cfg}
     if pickled:
-        mod = types.ModuleType("vit_prisma.sae.config")
-
-        @dataclass
-        class VisionModelSAERunnerConfig:
-            d_in: int = 0
-            d_sae: int = 0
-            hook_point_layer: int = 0
-            layer_subtype: str = ""
-            hook_point: str = ""
-            activation_fn_str: str = ""
-            activation_fn_kwargs: dict = None
-            normalize_activations: str = ""
-            cls_token_only: bool = False
-            architecture: str = ""
-            device: torch.device = torch.device("cpu")
-            dtype: torch.dtype = torch.float32
-
-        VisionModelSAERunnerConfig.__module__ = mod.__name__
-        VisionModelSAERunnerConfig.__qualname__ = "VisionModelSAERunnerConfig"
-        mod.VisionModelSAERunnerConfig = VisionModelSAERunnerConfig
-        names = ["vit_prisma", "vit_prisma.sae", "vit_prisma.sae.config"]
-        for name in names:
-            sys.modules[name] = mod if name == mod.__name__ else types.ModuleType(name)
-        try:
-            torch.save({"state_dict": w, "cfg": VisionModelSAERunnerConfig(**config)}, folder / "weights.pt")
-        finally:
-            for name in names:
-                del sys.modules[name]          # the reader must not find it: nothing is imported
+        save_prisma_checkpoint(folder / "weights.pt", w, {**config, "device": torch.device("cpu"),
+                                                          "dtype": torch.float32})
     else:
         (folder / "config.json").write_text(json.dumps(config))
         torch.save(w, folder / "n_images_1000.pt")
     return folder, {k: v.numpy() for k, v in w.items()}
 
 
-def saev(path, seed=0, schema=2, activation="TopK", top_k=5):
-    """saev's sae.pt: one JSON header line, then torch.save of the state dict."""
+def saev(path, seed=0, schema=2, activation="TopK", top_k=5, threshold=None):
+    """saev's sae.pt: one JSON header line, then torch.save of the state dict (a BatchTopK's with its
+    inference threshold, ``activation.threshold``)."""
     w = weights(seed)
+    if threshold is not None:
+        w["activation.threshold"] = torch.tensor(threshold)
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = {"d_vit": D, "exp_factor": LATENTS // D if LATENTS % D == 0 else 1, "seed": 0}
     header = ({"schema": 2, "cfg": {**cfg, "activation": {"cls": activation, "params": {"top_k": top_k}
@@ -109,7 +83,8 @@ def saev(path, seed=0, schema=2, activation="TopK", top_k=5):
 
 # -- the reference: numpy, from each format's documented formula --------------------------------------
 
-def reference(x: np.ndarray, w: dict, activation="relu", k=None, subtract=True, norm="none", topk_relu=True):
+def reference(x: np.ndarray, w: dict, activation="relu", k=None, subtract=True, norm="none", topk_relu=True,
+              rescale=False, threshold="threshold"):
     x = x.astype(np.float64)
     if norm == "layer_norm":
         x = x - x.mean(-1, keepdims=True)
@@ -117,10 +92,12 @@ def reference(x: np.ndarray, w: dict, activation="relu", k=None, subtract=True, 
     if subtract:
         x = x - w["b_dec"]
     pre = x @ w["W_enc"].astype(np.float64) + w["b_enc"]
+    if rescale:                                       # SAELens rescale_acts_by_decoder_norm
+        pre = pre * np.linalg.norm(w["W_dec"].astype(np.float64), axis=-1)
     if activation == "relu":
         return np.maximum(pre, 0)
     if activation == "jumprelu":
-        return np.maximum(pre, 0) * (pre > w["threshold"])
+        return np.maximum(pre, 0) * (pre > w[threshold])
     out = np.zeros_like(pre)
     idx = np.argsort(-pre, axis=-1)[..., :k]
     kept = np.take_along_axis(pre, idx, -1)
@@ -158,6 +135,11 @@ CASES = {
     "saev-topk": (lambda p: saev(p / "sae.pt", 5), dict(activation="topk", k=5, subtract=False, topk_relu=False),
                   "resid_post"),
     "saev-relu-before-schema": (lambda p: saev(p / "sae.pt", 6, schema=1, activation="Relu"), dict(), "resid_post"),
+    # issue 30: a SAELens trainer's topk checkpoint (decoder-norm rescaling, unfolded) and a saev BatchTopK
+    "saelens-topk-rescaled": (lambda p: saelens(p, 7, "topk", k=5, rescale_acts_by_decoder_norm=True),
+                              dict(activation="topk", k=5, rescale=True), "resid_post"),
+    "saev-batchtopk": (lambda p: saev(p / "sae.pt", 8, activation="BatchTopK", threshold=0.05),
+                       dict(activation="jumprelu", subtract=False, threshold="activation.threshold"), "resid_post"),
 }
 
 

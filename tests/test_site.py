@@ -22,6 +22,7 @@ from PIL import Image
 
 import atlas
 import build
+from atlas.manifest import write_manifest
 from atlas.website import render
 from atlas.media import PICTURE_QUALITY, TILE_QUALITY, webp
 from atlas.website.packs import PackError, item, read_pack, read_unit, unit_pack_path
@@ -324,23 +325,39 @@ def test_adding_a_layer_rewrites_that_layer_and_the_pages_that_list_it(small_atl
     # the pack list, the citation (the manifest's date), search terms if the new units carry flags
     allowed = {f"{MODEL}/index.html", f"data/{MODEL}/strips.pack", f"data/{MODEL}/strips.pack.js", "index.html",
                "downloads.html", "cite.html", "CITATION.cff", "search/catalog.js", "data/packs.json",
-               "search/terms.js", "unit.html"}
+               "search/terms.js", "unit.html", ".vit-atlas-website"}     # the last: the render's record
     assert listing <= allowed | {k for k in listing if k.startswith("search/p/")}, sorted(listing - allowed)
 
 
-def test_files_of_an_older_website_and_of_removed_layers_are_removed(small_atlas, tmp_path):
+def test_files_the_last_render_recorded_are_removed_and_nobody_elses(small_atlas, tmp_path):
     out, _ = small_atlas
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    old_page = copy / f"site/{MODEL}/ffn/L00/U0003.html"       # a page per unit: the website before 1.4
+    notes = copy / "site/my-notes.txt"                          # the user's, beside the pages: never touched
+    notes.write_text("mine")
+    old_page = copy / f"site/{MODEL}/ffn/L00/U0003.html"       # a page per unit: a website before 1.4, unrecorded
     old_page.write_text("<p>old</p>")
-    (copy / "site/img/viz").mkdir(parents=True)
-    (copy / "site/img/viz/x.webp").write_bytes(b"RIFF")
-    stale_pack = copy / f"site/data/{MODEL}/ffn/L07/P0000.pack"
-    stale_pack.parent.mkdir(parents=True)
-    stale_pack.write_bytes(b"VITPACK1")
+    for shard in (copy / f"shards/{MODEL}/ffn/L01").iterdir():  # a layer removed from the atlas
+        shard.unlink()
+    write_manifest(copy)
+    layer_pack, layer_page = copy / f"site/data/{MODEL}/ffn/L01/P0000.pack", copy / f"site/{MODEL}/ffn/L01/index.html"
+    assert layer_pack.exists() and layer_page.exists()
     render(copy, workers=2, progress=False)
-    assert not old_page.exists() and not (copy / "site/img").exists() and not stale_pack.parent.exists()
+    assert not layer_pack.exists() and not layer_page.exists() and not layer_pack.parent.exists()
+    assert notes.read_text() == "mine" and old_page.exists()
+
+
+def test_a_website_from_before_the_record_keeps_its_files_and_says_so(small_atlas, tmp_path, capsys):
+    out, _ = small_atlas
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "site/.vit-atlas-website").write_text('{"atlas": "x"}\n')       # the marker as renders before 1.8 wrote it
+    old_page = copy / f"site/{MODEL}/ffn/L00/U0003.html"
+    old_page.write_text("<p>old</p>")
+    render(copy, workers=2, progress=False)
+    assert old_page.exists() and "did not record its files: 1 files" in capsys.readouterr().out
+    render(copy, workers=2, progress=False)                                   # recorded now: still not ours
+    assert old_page.exists()
 
 
 def test_serve_answers_ranges_and_sends_old_unit_addresses_to_the_unit_view(small_atlas):
@@ -392,7 +409,7 @@ def test_verify_checks_the_packs(small_atlas, tmp_path):
     pack.write_bytes(bytes(data))
     from tests.helpers import run_cli
     rc, stdout, _ = run_cli("verify", str(copy))
-    assert rc == 2 and "P0000.pack: size or sha256 differs" in stdout
+    assert rc == 2 and "P0000.pack: its sha256 differs from the render's record" in stdout
     shutil.copytree(out / "site", copy / "site", dirs_exist_ok=True)
     (copy / f"site/data/{MODEL}/ffn/L00/P0000.pack").unlink()
     rc, stdout, _ = run_cli("verify", str(copy))

@@ -22,19 +22,21 @@ from tqdm import tqdm
 
 from ..analyses import analysis_files, parse_analysis
 from ..flags import FLAG_LABELS, FLAG_NAMES
-from ..folder import own_folder
+from ..folder import check_owned_folder, own_folder, remove_recorded
 from ..format import ANALYSES, CITATION, PICTURE_LABELS, WEBSITE, AtlasError
 from ..reader import Atlas
+from ..manifest import sha256_file
 from ..shard import remove_stale_temps
 from .cite import PAPER_BIBTEX, atlas_bibtex, citation_cff
 from .collect import LayerSummary, summarize_layer
 from .context import Renderer, analysis_charts, example_unit, strongest_units, templates_dir, tile
-from .data import (SCRIPT_SUFFIX, STRIP_UNITS, PackBuilder, strips_pack, thumb_pack_jobs,
-                   unit_pack_jobs)
+from .data import (SCRIPT_SUFFIX, STRIP_UNITS, PackBuilder, script_twin, strip_layers, strips_pack,
+                   thumb_pack_jobs, unit_pack_jobs)
 from .check import PACK_LIST
+from .listing import read_listing, write_listing
 from .packs import read_header, unit_pack_path
 from .search import render_search
-from .urls import MARKER, PAGE_UNITS, RESERVED, UNIT_VIEW, page_path, write_if_changed
+from .urls import MARKER, PAGE_UNITS, RESERVED, UNIT_VIEW, check_url, page_path, write_if_changed
 
 OFFLINE_LIMIT = 512 * 10**6     # "auto": script twins for pages opened from disk up to this many bytes of shards
 FEATURED_MODELS = 4             # models whose strongest units the index page shows
@@ -57,12 +59,17 @@ def _thumb_pack(job) -> tuple[int, list[int]]:
 
 
 def website_folder(root: Path, out: str | Path | None) -> Path:
-    """Where to render: ``root/site`` (the atlas's own), or ``out`` if it is new, empty or a website
-    rendered before (it holds the marker file); never someone else's folder. Checked writable."""
-    site_dir = Path(out) if out else root / WEBSITE
-    ours = (lambda folder: True) if not out else (lambda folder: (folder / MARKER).exists())
-    return own_folder(site_dir, "--site", ours, "is not empty and was not rendered by ViT Atlas; its files would be "
-                                               "overwritten: give a new or empty folder")
+    """Where to render: ``root/site`` (the atlas's own: a real folder, never a link), or ``out``; either
+    new, empty or a website rendered before (it holds the marker file), with no symbolic link inside;
+    never someone else's folder. Checked writable."""
+    refusal = ("is not empty and was not rendered by ViT Atlas (it has no .vit-atlas-website); its files would be "
+               "overwritten: give a new or empty folder")
+    rendered = lambda folder: (folder / MARKER).is_file()    # noqa: E731
+    if out:
+        return own_folder(out, "--out", rendered, refusal)
+    site_dir = root / WEBSITE
+    check_owned_folder(site_dir)
+    return own_folder(site_dir, "the website folder", rendered, refusal + " (or render with --out elsewhere)")
 
 
 def offline_wanted(choice: str, a: Atlas, data_url: str) -> bool:
@@ -85,9 +92,9 @@ def render(root: str | Path, out: str | Path | None = None, workers: int | None 
     the website works opened from disk.
     """
     root = Path(root)
-    if data_url and not data_url.startswith(("http://", "https://")):
-        raise AtlasError(f"--data-url {data_url}: give the http(s) URL of the folder that will hold the website's "
-                         "data/ folder, e.g. https://bucket.example.org/atlas/")
+    for flag, url in (("--data-url", data_url), ("--base-url", base_url)):
+        if url:
+            check_url(url, flag)
     site_dir = website_folder(root, out)
     remove_stale_temps(site_dir)       # what a killed render left; a host would publish it
     damaged = Atlas(root).damaged_shards()
@@ -103,7 +110,9 @@ def render(root: str | Path, out: str | Path | None = None, workers: int | None 
     if clash:
         raise AtlasError(f"model names {sorted(clash)} collide with the website's own files; rebuild with --name")
     twins = offline_wanted(offline, a, r.data_url)
-    _write(r, MARKER, json.dumps({"atlas": r.info["name"]}) + "\n")
+    recorded = read_listing(site_dir)
+    if recorded is None:                 # a new folder is marked as the renderer's before anything is written
+        write_listing(site_dir, r.info["name"], {})
     for asset in (templates_dir() / "static").iterdir():
         _write(r, f"assets/{asset.name}", asset.read_bytes())
     cff = citation_cff(r.info, r.manifest)
@@ -113,13 +122,14 @@ def render(root: str | Path, out: str | Path | None = None, workers: int | None 
 
     summaries = {(m, s, layer): summarize_layer(a, m, s, layer)
                  for m in a.models for s in a.sites(m) for layer in a.layers(m, s)}
-    _write_packs(r, summaries, skip, twins, workers or min(8, os.cpu_count() or 1), progress)
+    _write_packs(r, summaries, skip, twins, workers or min(8, os.cpu_count() or 1), progress, recorded or {})
     strips = _write_strips(r, summaries, twins)
-    _write_pack_list(r)
     _render_layers_and_models(r, summaries, strips)
     render_search(r, summaries)
     _render_top_pages(r, summaries, strips)
-    _remove_unproduced(r)
+    listing = _write_pack_list(r)
+    _remove_unproduced(r, recorded)
+    write_listing(site_dir, r.info["name"], listing)
     return site_dir / "index.html"
 
 
@@ -128,8 +138,10 @@ def _write(r: Renderer, rel: str, data) -> None:
     write_if_changed(r.site_dir / rel, data)
 
 
-def _write_packs(r: Renderer, summaries: dict, skip: frozenset[str], twins: bool, workers: int, progress: bool) -> None:
-    """Thumbnail packs, then unit packs, by a pool of worker processes."""
+def _write_packs(r: Renderer, summaries: dict, skip: frozenset[str], twins: bool, workers: int, progress: bool,
+                 recorded: dict[str, str]) -> None:
+    """Thumbnail packs, then unit packs, by a pool of worker processes; a pack whose source digest is
+    unchanged and whose bytes still hash to ``recorded`` (the last render's record) is kept."""
     a = r.atlas
     thumbs, units = thumb_pack_jobs(a, summaries), unit_pack_jobs(a, summaries)
     for job in [*thumbs, *units]:
@@ -137,7 +149,7 @@ def _write_packs(r: Renderer, summaries: dict, skip: frozenset[str], twins: bool
         if twins:
             r.written.add(job.path + SCRIPT_SUFFIX)
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    args = (r.root, r.site_dir, skip, r.images_root, twins)
+    args = (r.root, r.site_dir, skip, r.images_root, twins, recorded)
     total = sum(len(j.rows) for j in thumbs) + sum(len(s.units) for s in summaries.values())
     with tqdm(total=total, unit="unit", desc="render", disable=not progress, dynamic_ncols=True) as bar, \
             ctx.Pool(workers, initializer=_start_worker, initargs=args) as pool:
@@ -151,28 +163,29 @@ def _write_packs(r: Renderer, summaries: dict, skip: frozenset[str], twins: bool
         print(f"warning: {len(missing)} dataset images could not be read for thumbnails (pass --images DIR)")
 
 
-def _write_pack_list(r: Renderer) -> None:
-    """``data/packs.json``: every pack with its size, sha256 and source digest (what `verify` checks)."""
-    listed = {}
+def _write_pack_list(r: Renderer) -> dict[str, str]:
+    """``data/packs.json`` (every pack with its size, sha256 and source digest), then the sha256 of every
+    file this render produced: the website's record (atlas.website.listing)."""
+    listing = {rel: sha256_file(r.site_dir / rel) for rel in r.written}
+    packs = {}
     for rel in sorted(p for p in r.written if p.endswith(".pack")):
-        data = (r.site_dir / rel).read_bytes()
-        listed[rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                       "source": read_header(data).get("source")}
-    _write(r, PACK_LIST, json.dumps(listed, indent=0, sort_keys=True) + "\n")
+        with open(r.site_dir / rel, "rb") as f:
+            header = read_header(f.read(1 << 20))
+            packs[rel] = {"bytes": f.seek(0, 2), "sha256": listing[rel], "source": header.get("source")}
+    _write(r, PACK_LIST, json.dumps(packs, indent=0, sort_keys=True) + "\n")
+    listing[PACK_LIST] = sha256_file(r.site_dir / PACK_LIST)
+    return listing
 
 
 def _write_strips(r: Renderer, summaries: dict, twins: bool) -> dict[str, str]:
-    """Each model's strips pack; returns model -> its path."""
-    by_model: dict[str, list] = {}
-    for (m, s, layer), summ in sorted(summaries.items(), key=lambda kv: (kv[0][0], kv[0][1] != "ffn", kv[0])):
-        units = [int(summ.units[i]) for i in strongest_units(summ, STRIP_UNITS)]
-        by_model.setdefault(m, []).append((s, layer, units, s == "ffn"))
+    """Each model's strips pack (tiles copied out of the unit packs just written); returns model -> its path."""
     out = {}
-    for m, layers in by_model.items():
-        out[m] = strips_pack(r.site_dir, m, layers, twins)
-        r.written.add(out[m])
+    for m, layers in strip_layers(summaries).items():
+        rel, data = strips_pack(lambda path: (r.site_dir / path).read_bytes(), m, layers)
+        _write(r, rel, data)
         if twins:
-            r.written.add(out[m] + SCRIPT_SUFFIX)
+            _write(r, rel + SCRIPT_SUFFIX, script_twin(rel, data))
+        out[m] = rel
     return out
 
 
@@ -271,12 +284,15 @@ def _address(uid: str) -> str:
     return f"{UNIT_VIEW}#{uid}"
 
 
-def _remove_unproduced(r: Renderer) -> None:
-    """Remove the website's files this render did not produce: packs of removed layers, pages of an older
-    website (per-unit pages, image folders). The folder is the renderer's own (it holds the marker)."""
-    for path in sorted(r.site_dir.rglob("*"), reverse=True):
-        rel = path.relative_to(r.site_dir).as_posix()
-        if path.is_file() and rel not in r.written and rel != MARKER:
-            path.unlink()
-        elif path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
+def _remove_unproduced(r: Renderer, recorded: dict[str, str] | None) -> None:
+    """Remove the files the last render recorded and this one did not produce (packs of a removed layer,
+    pages of a removed model), then the folders that left empty. Nothing else is touched: a file nobody
+    recorded (a user's notes, a website rendered before the record existed) stays."""
+    if recorded is None:
+        stray = [p for p in r.site_dir.rglob("*") if p.is_file() and p.relative_to(r.site_dir).as_posix()
+                 not in r.written and p.name != MARKER]
+        if stray:
+            print(f"note: {r.site_dir} was rendered by a version that did not record its files: {len(stray)} files "
+                  "this render did not produce stay (delete the folder and render again to drop them)")
+        return
+    remove_recorded(r.site_dir, set(recorded) - r.written)

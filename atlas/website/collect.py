@@ -91,3 +91,11 @@ def strongest(summ: LayerSummary) -> np.ndarray:
     """A layer's units, strongest first: by the optimized image's activation, else the dataset max."""
     strength = np.where(np.isfinite(summ.activation), summ.activation, summ.data_max)
     return np.argsort(-np.nan_to_num(strength, nan=-np.inf), kind="stable")
+
+
+def strongest_units(summ: LayerSummary, n: int) -> list[int]:
+    """Positions (into ``summ.units``) of a layer's ``n`` strongest units that have a picture."""
+    has = np.zeros(len(summ.units), bool)
+    for column in summ.pictures.values():
+        has |= column
+    return [int(i) for i in strongest(summ) if has[i]][:n]

@@ -14,11 +14,11 @@ from markupsafe import Markup
 from .. import __version__
 from ..charts import heatmap, lines
 from ..dataset import images_inside
-from ..format import FORMAT_VERSION, PICTURE_LABELS, unit_id
+from ..format import FORMAT_VERSION, PICTURE_LABELS, AtlasError, unit_id
 from ..reader import Atlas
 from .cite import bibtex_escape, bibtex_key
-from .collect import LayerSummary, atlas_info, strongest
-from .urls import content_security_policy, relative_root, script_layout, unit_address, write_if_changed
+from .collect import LayerSummary, atlas_info, strongest, strongest_units
+from .urls import check_url, content_security_policy, relative_root, script_layout, unit_address, write_if_changed
 
 
 def templates_dir() -> Path:
@@ -109,6 +109,11 @@ class Renderer:
         """Where the atlas folder is hosted: --base-url without its trailing "site/" (the website lives in
         the atlas folder), else the spec's url; empty when unknown."""
         base = self.base_url or (self.info.get("url") or "")
+        try:
+            check_url(base, "the atlas's url") if base else None
+        except AtlasError as e:         # the manifest's (untrusted): a page never carries it unchecked
+            print(f"warning: {e}; the pages name no hosted address")
+            return ""
         if base.rstrip("/").endswith("/site"):
             base = base.rstrip("/")[:-len("site")]
         return base
@@ -148,11 +153,3 @@ def example_unit(summaries: dict, r: Renderer) -> dict:
     address = unit_address(m, s, layer, u)
     return {"model": m, "site": s, "layer": layer, "index": u, "uid": unit_id(m, s, layer, u), "href": address,
             "permalink": (r.base_url or "https://host/atlas/site/") + address}
-
-
-def strongest_units(summ: LayerSummary, n: int) -> list[int]:
-    """Positions (into ``summ.units``) of a layer's ``n`` strongest units that have a picture."""
-    has = np.zeros(len(summ.units), bool)
-    for column in summ.pictures.values():
-        has |= column
-    return [int(i) for i in strongest(summ) if has[i]][:n]

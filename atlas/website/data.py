@@ -17,6 +17,7 @@ from ..images import ImageError, load_rgb
 from ..media import (PICTURE_EFFORT, PICTURE_QUALITY, THUMB_EFFORT, THUMB_QUALITY, TILE_EFFORT, TILE_QUALITY, model_view,
                      quantize_map, webp)
 from ..reader import Atlas, ShardData
+from .collect import strongest_units
 from .packs import DATA, PACK_UNITS, THUMB_ROWS, PackError, build_record, read_header, thumb_pack_path, \
     unit_pack_path, write_pack
 from .urls import THUMB_SIZE, TILE_SIZE, view_key, write_if_changed
@@ -126,18 +127,38 @@ def layer_info(a: Atlas, model: str, site: str, layer: int, summ) -> dict:
 class PackBuilder:
     """Makes packs of one atlas into one website (a worker process holds one)."""
 
-    def __init__(self, root: Path, site_dir: Path, skip: frozenset[str], images_root: Path | None, offline: bool):
+    def __init__(self, root: Path, site_dir: Path, skip: frozenset[str], images_root: Path | None, offline: bool,
+                 recorded: dict[str, str] | None = None):
         self.atlas = Atlas(root, skip)
         self.site_dir, self.images_root, self.offline = site_dir, images_root, offline
+        self.recorded = recorded or {}       # what the last render wrote: path -> sha256 (atlas.website.listing)
         self.dataset = self.atlas.dataset if self.atlas.has_dataset else None
+
+    def _kept(self, rel: str, source: str) -> bool:
+        """Whether the pack at ``rel`` can stay as it is: its header's source digest is ``source`` and its
+        bytes still hash to what the last render recorded (a pack damaged or edited since is made again);
+        its script twin is brought in line with it."""
+        target = self.site_dir / rel
+        if rel not in self.recorded or existing_source(target) != source:
+            return False
+        data = target.read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.recorded[rel]:
+            return False
+        if self.offline:
+            write_if_changed(_twin(target), script_twin(rel, data))
+        return True
 
     # -- unit packs ------------------------------------------------------------------------------
 
     def unit_pack(self, job: UnitPackJob) -> int:
         """Write (or keep, when its source is unchanged) one unit pack; returns how many units it holds."""
-        target = self.site_dir / job.path
-        if existing_source(target) == job.source and (not self.offline or _twin(target).is_file()):
+        if self._kept(job.path, job.source):
             return -1
+        self._write(self.site_dir / job.path, self.make_unit_pack(job))
+        return job.count
+
+    def make_unit_pack(self, job: UnitPackJob) -> bytes:
+        """The bytes of one unit pack, made from the atlas (what `verify` compares a website's pack with)."""
         refs = [r for r in self.atlas.shards(job.model, job.site, job.layer) if r.path in job.shards]
         lo, hi = job.page * PACK_UNITS, (job.page + 1) * PACK_UNITS
         units, records, tiles = [], [], {part: [] for part in PICTURES}
@@ -167,8 +188,7 @@ class PackBuilder:
         items += [records[i] for i in order]
         header = {"kind": "units", "format": RECORD_VERSION, "source": job.source, "layer": job.layer_info,
                   "units": units, "tiles": header_tiles, "records": list(range(first_record, len(items)))}
-        self._write(target, write_pack(header, items))
-        return len(units)
+        return write_pack(header, items)
 
     def record(self, sd: ShardData, r: int, pictures: dict) -> tuple[bytes, dict[str, bytes]]:
         """One unit's record (atlas.website.packs) and its tiles by picture part."""
@@ -224,9 +244,14 @@ class PackBuilder:
 
     def thumb_pack(self, job: ThumbPackJob) -> tuple[int, list[int]]:
         """Write (or keep) one thumbnail pack; returns (rows done, rows whose image could not be read)."""
-        target = self.site_dir / job.path
-        if existing_source(target) == job.source and (not self.offline or _twin(target).is_file()):
+        if self._kept(job.path, job.source):
             return len(job.rows), []
+        data, missing = self.make_thumb_pack(job)
+        self._write(self.site_dir / job.path, data)
+        return len(job.rows), missing
+
+    def make_thumb_pack(self, job: ThumbPackJob) -> tuple[bytes, list[int]]:
+        """The bytes of one thumbnail pack, and the rows whose image could not be read."""
         rows, items, missing = [], [], []
         for row in job.rows:
             try:
@@ -238,8 +263,7 @@ class PackBuilder:
             items.append(webp(view, None, THUMB_QUALITY, THUMB_EFFORT))
         header = {"kind": "thumbs", "format": RECORD_VERSION, "source": job.source, "view": job.view,
                   "first": job.bucket * THUMB_ROWS, "rows": rows}
-        self._write(target, write_pack(header, items))
-        return len(job.rows), missing
+        return write_pack(header, items), missing
 
     def _write(self, target: Path, data: bytes) -> None:
         write_if_changed(target, data)
@@ -303,17 +327,17 @@ def thumb_pack_jobs(a: Atlas, summaries: dict) -> list[ThumbPackJob]:
     return jobs
 
 
-def strips_pack(site_dir: Path, model: str, layers: list[tuple[str, int, list[int], bool]], offline: bool) -> str:
+def strips_pack(read_pack, model: str, layers: list[tuple[str, int, list[int], bool]]) -> tuple[str, bytes]:
     """``data/<model>/strips.pack``: the paper-picture tiles of each layer's strongest units, copied out of
-    the unit packs (nothing is encoded again), layer by layer; ``layers`` = (site, layer, units,
-    featured). Featured layers' strongest tiles come first, together (the index page fetches them in
-    one range). Returns the pack's website-relative path."""
+    the unit packs (``read_pack(path) -> bytes``; nothing is encoded again), layer by layer; ``layers`` =
+    (site, layer, units, featured). Featured layers' strongest tiles come first, together (the index
+    page fetches them in one range). Returns the pack's website-relative path and its bytes."""
     headers: dict[str, tuple[dict, bytes]] = {}
 
     def tile(site: str, layer: int, u: int) -> bytes | None:
         rel = unit_pack_path(model, site, layer, u)
         if rel not in headers:
-            data = (site_dir / rel).read_bytes()
+            data = read_pack(rel)
             headers[rel] = (read_header(data), data)
         header, data = headers[rel]
         part = "viz" if "viz" in header["tiles"] else next(iter(header["tiles"]), None)
@@ -341,13 +365,19 @@ def strips_pack(site_dir: Path, model: str, layers: list[tuple[str, int, list[in
                 entry["items"].append(len(items))
                 items.append(t)
         strips.append(entry)
-    rel = f"{DATA}/{model}/strips.pack"
     data = write_pack({"kind": "strips", "format": RECORD_VERSION, "model": model, "featured": featured,
                        "strips": strips}, items)
-    write_if_changed(site_dir / rel, data)
-    if offline:
-        write_if_changed(_twin(site_dir / rel), script_twin(rel, data))
-    return rel
+    return f"{DATA}/{model}/strips.pack", data
+
+
+def strip_layers(summaries: dict) -> dict[str, list[tuple[str, int, list[int], bool]]]:
+    """Per model, what its strips pack holds: (site, layer, its strongest units, featured), FFN layers
+    first (they are the featured ones)."""
+    by_model: dict[str, list] = {}
+    for (m, s, layer), summ in sorted(summaries.items(), key=lambda kv: (kv[0][0], kv[0][1] != "ffn", kv[0])):
+        units = [int(summ.units[i]) for i in strongest_units(summ, STRIP_UNITS)]
+        by_model.setdefault(m, []).append((s, layer, units, s == "ffn"))
+    return by_model
 
 
 def pack_files(site_dir: Path) -> list[Path]:

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import urllib.parse
 from pathlib import Path
 
-from ..format import PICTURE_LABELS, fill, unit_id
+from ..format import PICTURE_LABELS, AtlasError, fill, unit_id
 from ..shard import write_atomically
 from .packs import PACK_UNITS, layout
 
@@ -36,6 +37,31 @@ MARKER = ".vit-atlas-website"
 UNIT_VIEW = "unit.html"
 RESERVED = {"assets", "data", "search", "analyses", "index.html", "search.html", "downloads.html", "cite.html",
             UNIT_VIEW, "404.html"}
+
+
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+                   r"|\[[0-9A-Fa-f:.]{2,45}\]")
+_URL_PATH = re.compile(r"[A-Za-z0-9\-._~/%]*")
+
+
+def check_url(url: str, flag: str) -> str:
+    """``url`` if it is the http(s) URL of a folder: scheme, host (and port) and a plain path, with no
+    credentials, query, fragment, spaces, quotes or ';'; else AtlasError naming ``flag``. Such URLs reach
+    the pages' Content-Security-Policy, links and citations, so nothing else may pass."""
+    shown = str(url)[:120]
+    why = "give an http(s) URL of a folder, e.g. https://data.example.org/atlas/"
+    if not isinstance(url, str) or len(url) > 2000 or not url.isascii() or any(c.isspace() for c in url):
+        raise AtlasError(f"{flag} {shown!r}: {why}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise AtlasError(f"{flag} {shown!r}: {why}") from None
+    host = parts.netloc.rsplit(":", 1)[0] if port is not None else parts.netloc
+    if parts.scheme not in ("http", "https") or not _HOST.fullmatch(host) or parts.query or parts.fragment \
+            or "@" in parts.netloc or not _URL_PATH.fullmatch(parts.path) or url.endswith(("?", "#")):
+        raise AtlasError(f"{flag} {shown!r}: {why} (scheme, host and path only)")
+    return url
 
 
 def content_security_policy(data_url: str = "", header: bool = False) -> str:

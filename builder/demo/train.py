@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from atlas.folder import check_writable
-from atlas.format import AtlasError
+from atlas.folder import own_folder
 from atlas.manifest import sha256_file
 
 from .models import CNN, VIT, WEIGHTS
@@ -108,12 +107,8 @@ def train_demo(out: Path | None = None, cfg: TrainConfig = TrainConfig(), models
                progress: bool = True) -> dict:
     """Train the demo models, save them in ``out`` (default: the committed weights' folder) and record
     what was done in ``out/demo_weights.json``."""
-    out = Path(out) if out else WEIGHTS
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise AtlasError(f"cannot create --out {out} ({e.strerror})") from None
-    check_writable(out)
+    out = own_folder(Path(out) if out else WEIGHTS, "--out", lambda folder: (folder / RECORD).is_file(),
+                     f"is not empty and holds no demo weights (no {RECORD}); give a new or empty folder")
     x, y = images_and_labels(cfg.train_seed, cfg.n_train)
     held_x, held_y = images_and_labels(HELD_OUT_SEED, cfg.held_out_n)
     record_path = out / RECORD

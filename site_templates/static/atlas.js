@@ -20,6 +20,11 @@
 
   function fail(message) { return Promise.reject(new Error(message)); }
 
+  /* every field of a pack is untrusted (a host or an edit can change it): numbers are checked before use */
+  var MAX_HEADER = 64 * 1048576, MAX_GRID = 1024, MAX_CELLS = 65536, MAX_BINS = 4096, MAX_LIST = 4096;
+  function whole(x, lo, hi) { return typeof x === "number" && isFinite(x) && Math.floor(x) === x && x >= lo && x <= hi; }
+  function list(x, max) { return Array.isArray(x) && x.length <= (max || MAX_LIST) ? x : []; }
+
   function script(path) {                                               /* a pack from disk, as a script */
     if (!scripts[path]) {
       scripts[path] = new Promise(function (resolve, reject) {
@@ -80,11 +85,18 @@
       headers[path] = range(path, 0, first || HEAD).then(function (head) {
         if (head.length < 12 || decoder.decode(head.subarray(0, 8)) !== MAGIC) { throw new Error(path + " is not a pack"); }
         var n = u32(head, 8);
+        if (n > MAX_HEADER) { throw new Error(path + ": its header claims " + n + " bytes"); }
         var more = 12 + n > head.length ? range(path, 0, 12 + n) : Promise.resolve(head);
         return more.then(function (all) {
           var h = JSON.parse(decoder.decode(all.subarray(12, 12 + n)));
+          if (!h || !Array.isArray(h.lengths) || !whole(h.start, 12, Number.MAX_SAFE_INTEGER)) { throw new Error(path + " has no item index"); }
           h.items = [];                                                 /* absolute [offset, length] of item i */
-          for (var i = 0, at = h.start; i < h.lengths.length; i++) { h.items.push([at, h.lengths[i]]); at += h.lengths[i]; }
+          for (var i = 0, at = h.start; i < h.lengths.length; i++) {
+            if (!whole(h.lengths[i], 0, Number.MAX_SAFE_INTEGER)) { throw new Error(path + ": item " + i + " has no length"); }
+            h.items.push([at, h.lengths[i]]); at += h.lengths[i];
+          }
+          ["units", "records", "rows"].forEach(function (key) { if (key in h && !Array.isArray(h[key])) { h[key] = []; } });
+          if (typeof h.tiles !== "object" || h.tiles === null) { h.tiles = {}; }
           h.head = all.length > head.length ? all : head;
           h.path = path;
           return h;
@@ -96,6 +108,7 @@
 
   /* item i of a pack (from the bytes already here when it lies in them) */
   function item(h, i) {
+    if (!whole(i, 0, h.items.length - 1)) { return fail(h.path + " has no item " + i); }
     var loc = h.items[i], o = loc[0], n = loc[1];
     if (o + n <= h.head.length) { return Promise.resolve(h.head.subarray(o, o + n)); }
     return range(h.path, o, n);
@@ -103,6 +116,7 @@
 
   /* items [first, last] of a pack in one request: a run of tiles */
   function items(h, first, last) {
+    if (!whole(first, 0, h.items.length - 1) || !whole(last, first, h.items.length - 1)) { return fail(h.path + " has no such items"); }
     var o = h.items[first][0], end = h.items[last][0] + h.items[last][1];
     var got = end <= h.head.length ? Promise.resolve(h.head.subarray(o, end)) : range(h.path, o, end - o);
     return got.then(function (b) {
@@ -113,12 +127,18 @@
   }
 
   function record(bytes) {
-    var n = u32(bytes, 0);
+    var n = bytes.length >= 4 ? u32(bytes, 0) : Infinity;
+    if (4 + n > bytes.length) { throw new Error("a record shorter than its own length"); }
     var meta = JSON.parse(decoder.decode(bytes.subarray(4, 4 + n)));
+    if (!meta || typeof meta !== "object") { throw new Error("a record that is not an object"); }
+    var blobs = meta.blobs && typeof meta.blobs === "object" ? meta.blobs : {};
     meta.blob = function (name) {
-      var loc = meta.blobs[name];
-      return loc ? bytes.subarray(loc[0], loc[0] + loc[1]) : null;
+      var loc = blobs[name];
+      return Array.isArray(loc) && whole(loc[0], 0, bytes.length) && whole(loc[1], 0, bytes.length - loc[0]) ?
+        bytes.subarray(loc[0], loc[0] + loc[1]) : null;
     };
+    meta.pictures = list(meta.pictures, 16);
+    meta.related = list(meta.related, 256);
     return meta;
   }
 
@@ -306,12 +326,15 @@
     if (bits === 4) { var k = m * cells + i, b = bytes[k >> 1]; return ((k & 1) ? b & 15 : b >> 4) / 15; }
     return bytes[m * cells + i] / 255;
   }
-  /* a canvas of map m: 0 transparent */
+  /* a canvas of map m: 0 transparent; nothing drawn for a grid or bytes that do not fit together */
   function mapCanvas(bytes, h, w, bits, m) {
     var canvas = document.createElement("canvas");
-    canvas.width = w; canvas.height = h;
     canvas.className = "overlay";
     canvas.setAttribute("aria-hidden", "true");
+    bits = bits === 4 ? 4 : 8; m = m || 0;
+    if (!bytes || !whole(h, 1, MAX_GRID) || !whole(w, 1, MAX_GRID) || h * w > MAX_CELLS || !whole(m, 0, MAX_LIST) ||
+        bytes.length * 8 < (m + 1) * h * w * bits) { canvas.width = 1; canvas.height = 1; return canvas; }
+    canvas.width = w; canvas.height = h;
     var ctx = canvas.getContext("2d"), img = ctx.createImageData(w, h);
     for (var i = 0; i < h * w; i++) {
       var t = level(bytes, bits || 8, h * w, m || 0, i);
@@ -349,8 +372,12 @@
   }
   /* bars of counts over symlog edges, the marked value (the optimized image's activation) */
   function histogram(sparse, edges, marker, title) {
+    edges = list(edges, MAX_BINS + 1).filter(function (x) { return typeof x === "number" && isFinite(x); });
+    if (edges.length < 2) { return document.createTextNode(""); }
     var counts = new Array(edges.length - 1).fill(0);
-    sparse.forEach(function (p) { counts[p[0]] = p[1]; });
+    list(sparse, MAX_BINS).forEach(function (p) {        /* [bin, count], each checked: a bin 1e8 is not a bin */
+      if (Array.isArray(p) && whole(p[0], 0, counts.length - 1) && whole(p[1], 0, Number.MAX_SAFE_INTEGER)) { counts[p[0]] = p[1]; }
+    });
     var nz = counts.map(function (c, i) { return c ? i : -1; }).filter(function (i) { return i >= 0; });
     var lo = nz.length ? nz[0] : 0, hi = nz.length ? nz[nz.length - 1] + 1 : counts.length;
     if (marker !== null && isFinite(marker)) {
@@ -386,7 +413,7 @@
   }
   /* a line of (x, y) points */
   function lineChart(points, title, xLabel, yLabel) {
-    points = points.filter(function (p) { return p[1] !== null && isFinite(p[1]); });
+    points = list(points).filter(function (p) { return p[1] !== null && isFinite(p[1]) && isFinite(p[0]); });
     if (!points.length) { return document.createTextNode(""); }
     var xs = points.map(function (p) { return p[0]; }), ys = points.map(function (p) { return p[1]; });
     var x0 = Math.min.apply(null, xs), x1 = Math.max.apply(null, xs), y0 = Math.min.apply(null, ys), y1 = Math.max.apply(null, ys);
@@ -425,7 +452,8 @@
   /* the units before and after ``unit`` in its layer (info.runs: the layer's [start, stop) runs, sorted) */
   function neighbours(info, unit) {
     var prev = null, next = null;
-    info.runs.forEach(function (r) {
+    list(info.runs, 1 << 20).forEach(function (r) {
+      if (!Array.isArray(r) || !whole(r[0], 0, Number.MAX_SAFE_INTEGER) || !whole(r[1], r[0], Number.MAX_SAFE_INTEGER)) { return; }
       if (r[0] < unit) { prev = Math.min(unit - 1, r[1] - 1); }
       if (next === null && r[1] - 1 > unit) { next = Math.max(unit + 1, r[0]); }
     });
@@ -433,11 +461,12 @@
   }
 
   function showUnit() {
-    var u = parseId(decodeURIComponent(location.hash.slice(1)));
+    var text = location.hash.slice(1), u = null;
+    try { u = parseId(decodeURIComponent(text)); } catch (e) { u = null; }      /* "%" alone is a URIError */
     var status = document.getElementById("unit-status");
     if (!u) {
       view.setAttribute("data-state", "missing");
-      status.textContent = location.hash ? "\u201c" + location.hash.slice(1) + "\u201d is not a unit id (model/site/Lll/Uuuuu)." : "No unit chosen: open a unit from a layer page or the search.";
+      status.textContent = location.hash ? "\u201c" + text + "\u201d is not a unit id (model/site/Lll/Uuuuu)." : "No unit chosen: open a unit from a layer page or the search.";
       return Promise.resolve();
     }
     view.setAttribute("data-state", "loading");
@@ -459,7 +488,14 @@
   }
 
   function render(u, h, r) {
-    var info = h.layer, probe = r.probe || null, flags = probe ? probe.flags : null;
+    var info = h.layer && typeof h.layer === "object" ? h.layer : {}, probe = r.probe && typeof r.probe === "object" ? r.probe : null;
+    if (typeof info.parts !== "object" || info.parts === null) { info.parts = {}; }
+    if (probe) {
+      probe.topk = list(probe.topk, 1024); probe.classes = list(probe.classes, 1024); probe.paths = list(probe.paths, 1024);
+      probe.top_classes = list(probe.top_classes, 64); probe.stats = probe.stats || {};
+    }
+    var flags = probe && probe.flags && typeof probe.flags === "object" ? probe.flags : null;
+    if (flags) { flags.names = list(flags.names, 16); }
     document.title = u.id + " \u00b7 " + (view.getAttribute("data-atlas") || "");
     view.setAttribute("data-unit", u.id);
     var crumbs = clear(document.getElementById("unit-crumbs"));
@@ -615,8 +651,9 @@
       var sec = el("section", "recipe");
       sec.appendChild(el("h2", null, "How the image was made" + (r.pictures.length > 1 ? " (" + part.label + ")" : "")));
       var two = el("div", "two"), fig = el("figure");
-      var steps = part.loss_steps.length ? part.loss_steps : p.loss.map(function (_, i) { return i; });
-      fig.appendChild(lineChart(steps.map(function (st, i) { return [st, p.loss[i]]; }), "loss during optimization (" + part.label + ")", "step", "loss"));
+      var loss = list(p.loss), lossSteps = list(part.loss_steps);
+      var steps = lossSteps.length ? lossSteps : loss.map(function (_, i) { return i; });
+      fig.appendChild(lineChart(steps.map(function (st, i) { return [st, loss[i]]; }), "loss during optimization (" + part.label + ")", "step", "loss"));
       fig.appendChild(el("figcaption", null, "Loss (\u2212activation + \u03bb\u00b7TV on augmented copies) during optimization."));
       two.appendChild(fig);
       var table = el("table"), caption = el("caption");
