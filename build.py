@@ -171,7 +171,7 @@ def cmd_analyze(args, command: str) -> None:
 def cmd_render(args, command: str) -> None:
     from atlas.website import render
     index = render(args.dir, out=args.out, workers=args.workers, base_url=args.base_url, images=args.images,
-                   data_url=args.data_url, offline=args.offline)
+                   data_url=args.data_url, offline=args.offline, fresh=args.fresh)
     print(f"website written to {index.parent}; open {index}")
 
 
@@ -352,6 +352,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--offline", default="auto", choices=("auto", "on", "off"),
                    help="also write the packs as scripts, so the website works opened from disk (file://): "
                         "auto (default) does for atlases up to 512 MB of shards whose data lives beside the pages")
+    r.add_argument("--fresh", action="store_true",
+                   help="make every pack again (a website received from elsewhere: its record of what it holds is "
+                        "its own); default: keep packs whose sources and bytes are unchanged")
     r.set_defaults(run=cmd_render)
 
     sv = sub.add_parser("serve", help="serve an atlas's website on localhost for preview")

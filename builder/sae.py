@@ -341,6 +341,8 @@ def load_sae(path: str | Path, format: str | None = None, name: str | None = Non
     from safetensors import SafetensorError
     try:
         sae = reader(found.path, name)
+    except AtlasError as e:               # say which checkpoint, once
+        raise (e if str(path) in str(e) else AtlasError(f"--sae {path}: {e}")) from None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, OSError, RuntimeError, SafetensorError,
             OverflowError) as e:
         raise AtlasError(f"--sae {path}: not a readable {found.format} checkpoint ({type(e).__name__}: "

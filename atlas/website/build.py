@@ -6,8 +6,9 @@
    whose digest is unchanged is kept without reading its shards;
 3. strips (``data.strips_pack``, copied out of the unit packs), then the pages, the search index and
    the citation files, in the main process;
-4. files of the website this render did not produce (a removed layer, an older website's per-unit
-   pages) are removed. Every file is written only when its bytes change, and atomically.
+4. files the last render recorded and this one did not produce (a removed layer) are removed, and what
+   this render wrote is recorded (atlas.website.listing). Every file is written only when its bytes
+   change, and atomically.
 """
 from __future__ import annotations
 
@@ -83,13 +84,15 @@ def offline_wanted(choice: str, a: Atlas, data_url: str) -> bool:
 
 
 def render(root: str | Path, out: str | Path | None = None, workers: int | None = None, progress: bool = True,
-           base_url: str = "", images: str | Path | None = None, data_url: str = "", offline: str = "auto") -> Path:
+           base_url: str = "", images: str | Path | None = None, data_url: str = "", offline: str = "auto",
+           fresh: bool = False) -> Path:
     """Render the atlas at ``root`` into ``out`` (default ``root/site``); returns the index page's path.
 
     ``images`` overrides where the dataset's images are (dataset.h5 records the folder it was probed
     from); ``base_url`` makes permalinks and citations absolute; ``data_url`` is where the packs will be
     hosted when apart from the pages (docs/HOSTING.md); ``offline`` writes the packs as scripts too, so
-    the website works opened from disk.
+    the website works opened from disk; ``fresh`` makes every pack again instead of keeping those whose
+    sources and bytes are unchanged (for a website received from elsewhere, whose record is its own).
     """
     root = Path(root)
     for flag, url in (("--data-url", data_url), ("--base-url", base_url)):
@@ -122,7 +125,8 @@ def render(root: str | Path, out: str | Path | None = None, workers: int | None 
 
     summaries = {(m, s, layer): summarize_layer(a, m, s, layer)
                  for m in a.models for s in a.sites(m) for layer in a.layers(m, s)}
-    _write_packs(r, summaries, skip, twins, workers or min(8, os.cpu_count() or 1), progress, recorded or {})
+    _write_packs(r, summaries, skip, twins, workers or min(8, os.cpu_count() or 1), progress,
+                 {} if fresh else recorded or {})
     strips = _write_strips(r, summaries, twins)
     _render_layers_and_models(r, summaries, strips)
     render_search(r, summaries)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from atlas.folder import prepare_atlas_folder
+from atlas.folder import check_owned_folder, prepare_atlas_folder
 from atlas.format import WEBSITE
 
 from .shapes import make_dataset
@@ -29,6 +29,7 @@ def build_demo(out: str | Path = "atlas-demo", command: str = "python build.py",
     spec.out = Path(out).resolve()
     spec.images, spec.boxes = spec.out / "images", spec.out / "images" / "boxes.csv"
     prepare_atlas_folder(spec.out)
+    check_owned_folder(spec.images)      # the demo's own folder inside the atlas: never written through a link
     make_dataset(spec.images, DEMO_IMAGES, DEMO_SEED)
     run_spec(spec, Share(), command, progress)
     index = spec.out / WEBSITE / "index.html"

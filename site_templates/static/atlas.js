@@ -554,10 +554,12 @@
     dd(facts, "Weights", el("code", "wrap", info.weights || ""));
     dd(facts, "Site, layer, unit", u.site + " \u00b7 layer " + u.layer + " \u00b7 unit " + u.unit);
     dd(facts, "Patch grid", grid[0] + " \u00d7 " + grid[1]);
-    if (info.sae) {   /* an SAE site: which autoencoder, read how (the shard's sae record) */
+    if (info.sae && typeof info.sae === "object") {   /* an SAE site: which autoencoder, read how (the shard's sae record) */
       var sae = info.sae;
-      dd(facts, "SAE", [sae.name + " \u00b7 " + sae.format + " \u00b7 " + sae.d_sae + " latents, " + sae.activation +
-        (sae.k ? " (k = " + sae.k + ")" : "") + " on " + sae.hook + " of block " + u.layer + " \u00b7 ", el("code", "wrap", "sha256:" + sae.sha256)]);
+      dd(facts, "SAE", [sae.name + " \u00b7 " + (sae.library || sae.format) + (sae.version ? " (" + sae.version + ")" : "") +
+        (sae.architecture ? " " + sae.architecture : "") + (sae.run ? " run " + sae.run : "") + " \u00b7 " + sae.d_sae +
+        " latents on " + sae.hook + " of block " + u.layer + " \u00b7 ", el("code", "wrap", "sha256:" + sae.sha256)]);
+      if (sae.encoder) { dd(facts, "Encoder", el("code", "wrap", String(sae.encoder))); }
     }
     if (probe && probe.top_classes.length) {
       var ul = el("ul", "classes");
