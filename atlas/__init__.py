@@ -5,7 +5,12 @@
     u = a.unit("vit_atlas_demo", layer=3, index=42)     # site="ffn" by default
     u.image, u.activation, u.map, u.id
 """
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version as _version
+
+try:
+    __version__ = _version("vit-atlas")       # one version: the package's (pyproject.toml)
+except PackageNotFoundError:                  # a checkout used without installing it
+    __version__ = "0+unknown"
 
 from .format import FORMAT_VERSION, SITES, AtlasError, parse_unit_id, unit_id  # noqa: E402
 from .reader import Atlas, Dataset, Picture, RelatedUnit, ShardInfo, TopImage, Unit, UnitFlags, UnitStats, open  # noqa: E402,A004

@@ -8,7 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .format import AtlasError
+from .format import AtlasError, command
 from .shard import attr_value, new_h5, read_attrs
 
 
@@ -55,7 +55,7 @@ class Dataset:
             self.class_names = json.loads(names) if isinstance(names, str) else list(names)
         except (OSError, KeyError, ValueError, TypeError, UnicodeDecodeError, AttributeError) as e:
             raise AtlasError(f"{path} is not a readable dataset index ({str(e).splitlines()[0][:120]}); rerun the "
-                             "probe to rebuild it (`build.py verify` says more)") from None
+                             f"probe to rebuild it (`{command('verify')}` says more)") from None
         if self.labels.shape != (len(self.paths),) or not all(isinstance(n, str) for n in self.class_names):
             raise AtlasError(f"{path}: its labels {self.labels.shape} do not fit its {len(self.paths)} paths, or its "
                              "class names are not text; rerun the probe to rebuild it")

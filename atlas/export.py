@@ -26,7 +26,7 @@ from PIL import Image
 
 from .flags import FLAG_NAMES
 from .folder import own_folder
-from .format import PICTURES, AtlasError, unit_id
+from .format import AtlasError, PICTURES, command, unit_id
 from .reader import Atlas
 
 UNIT_FEATURES_NOTE = "maps are lists of rows of floats (float16 in the atlas), on the unit's patch grid"
@@ -37,7 +37,8 @@ def _pyarrow():
         import pyarrow
         import pyarrow.parquet  # noqa: F401
     except ImportError:
-        raise AtlasError("build.py export needs pyarrow: pip install -e '.[export]' (or pip install pyarrow)") from None
+        raise AtlasError(f"{command('export')} needs pyarrow: pip install 'vit-atlas[export]' (from a checkout: "
+                         "pip install -e '.[export]')") from None
     return pyarrow
 
 
@@ -226,7 +227,7 @@ def export_parquet(root: str | Path, out: str | Path, max_file_mb: float = 256, 
     _recover(out)
     damaged = a.damaged_shards()
     for rel, why in sorted(damaged.items()):
-        print(f"warning: leaving out {rel}: {why} (run `python build.py verify {root}`)")
+        print(f"warning: leaving out {rel}: {why} (run `{command(f'verify {root}')}`)")
     if damaged:
         a = Atlas(root, frozenset(damaged))
     staging = out / STAGING
@@ -315,7 +316,7 @@ def dataset_card(a: Atlas, configs: list[dict]) -> str:
     lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=1000).rstrip()]
     units = next(c["name"] for c in configs if c["name"] != "dataset_index")
     lines += ["---", "", f"# {name}", "", info.get("description") or "A neuron atlas of vision transformers.", "",
-              "Exported from a ViT Atlas atlas by `python build.py export`. One row per unit "
+              "Exported from a ViT Atlas atlas by `vit-atlas export`. One row per unit "
               "(the post-GELU hidden units of each block's MLP, and other sites where the atlas has them):",
               "", "- `image` (and `fourier_image` where built): the image optimized to maximally activate the unit, "
               "PNG; `activation`: the unit's mean activation over patch tokens for it; `map`: its values on the "

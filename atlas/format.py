@@ -82,6 +82,19 @@ class AtlasError(Exception):
     """A problem the user can fix; the message says how."""
 
 
+_PROGRAM = ["vit-atlas"]     # how the user runs ViT Atlas (builder.cli.main sets it): messages name commands so
+
+
+def set_program(name: str) -> None:
+    """Say how the user runs ViT Atlas (``vit-atlas``, ``python build.py``, ``python -m builder``)."""
+    _PROGRAM[0] = name
+
+
+def command(args: str) -> str:
+    """A command as the user types it, for messages: ``command("verify atlas")`` -> ``vit-atlas verify atlas``."""
+    return f"{_PROGRAM[0]} {args}"
+
+
 def check_model_name(name: str) -> str:
     """Return ``name`` if it can name a model in an atlas (it becomes a folder and part of unit ids)."""
     if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):

@@ -8,16 +8,18 @@ import os
 import socket
 from pathlib import Path
 
+from . import __version__
 from .format import LOGS
 
 
 
 def append_log(root: Path, record: dict) -> None:
-    """Append ``record`` (plus time and host) as one line to this process's log in the atlas."""
+    """Append ``record`` (plus time, host, pid and the ViT Atlas version) as one line to this process's log
+    in the atlas."""
     folder = Path(root) / LOGS
     folder.mkdir(parents=True, exist_ok=True)
     line = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "host": socket.gethostname(), "pid": os.getpid(), **record}
+            "host": socket.gethostname(), "pid": os.getpid(), "version": __version__, **record}
     with open(folder / f"{socket.gethostname()}-{os.getpid()}.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import __version__
 from .format import (ANALYSES, BLOCKS, DATA_PATH, DATASET, FORMAT_VERSION, MANIFEST, MAX_UNITS, MODEL_NAME, PARTS, RELATED, SCORES,
-                     SHARD_PATH, SHARDS, AtlasError, data_path)
+                     SHARD_PATH, SHARDS, AtlasError, data_path, command)
 from .folder import remove_recorded
 from .locks import Lock, lock_path
 from .quarantine import quarantine
@@ -132,7 +132,7 @@ def scan_shards(root: Path, quarantine_damaged: bool = True) -> list[dict]:
             if quarantine_damaged:
                 quarantine(root, rel, str(e).split(" is not a readable shard ")[-1].strip("()"))
             else:
-                print(f"warning: skipping {rel}: {e} (run `python build.py verify {root}`)")
+                print(f"warning: skipping {rel}: {e} (run `{command(f'verify {root}')}`)")
     return found
 
 
@@ -171,7 +171,7 @@ def read_manifest(root: Path) -> dict | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise AtlasError(f"{path} is not valid JSON ({e}); rebuild it with `python build.py finalize {root}`")
+        raise AtlasError(f"{path} is not valid JSON ({e}); rebuild it with `{command(f'finalize {root}')}`")
     except OSError as e:
         raise AtlasError(f"cannot read {path}: {e.strerror}")
     if not isinstance(data, dict) or "format_version" not in data:

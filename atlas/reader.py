@@ -12,7 +12,7 @@ import numpy as np
 
 from .dataset import Dataset
 from .flags import FLAG_NAMES, THRESHOLDS, VALUE_NAMES, flag_values, flags_of
-from .format import DATASET, MODEL_NAME, PICTURES, RELATED, SITE_NAME, AtlasError, parse_unit_id, unit_id
+from .format import AtlasError, DATASET, MODEL_NAME, PICTURES, RELATED, SITE_NAME, command, parse_unit_id, unit_id
 from .manifest import describe_shards, read_manifest, sha256_file
 from .remote import RemoteAtlas, is_url
 from .shard import picture_recipe, read_attrs, shard_problems
@@ -206,7 +206,7 @@ class Unit:
     def _require(self, part: str) -> None:
         if part not in self.parts:
             how = "probe" if part == "probe" else "visualize" + ("" if part == "viz" else f" --preset {part}")
-            raise AtlasError(f"{self.id}: shard {self.shard} has no {part!r} part yet (run `python build.py {how}`)")
+            raise AtlasError(f"{self.id}: shard {self.shard} has no {part!r} part yet (run `{command(how)}`)")
 
     def _read(self, name: str, part: str):
         self._require(part)
@@ -370,7 +370,7 @@ class Atlas:
 
     def damaged(self, rel: str, why: str) -> AtlasError:
         """The error for a shard that cannot be used: which, why, and what to run."""
-        return AtlasError(f"shard {rel} of {self.root} cannot be used ({why}): run `python build.py verify "
+        return AtlasError(f"shard {rel} of {self.root} cannot be used ({why}): run `{command('verify')} "
                           f"{self.root}`, then the command that built it to recompute it")
 
     def damaged_shards(self) -> dict[str, str]:
@@ -492,7 +492,7 @@ class Atlas:
         path = self.root / name
         if entry and not path.exists():
             print(f"warning: {self.root} lists {name} in its manifest but it is missing "
-                  f"(run `python build.py verify {self.root}`)")
+                  f"(run `{command(f'verify {self.root}')}`)")
         return path if path.exists() else None
 
     def labels(self) -> np.ndarray | None:
@@ -509,7 +509,7 @@ class Atlas:
         """The probe's image index; raises AtlasError before any probe ran."""
         path = self.data_file(DATASET)
         if path is None:
-            raise AtlasError(f"{self.root} has no {DATASET} yet: run `python build.py probe ... --out {self.root}`")
+            raise AtlasError(f"{self.root} has no {DATASET} yet: run `{command(f'probe ... --out {self.root}')}`")
         return Dataset(path)
 
 

@@ -34,7 +34,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from .format import MANIFEST, AtlasError, data_path
+from .format import AtlasError, MANIFEST, command, data_path
 from .manifest import BLOCK, check_manifest
 from .folder import check_owned_folder
 from .shard import write_atomically
@@ -218,7 +218,7 @@ class RemoteAtlas:
         blocks = entry.get("blocks")
         if not blocks:
             raise AtlasError(f"{self.url}: the manifest has no block hashes for {entry['path']} (an atlas written "
-                             "before format 1.3); run `build.py finalize` on it, or download the shard")
+                             f"before format 1.3); run `{command('finalize')}` on it, or download the shard")
         count = -(-entry["bytes"] // blocks["size"])
         hashes = self.whole(blocks["path"], blocks["sha256"], 32 * count, "block hashes").read_bytes()
         return h5py.File(VerifiedRangeFile(self, entry["path"], entry["bytes"], hashes, blocks["size"]), "r")

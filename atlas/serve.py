@@ -18,7 +18,7 @@ import re
 import urllib.parse
 from pathlib import Path
 
-from .format import CITATION, MANIFEST, WEBSITE, AtlasError
+from .format import AtlasError, CITATION, MANIFEST, WEBSITE, command
 from .manifest import read_manifest
 from .website.urls import content_security_policy
 
@@ -148,7 +148,7 @@ def make_server(root: str | Path, port: int) -> http.server.ThreadingHTTPServer:
     atlas has no website or the port cannot be had."""
     root = Path(root)
     if not (root / WEBSITE / "index.html").is_file():
-        raise AtlasError(f"{root} has no rendered website: run `python build.py render {root}` first")
+        raise AtlasError(f"{root} has no rendered website: run `{command(f'render {root}')}` first")
     if not 0 <= port <= 65535:
         raise AtlasError(f"--port must be between 0 and 65535 (0 picks a free one), not {port}")
     handler = type("Handler", (AtlasRequestHandler,), {"root": root, "published": published_files(root)})

@@ -16,7 +16,7 @@ import numpy as np
 from .analyses import analysis_files, parse_analysis
 from .dataset import Dataset, images_inside
 from .format import (ANALYSES, BLOCKS, CACHE, CITATION, DATASET, LOCKS, LOGS, MANIFEST, PROBE_STATE, QUARANTINE, RELATED,
-                     SCORES, SHARDS, SPEC_COPY, TMP_MARK, WEBSITE, AtlasError, unit_id)
+                     SCORES, SHARDS, SPEC_COPY, TMP_MARK, WEBSITE, AtlasError, command, unit_id)
 from .manifest import read_manifest, sha256_file, shard_files
 from .reader import read_related
 from .shard import check_shard
@@ -49,11 +49,11 @@ def _check_files(root: Path, manifest: dict) -> list[Problem]:
     for entry in manifest.get("shards", []):
         blocks = entry.get("blocks")
         if blocks and not (root / blocks["path"]).is_file():
-            problems.append(Problem(blocks["path"], "missing (the shard's block hashes; rerun `build.py finalize`)"))
+            problems.append(Problem(blocks["path"], f"missing (the shard's block hashes; rerun `{command('finalize')}`)"))
         elif blocks and sha256_file(root / blocks["path"]) != blocks["sha256"]:
             problems.append(Problem(blocks["path"], "sha256 differs from the manifest (corrupted or changed)"))
     listed = {e["path"] for e in manifest.get("shards", [])}
-    problems += [Problem(rel, "shard not in the manifest (rerun `build.py finalize`)")
+    problems += [Problem(rel, f"shard not in the manifest (rerun `{command('finalize')}`)")
                  for rel in shard_files(root) if rel not in listed]
     return problems
 
@@ -135,7 +135,7 @@ def _check_unlisted(root: Path, manifest: dict) -> list[Problem]:
         if TMP_MARK in path.name or any(rel.startswith(folder) for folder in inside):
             continue  # a write in progress; the dataset's own images
         problems.append(Problem(rel, "not listed in the manifest (not part of the atlas's data; move it out, or "
-                                     "rerun `build.py finalize` if it should be)"))
+                                     f"rerun `{command('finalize')}` if it should be)"))
     return problems
 
 
@@ -179,7 +179,7 @@ def verify(root: str | Path) -> list[Problem]:
     root = Path(root)
     manifest = read_manifest(root)
     if manifest is None:
-        return [Problem(MANIFEST, "missing: nothing to check against (run `build.py finalize DIR`)")]
+        return [Problem(MANIFEST, f"missing: nothing to check against (run `{command('finalize DIR')}`)")]
     problems = _check_files(root, manifest)
     entries = {e["path"]: e for e in manifest.get("shards", [])}
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from atlas.format import SPEC_COPY, AtlasError
+from atlas.format import AtlasError, SPEC_COPY, command
 from atlas.folder import prepare_atlas_folder
 from atlas.locks import Lock, lock_path
 from atlas.log import append_log
@@ -60,7 +60,7 @@ def spec_of_atlas(out: str | Path) -> BuildSpec:
     or moved atlas is finalized where it is, never where the spec first put it."""
     copy = Path(out) / SPEC_COPY
     if not copy.is_file():
-        raise AtlasError(f"{out} has no {SPEC_COPY}: it was not built with `build.py run SPEC`")
+        raise AtlasError(f"{out} has no {SPEC_COPY}: it was not built with `{command('run SPEC')}`")
     spec = load_spec(copy)
     spec.out = Path(out).resolve()
     return spec
@@ -124,7 +124,7 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
     tasks = plan_tasks(spec) if tasks is None else tasks
     missing = [t.path(spec) for t in tasks if not shard_done(spec.out, t.path(spec), t.part)]
     if missing:
-        raise AtlasError(f"{len(missing)} shards are not complete yet (e.g. {missing[0]}); run `python build.py run "
+        raise AtlasError(f"{len(missing)} shards are not complete yet (e.g. {missing[0]}); run `{command('run')} "
                          f"{spec.path}` (with the same shares) to finish them first")
     lock = Lock(lock_path(spec.out, "finalize"))
     if not lock.acquire():

@@ -301,11 +301,12 @@ def test_verify_and_analyze_bad_targets(atlas_copy, small_atlas, tmp_path):
 
 
 def test_internal_errors_say_they_are_bugs(monkeypatch):
+    import builder.cli
+
     def broken(args, command):
         raise ZeroDivisionError("a bug")
-    monkeypatch.setattr(build, "cmd_verify", broken)
-    parser = build.parser
-    monkeypatch.setattr(build, "parser", lambda: _with_verify(parser(), broken))
+    parser = builder.cli.parser
+    monkeypatch.setattr(builder.cli, "parser", lambda prog=None: _with_verify(parser(prog), broken))
     rc, out, err = run_cli("verify", "x")
     assert rc == 1 and "Traceback" in err and "internal error" in err.splitlines()[-1]
 

@@ -15,6 +15,7 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 import build
+from atlas.format import AtlasError
 from atlas.log import read_logs
 from builder.augment import PixelNoise, draw
 from builder.counter_rng import seed_tensor
@@ -57,7 +58,7 @@ def test_the_share_comes_from_the_launcher_that_started_the_process(env, share):
 
 
 def test_a_launcher_value_that_is_not_a_number_is_one_line():
-    with pytest.raises(build.AtlasError, match="RANK='x'"):
+    with pytest.raises(AtlasError, match="RANK='x'"):
         detect_share(env={"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
 
 
@@ -260,7 +261,7 @@ def test_fp32_is_fp32_and_tf32_only_when_asked(tf32_switches):
     assert tf32() == (True, True)
     # the probe and analyses resolve auto to fp32, like the stored activation of a picture
     assert resolve_precision("auto", CUDA, engine=False) == "fp32"
-    with pytest.raises(build.AtlasError, match="CUDA tensor-core mode"):
+    with pytest.raises(AtlasError, match="CUDA tensor-core mode"):
         resolve_precision("tf32", CPU)
 
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ..analyses import analysis_files, parse_analysis
 from ..flags import FLAG_LABELS, FLAG_NAMES
 from ..folder import check_owned_folder, own_folder, remove_recorded
-from ..format import ANALYSES, CITATION, PICTURE_LABELS, WEBSITE, AtlasError
+from ..format import ANALYSES, CITATION, PICTURE_LABELS, WEBSITE, AtlasError, command
 from ..reader import Atlas
 from ..manifest import sha256_file
 from ..shard import remove_stale_temps
@@ -102,13 +102,13 @@ def render(root: str | Path, out: str | Path | None = None, workers: int | None 
     remove_stale_temps(site_dir)       # what a killed render left; a host would publish it
     damaged = Atlas(root).damaged_shards()
     for rel, why in sorted(damaged.items()):
-        print(f"warning: leaving out {rel}: {why} (run `python build.py verify {root}`; rerunning the "
+        print(f"warning: leaving out {rel}: {why} (run `{command(f'verify {root}')}`; rerunning the "
               "command that built it recomputes it)")
     skip = frozenset(damaged)
     r = Renderer(root, site_dir, base_url, Path(images) if images else None, skip, data_url)
     a = r.atlas
     if not a.models:
-        raise AtlasError(f"{root} holds no shards yet: run `python build.py visualize` or `probe` first")
+        raise AtlasError(f"{root} holds no shards yet: run `{command('visualize')}` or `probe` first")
     clash = RESERVED & set(a.models)
     if clash:
         raise AtlasError(f"model names {sorted(clash)} collide with the website's own files; rebuild with --name")
@@ -231,7 +231,7 @@ def _read_analyses(root: Path) -> dict[str, dict]:
             found[path.stem] = parse_analysis(path)
         except ValueError as e:
             print(f"warning: skipping {ANALYSES}/{path.name}: not an analysis result ({str(e)[:120]}); "
-                  f"rerun `python build.py analyze {path.stem} ...` to replace it")
+                  f"rerun `{command(f'analyze {path.stem} ...')}` to replace it")
     return found
 
 

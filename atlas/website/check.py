@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..format import command
 from ..images import ImageError
 from ..manifest import sha256_file
 from ..reader import Atlas
@@ -44,7 +45,7 @@ def check_website(root: Path, site_dir: Path) -> list[tuple[str, str]]:
     listing = read_listing(site_dir)
     if listing is None:
         return [(shown(MARKER), "records no files: the website was rendered before format 1.8, or someone "
-                                "edited its record; run `build.py render` again")]
+                                f"edited its record; run `{command('render')}` again")]
     problems = [(shown(rel), why) for rel, why in _check_files(site_dir, listing)]
     if problems:
         return problems          # the contents of files that are not what the render wrote are not worth reading
@@ -168,7 +169,7 @@ def _check_contents(root: Path, site_dir: Path, packs: set[str]) -> list[tuple[s
             stale = existing_source(site_dir / rel) != read_header(made[rel]).get("source")
             problems.append((rel, f"{why}: it does not hold what the atlas's shards give (" +
                              ("made from another state of the atlas" if stale else "edited or damaged") +
-                             "; `build.py render` makes it again)"))
+                             f"; `{command('render')}` makes it again)"))
     return problems
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,8 @@ from .urls import check_url, content_security_policy, relative_root, script_layo
 
 
 def templates_dir() -> Path:
-    """The site_templates folder (Jinja templates and static assets)."""
-    import site_templates
-    return Path(site_templates.__file__).resolve().parent
+    """The site_templates folder (Jinja templates and static assets), shipped in the package."""
+    return Path(str(resources.files("site_templates")))
 
 
 def environment() -> Environment:

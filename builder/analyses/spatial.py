@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 import atlas
-from atlas.format import AtlasError
+from atlas.format import AtlasError, command
 from atlas.images import load_rgb
 
 from ..recipe import unit_seed
@@ -56,7 +56,7 @@ def probed_layers(job: AnalysisJob) -> list[int]:
 def applies(lm, job: AnalysisJob) -> str | None:
     """None if the atlas holds a probe of the model, else why not."""
     if not probed_layers(job):
-        return (f"it reads the most activating images from the atlas: run `python build.py probe --model ... "
+        return (f"it reads the most activating images from the atlas: run `{command('probe --model ...')} "
                 f"--out {job.out}` first")
     return None
 

@@ -1,21 +1,22 @@
 """The embedded default: `python build.py` builds a complete atlas offline, on a CPU, in minutes.
 
-It is `examples/demo.toml` run as a build spec — visualize every FFN unit of the demo ViT with the
+It is the packaged ``demo.toml`` run as a build spec — visualize every FFN unit of the demo ViT with the
 ``quick`` preset, probe it on the generated shapes, run the analyses for the ViT and the CNN, write
 the manifest and render the website — after generating the dataset (cached) into the atlas folder.
 """
 from __future__ import annotations
 
 import time
+from importlib import resources
 from pathlib import Path
 
 from atlas.folder import check_owned_folder, prepare_atlas_folder
-from atlas.format import WEBSITE
+from atlas.format import WEBSITE, command
 
 from .shapes import make_dataset
 from ..defaults import DEMO_IMAGES, DEMO_SEED
 
-DEMO_SPEC = Path(__file__).resolve().parents[2] / "examples" / "demo.toml"
+DEMO_SPEC = Path(str(resources.files("builder.demo") / "demo.toml"))   # inside the package: installed or not
 
 
 def build_demo(out: str | Path = "atlas-demo", command: str = "python build.py", progress: bool = True) -> Path:
@@ -34,5 +35,5 @@ def build_demo(out: str | Path = "atlas-demo", command: str = "python build.py",
     run_spec(spec, Share(), command, progress)
     index = spec.out / WEBSITE / "index.html"
     print(f"demo atlas built in {time.time() - t0:.0f} s: {spec.out}/")
-    print(f"open {index} in a browser (or run `python build.py serve {out}`)")
+    print(f"open {index} in a browser (or run `{command(f'serve {out}')}`)")
     return index

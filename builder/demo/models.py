@@ -8,6 +8,7 @@ so ``pretrained=True`` works offline; the demo itself loads them with ``--checkp
 """
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 from timm.models import generate_default_cfgs, register_model
@@ -16,7 +17,7 @@ from timm.models.vision_transformer import _create_vision_transformer
 
 from .shapes import CLASSES, SIZE
 
-WEIGHTS = Path(__file__).resolve().parent / "weights"
+WEIGHTS = Path(str(resources.files("builder.demo") / "weights"))   # the committed weights, shipped in the package
 VIT = "vit_atlas_demo"
 CNN = "resnet_atlas_demo"
 

@@ -1,0 +1,6 @@
+"""`python -m builder`: the ViT Atlas command line (builder.cli)."""
+import sys
+
+from builder.cli import main
+
+sys.exit(main())
