@@ -69,16 +69,20 @@ def measure(root: str, model_name: str = "vit_atlas_demo", site: str = "ffn", la
             row = {"units": len(units), "class_selective": len(selective),
                    "best_image": float((judged(judge, lm, best) == want).mean()) if selective else None,
                    "noise": float((judged(judge, lm, noise) == want).mean()) if selective else None, "parts": {}}
-            for part in ("viz", "fourier"):
-                if not units or part not in units[0].pictures:
+            for part in ("viz", "fourier"):            # (units without that picture are left out of its figures)
+                drawn = [u for u in units if part in u.pictures]
+                chosen = [(u, w) for u, w in zip(selective, want) if part in u.pictures]
+                if not drawn:
                     continue
-                pics = np.stack([u.picture(part).image for u in selective]) if selective else None
-                ratio = [u.picture(part).activation / u.stats.max for u in live if u.stats.max > 0]
+                alive = [u for u in live if part in u.pictures]
+                ratio = [u.picture(part).activation / u.stats.max for u in alive if u.stats.max > 0]
+                pics = np.stack([u.picture(part).image for u, _ in chosen]) if chosen else None
                 row["parts"][part] = {
-                    "judge": float((judged(judge, lm, pics) == want).mean()) if selective else None,
-                    "beats": float(np.mean([u.picture(part).activation > u.stats.max for u in live])) if live else None,
+                    "units": len(drawn), "class_selective": len(chosen),
+                    "judge": float((judged(judge, lm, pics) == np.array([w for _, w in chosen])).mean()) if chosen else None,
+                    "beats": float(np.mean([u.picture(part).activation > u.stats.max for u in alive])) if alive else None,
                     "activation_ratio": float(np.median(ratio)) if ratio else None,
-                    "roughness": float(roughness_of(np.stack([u.picture(part).image for u in units])).mean())}
+                    "roughness": float(roughness_of(np.stack([u.picture(part).image for u in drawn])).mean())}
             rows[layer] = row
     total = sum(r["class_selective"] for r in rows.values())
     summary = {"class_selective": total}
@@ -86,7 +90,9 @@ def measure(root: str, model_name: str = "vit_atlas_demo", site: str = "ffn", la
         summary[key] = sum((r[key] or 0) * r["class_selective"] for r in rows.values()) / max(total, 1)
     for part in ("viz", "fourier"):
         if all(part in r["parts"] for r in rows.values()):
-            summary[part] = sum((r["parts"][part]["judge"] or 0) * r["class_selective"] for r in rows.values()) / max(total, 1)
+            n = sum(r["parts"][part]["class_selective"] for r in rows.values())
+            summary[part] = sum((r["parts"][part]["judge"] or 0) * r["parts"][part]["class_selective"]
+                                for r in rows.values()) / max(n, 1)
     return {"atlas": str(root), "model": model_name, "site": site, "judge": JUDGE, "layers": rows, "all": summary}
 
 

@@ -54,8 +54,9 @@ class Draw:
         return self.noise.sample(self.copies, self.size) if self.noise is not None else None
 
 
-def draw(seeds: torch.Tensor, step: int, recipe: Recipe, size: tuple[int, int]) -> Draw:
-    """Step ``step``'s augmentations for the units with ``seeds`` (int64 [U]), ``recipe.batch_copies`` each.
+def draw(seeds: torch.Tensor, step: int, recipe: Recipe, size: tuple[int, int], patch: tuple[int, int] = (1, 1)) -> Draw:
+    """Step ``step``'s augmentations for the units with ``seeds`` (int64 [U]), ``recipe.batch_copies`` each,
+    for images of ``size`` whose layer reads tokens of ``patch`` pixels (the jitter's floor).
 
     Per copy, 8 uniforms u (stream AUGMENT): shift_y = floor(u0 (2 jy + 1)) - jy, shift_x likewise
     from u1, mu_c = (2 u_{2+c} - 1) a, sigma_c = exp((2 u_{5+c} - 1) b). With a shared jitter every
@@ -65,7 +66,7 @@ def draw(seeds: torch.Tensor, step: int, recipe: Recipe, size: tuple[int, int]) 
     and the copy is resampled (bilinear, reflected at the border) by that and its shift, not rolled.
     """
     copies = recipe.batch_copies
-    (jy, jx) = recipe.jitter_pixels(size)
+    (jy, jx) = recipe.jitter_pixels(size, patch)
     u = uniform(seeds, step, AUGMENT, (copies, 8))
     shifts = torch.stack([(u[..., 0] * (2 * jy + 1)).floor() - jy, (u[..., 1] * (2 * jx + 1)).floor() - jx], -1).long()
     shifts = shifts[:, 0] if recipe.jitter_shared else shifts.reshape(-1, 2)

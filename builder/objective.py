@@ -4,22 +4,26 @@ from __future__ import annotations
 import torch
 
 
-def channel_total_variation(x: torch.Tensor) -> torch.Tensor:
+def channel_total_variation(x: torch.Tensor, norm: str = "l2") -> torch.Tensor:
     """TV of each channel of each image: x [B, C, H, W] -> [B, C], the sum over the horizontal,
-    vertical and both diagonal neighbour differences of their unsquared L2 norm over the image."""
+    vertical and both diagonal neighbour differences of their unsquared L2 norm over the image (``l2``,
+    the authors'), or of their mean absolute value (``l1``: anisotropic TV, which penalizes an edge by
+    its height, not its length times height squared, so it flattens regions and keeps sharp edges)."""
     diffs = (
         x[:, :, :, 1:] - x[:, :, :, :-1],
         x[:, :, 1:, :] - x[:, :, :-1, :],
         x[:, :, 1:, 1:] - x[:, :, :-1, :-1],
         x[:, :, 1:, :-1] - x[:, :, :-1, 1:],
     )
+    if norm == "l1":
+        return sum(d.flatten(2).abs().mean(dim=2) for d in diffs)
     return sum(d.flatten(2).norm(dim=2) for d in diffs)
 
 
-def total_variation(x: torch.Tensor) -> torch.Tensor:
+def total_variation(x: torch.Tensor, norm: str = "l2") -> torch.Tensor:
     """TV of each image of ``x`` [B, C, H, W] -> [B]: the channel TVs averaged over channels (the
     authors' TV, which also averages over the copies of a batch)."""
-    return channel_total_variation(x).mean(dim=1)
+    return channel_total_variation(x, norm).mean(dim=1)
 
 
 def unit_maps(grid: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:

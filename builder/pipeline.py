@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from atlas.format import AtlasError, SPEC_COPY, command
+from atlas.format import AtlasError, SPEC_COPY, command as command_line
 from atlas.folder import prepare_atlas_folder
 from atlas.locks import Lock, lock_path
 from atlas.log import append_log
@@ -60,7 +60,7 @@ def spec_of_atlas(out: str | Path) -> BuildSpec:
     or moved atlas is finalized where it is, never where the spec first put it."""
     copy = Path(out) / SPEC_COPY
     if not copy.is_file():
-        raise AtlasError(f"{out} has no {SPEC_COPY}: it was not built with `{command('run SPEC')}`")
+        raise AtlasError(f"{out} has no {SPEC_COPY}: it was not built with `{command_line('run SPEC')}`")
     spec = load_spec(copy)
     spec.out = Path(out).resolve()
     return spec
@@ -124,7 +124,7 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
     tasks = plan_tasks(spec) if tasks is None else tasks
     missing = [t.path(spec) for t in tasks if not shard_done(spec.out, t.path(spec), t.part)]
     if missing:
-        raise AtlasError(f"{len(missing)} shards are not complete yet (e.g. {missing[0]}); run `{command('run')} "
+        raise AtlasError(f"{len(missing)} shards are not complete yet (e.g. {missing[0]}); run `{command_line('run')} "
                          f"{spec.path}` (with the same shares) to finish them first")
     lock = Lock(lock_path(spec.out, "finalize"))
     if not lock.acquire():
@@ -150,10 +150,11 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
 
 
 def probe_and_analyze(spec: BuildSpec, device: str, command: str, progress: bool) -> None:
-    """The probe of every site of every model the spec probes, then each model's analyses (results
-    whose inputs are unchanged are kept)."""
+    """The probe of every site of every model the spec probes, their labels from the spec's [labels], then
+    each model's analyses (results whose inputs are unchanged are kept)."""
     from builder.analyses import AnalysisJob, run_analysis
     from builder.dataset import scan_images
+    from builder.labels import LabelJob, run_labels
     from builder.probe import ProbeJob, run_probe
     index = scan_images(spec.images, spec.labels) if spec.images else None
     for m in spec.models:
@@ -167,6 +168,10 @@ def probe_and_analyze(spec: BuildSpec, device: str, command: str, progress: bool
                                          related_k=spec.related_k, sketch_dims=spec.sketch_dims,
                                          shard_units=spec.shard_units, progress=progress,
                                          workers=spec.workers), command)
+            if spec.label_sources and m.labels:
+                run_labels(lm, LabelJob(out=spec.out, name=m.atlas_name, sources=spec.label_sources, site=site,
+                                        layers=m.layers, batch_size=spec.batch_size, workers=spec.workers,
+                                        device=device, command=command, progress=progress))
         for analysis in m.analyses:
             job = AnalysisJob(out=spec.out, name=m.atlas_name, index=index,
                               boxes=str(spec.boxes) if spec.boxes else None, batch_size=spec.batch_size,

@@ -30,8 +30,11 @@ class Recipe:
     betas: tuple[float, float] = (0.5, 0.99)
     tv: float = 4e-4                   # TV weight against the copies' *mean* activation; their runs: 8 x 5e-5
     tv_input: str = "augmented"        # TV of the augmented copies, or "unnoised": the copies before GS
-    jitter: int = 32                   # largest circular shift per axis, for a jitter_reference-pixel side
-    jitter_reference: int = 224        # the side jitter is given for; scaled for other sides
+    tv_norm: str = "l2"                # "l2": each difference image's unsquared L2 norm (their code); "l1":
+                                       # the mean absolute difference, which keeps edges and flattens regions
+    jitter: int = 32                   # largest circular shift per axis, for a jitter_reference-pixel side ...
+    jitter_reference: int = 224        # ... scaled to the input and never below one of the layer's patches;
+                                       # 0: jitter is in pixels of the input, as asked (no floor)
     jitter_shared: bool = True         # one shift for all copies of a step (their code), else one per copy
     rotate: float = 0.0                # largest rotation in degrees (an affine transform replaces the roll)
     scale_jitter: float = 0.0          # largest relative zoom: scale in [1 - s, 1 + s] (affine, like rotate)
@@ -60,8 +63,10 @@ class Recipe:
             raise AtlasError(f"recipe lr must be positive and tv not negative, not {self.lr} and {self.tv}")
         if not 0 <= self.clean_steps <= self.steps:
             raise AtlasError(f"recipe clean_steps must be between 0 and steps ({self.steps}), not {self.clean_steps}")
-        if self.jitter < 0 or self.jitter_reference < 1 or self.loss_points < 1:
-            raise AtlasError("recipe jitter must not be negative, jitter_reference and loss_points at least 1")
+        if self.jitter < 0 or self.jitter_reference < 0 or self.loss_points < 1:
+            raise AtlasError("recipe jitter and jitter_reference must not be negative, loss_points at least 1")
+        if self.tv_norm not in ("l2", "l1"):
+            raise AtlasError(f"tv_norm must be 'l2' or 'l1', not {self.tv_norm!r}")
         if self.noise not in ("pixel", "channel"):
             raise AtlasError(f"noise must be 'pixel' or 'channel', not {self.noise!r}")
         if self.parametrization not in ("pixel", "fourier"):
@@ -77,9 +82,14 @@ class Recipe:
         """Whether copies are rotated or zoomed (an affine resampling) rather than rolled."""
         return self.rotate > 0 or self.scale_jitter > 0
 
-    def jitter_pixels(self, size: tuple[int, int]) -> tuple[int, int]:
-        """The largest shift, in pixels, for an image of ``size`` (H, W)."""
-        return tuple(round(self.jitter * s / self.jitter_reference) for s in size)
+    def jitter_pixels(self, size: tuple[int, int], patch: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+        """The largest shift, in pixels, for an image of ``size`` (H, W) whose layer reads tokens of
+        ``patch`` pixels: the recipe's jitter scaled to the side, but never below one patch (a shift
+        within a patch moves no token boundary); with ``jitter_reference`` 0, ``jitter`` pixels as asked."""
+        if self.jitter_reference == 0:
+            return (self.jitter, self.jitter)
+        return tuple(max(round(self.jitter * s / self.jitter_reference), p if self.jitter else 0)
+                     for s, p in zip(size, patch))
 
     def lr_at(self, step: int) -> float:
         """Learning rate at ``step``: cosine annealing from ``lr`` to 0 over the run."""
@@ -128,6 +138,15 @@ PRESETS = {
     "fourier": Recipe(preset="fourier", parametrization="fourier", lr=0.05, tv=0.0, jitter=8, jitter_shared=False,
                       rotate=10.0, scale_jitter=0.1, color_shift_mean=0.0, color_shift_log_std=0.0,
                       noise_start=0.0),
+}
+
+
+# What each preset is, for --help and the docs (one line each; the values are PRESETS').
+PRESET_HELP = {
+    "paper": "what the authors' runs behind the paper's figures optimized (400 steps of 8 copies)",
+    "paper-text": "the paper's text literally (per-pixel noise, its TV weight, a shift per copy)",
+    "quick": "the paper preset at CPU size (32 steps of 4 copies, the last 8 on the clean image)",
+    "fourier": "lucent's Fourier parametrization and transforms, ensembled over 8 copies (part fourier)",
 }
 
 

@@ -39,7 +39,7 @@ class UnitImages:
 
 
 def step_losses(images, shifts, affine, scale, offset, noise_key, noise_hi, noise_std, forward, units, mean, std,
-                tv_weight: float, tv_on_noise: bool, autocast: bool):
+                tv_weight: float, tv_on_noise: bool, autocast: bool, tv_norm: str = "l2"):
     """Per-unit losses [U] of one step (see ``augment.Draw`` for the augmentation tensors; the per-pixel
     noise, when the recipe has it, comes as its keys and std and is drawn here, see ``PixelNoise``).
 
@@ -57,9 +57,9 @@ def step_losses(images, shifts, affine, scale, offset, noise_key, noise_hi, nois
         maps = forward.copies(rolled, scale / std, (offset - mean) / std, noise, units)   # (U * C, h, w)
     if pixel is not None and tv_on_noise:
         x = build_copies(rolled, scale, offset, pixel)
-        tv = channel_total_variation(x).mean(dim=1).view(U, C)
+        tv = channel_total_variation(x, tv_norm).mean(dim=1).view(U, C)
     else:
-        tv = (channel_total_variation(rolled.view(-1, 3, H, W)).view(U, -1, 3) * scale).mean(dim=2)
+        tv = (channel_total_variation(rolled.view(-1, 3, H, W), tv_norm).view(U, -1, 3) * scale).mean(dim=2)
     return unit_losses(maps, tv, tv_weight)
 
 
@@ -97,11 +97,11 @@ class Step:
             self.mode = "compiled"
 
     def __call__(self, param, params: torch.Tensor, d: Draw, units, mean, std, tv_weight: float,
-                 tv_on_noise: bool, autocast: bool) -> torch.Tensor:
+                 tv_on_noise: bool, autocast: bool, tv_norm: str = "l2") -> torch.Tensor:
         """The step's per-unit losses (detached); their gradient is accumulated into ``params.grad``."""
         noise = (d.noise.key, d.noise.hi, d.noise.std) if d.noise is not None else (None, None, None)
         args = (d.shifts, d.affine, d.scale, d.offset, *noise, self.forward, units, mean, std, tv_weight,
-                tv_on_noise, autocast)
+                tv_on_noise, autocast, tv_norm)
         try:
             losses = self.fn(param.image(params), *args)
             losses.sum().backward()
@@ -144,13 +144,15 @@ def optimize_units(lm: LoadedModel, layer: Layer, units: list[int], seeds: list[
     params = param.init(seeds_t, (H, W)).requires_grad_(True)
     optimizer = torch.optim.Adam([params], lr=recipe.lr, betas=recipe.betas, fused=device.type == "cuda")
     augmented_steps = recipe.steps - recipe.clean_steps
+    patch = (H // layer.grid[0], W // layer.grid[1])          # the pixels of one of this layer's tokens
     record, curve = set(recipe.loss_steps()), []
     for t in range(recipe.steps):
         for group in optimizer.param_groups:
             group["lr"] = recipe.lr_at(t)
-        d = draw(seeds_t, t, recipe, (H, W)) if t < augmented_steps else clean(len(units), device)
+        d = draw(seeds_t, t, recipe, (H, W), patch) if t < augmented_steps else clean(len(units), device)
         optimizer.zero_grad(set_to_none=True)
-        losses = step(param, params, d, channels, mean, std, recipe.tv, recipe.tv_input == "augmented", autocast)
+        losses = step(param, params, d, channels, mean, std, recipe.tv, recipe.tv_input == "augmented", autocast,
+                      recipe.tv_norm)
         optimizer.step()
         param.project(params)
         if t in record:

@@ -211,7 +211,9 @@ def test_padding_a_batch_changes_no_units_result(tiny_vit):
     alone = optimize_units(tiny_vit, layer, [3], [7], recipe, CPU)
     padded = optimize_units(tiny_vit, layer, [3], [7], recipe, CPU, pad_to=4)
     assert padded.image.shape[0] == 1 and padded.loss.shape[0] == 1
-    np.testing.assert_allclose(alone.pixels, padded.pixels, atol=1e-6)
+    # equal to float32 rounding: the CPU's matrix kernels block a batch of 4 differently from a batch of 1,
+    # and Adam's step (a ratio of running moments) carries last-bit differences for a few steps (seen: 4e-6)
+    np.testing.assert_allclose(alone.pixels, padded.pixels, atol=2e-5)
 
 
 # -- the batch trial ---------------------------------------------------------------------------------

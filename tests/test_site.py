@@ -103,7 +103,8 @@ def test_a_record_holds_what_the_reader_returns(small_atlas):
                 o, n = meta["blobs"][f"{p['part']}/map"]
                 q = np.frombuffer(record[o:o + n], np.uint8).reshape(pic.map.shape)
                 values = pic.map.astype(np.float64)
-                expect = np.ceil(np.clip(np.nan_to_num(values) / p["map_scale"], 0, 1) * 255)
+                values = np.nan_to_num(values)     # a map with no positive patch has a scale <= 0: all transparent
+                expect = np.where(values > 0, np.ceil(np.clip(values / p["map_scale"], 0, 1) * 255), 0)
                 np.testing.assert_array_equal(q, expect)
                 np.testing.assert_array_equal(q == 0, np.nan_to_num(values) <= 0)   # transparent exactly at <= 0
             probe = meta["probe"]

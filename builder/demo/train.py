@@ -19,12 +19,14 @@ import timm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from tqdm import tqdm
 
 from atlas.folder import own_folder
 from atlas.manifest import sha256_file
 
+from .clip import NAME as CLIP, train_clip, word_accuracy
+from .fit import fit
 from .models import CNN, VIT, WEIGHTS
+from ..models import ModelSource, load_model
 from .shapes import CLASSES, generate
 from ..defaults import DEMO_IMAGES, DEMO_SEED
 
@@ -40,23 +42,35 @@ class TrainConfig:
     n_train: int = 40000
     epochs_vit: int = 50          # the ViT learns shapes slowly from scratch; the CNN quickly
     epochs_cnn: int = 15
+    epochs_clip: int = 8          # the image-text model (clip_atlas_demo), on the first n_clip images
+    n_clip: int = 20000
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: float = 0.05          # share of the one-cycle schedule spent warming up
     label_smoothing: float = 0.0
     held_out_n: int = HELD_OUT_N
+    # The robust phase (issue 35): the ViT is fine-tuned against an L2 PGD attack so that the images
+    # optimized for its units look like shapes instead of high-frequency noise (Santurkar et al. 2019;
+    # the paper's pictures come from ImageNet-scale training, which a 50-epoch toy model lacks).
+    robust_epochs: int = 5
+    robust_epsilon: float = 0.5   # L2 radius of the attack, in [0, 1] pixel units (64x64x3 image)
+    robust_steps: int = 2         # PGD steps, each 2.5 * epsilon / robust_steps long
+    robust_lr: float = 3e-4
+    crop_scale: float = 0.6       # random resized crops keep 60-100% of the area ...
+    color_jitter: float = 0.3     # ... and brightness and contrast move by up to 30%
 
     def epochs(self, name: str) -> int:
         """Epochs for a demo model."""
         return self.epochs_vit if name == VIT else self.epochs_cnn
 
 
-def images_and_labels(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n generated images as a uint8 tensor [n, 3, 64, 64] and their labels."""
+def images_and_labels(seed: int, n: int, keep: bool = False) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """n generated images as a uint8 tensor [n, 3, 64, 64], their labels, and (``keep``) the samples
+    (what the demo's image-text model's captions are made from)."""
     samples = [generate(seed, i) for i in range(n)]
     x = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).contiguous()
-    return x, torch.tensor([s.label for s in samples])
+    return x, torch.tensor([s.label for s in samples]), samples if keep else []
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -76,53 +90,109 @@ def train_model(name: str, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, p
     """Train one demo model from ``cfg.seed``; returns the model and the per-step losses."""
     torch.manual_seed(cfg.seed)
     model = timm.create_model(name, pretrained=False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    epochs = cfg.epochs(name)
-    steps = epochs * math.ceil(len(x) / cfg.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=cfg.warmup)
     g = torch.Generator().manual_seed(cfg.seed)
-    losses = []
-    bar = tqdm(total=steps, desc=f"train {name}", unit="step", disable=not progress, dynamic_ncols=True)
-    for _ in range(epochs):
-        model.train()
-        order = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), cfg.batch_size):
-            idx = order[i:i + cfg.batch_size]
-            batch = x[idx]
-            flip = torch.rand(len(idx), generator=g) < 0.5
-            batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
-            loss = F.cross_entropy(model(_normalize(batch)), y[idx], label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-    bar.close()
+
+    def loss_of(idx):
+        batch = x[idx]
+        flip = torch.rand(len(idx), generator=g) < 0.5
+        batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
+        return F.cross_entropy(model(_normalize(batch)), y[idx], label_smoothing=cfg.label_smoothing)
+    losses = fit(model, loss_of, len(x), cfg.epochs(name), cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.warmup, g,
+                 f"train {name}", progress)
+    return model.eval(), losses
+
+
+def _crop_and_jitter(batch: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
+    """Flip, random-resized-crop and brightness/contrast jitter of uint8 images, as floats in [0, 1]."""
+    b = batch.float() / 255
+    flip = torch.rand(len(b), generator=g) < 0.5
+    b = torch.where(flip[:, None, None, None], b.flip(3), b)
+    size = b.shape[-1]
+    crops = []
+    for image in b:
+        side = max(8, round(size * math.sqrt(cfg.crop_scale + (1 - cfg.crop_scale) * torch.rand(1, generator=g).item())))
+        top, left = (torch.randint(0, size - side + 1, (2,), generator=g)).tolist()
+        crops.append(F.interpolate(image[None, :, top:top + side, left:left + side], size=(size, size),
+                                   mode="bilinear", align_corners=False)[0])
+    b = torch.stack(crops)
+    brightness, contrast = (1 + cfg.color_jitter * (2 * torch.rand(2, len(b), 1, 1, 1, generator=g) - 1))
+    mean = b.mean((1, 2, 3), keepdim=True)
+    return (((b - mean) * contrast + mean) * brightness).clamp(0, 1)
+
+
+def _l2_attack(model: torch.nn.Module, b: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+               g: torch.Generator) -> torch.Tensor:
+    """Projected gradient ascent on the loss within an L2 ball of radius ``cfg.robust_epsilon``
+    around images ``b`` in [0, 1], from a random start inside the ball (Madry et al. 2018)."""
+    def per_image_norm(t):
+        return t.flatten(1).norm(dim=1).view(-1, 1, 1, 1).clamp_min(1e-12)
+    eps = cfg.robust_epsilon
+    delta = torch.randn(b.shape, generator=g)
+    delta = delta / per_image_norm(delta) * eps * torch.rand(len(b), 1, 1, 1, generator=g)
+    step = 2.5 * eps / cfg.robust_steps
+    model.eval()
+    for _ in range(cfg.robust_steps):
+        delta.requires_grad_(True)
+        grad, = torch.autograd.grad(F.cross_entropy(model((b + delta - 0.5) / 0.5), y), delta)
+        with torch.no_grad():
+            delta = delta + step * grad / per_image_norm(grad)
+            delta = delta * (eps / per_image_norm(delta)).clamp(max=1.0)
+            delta = (b + delta).clamp(0, 1) - b
+    model.train()
+    return (b + delta).detach()
+
+
+def train_robust(model: torch.nn.Module, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, progress: bool = True):
+    """The robust phase: fine-tune ``model`` on adversarial examples of augmented images; returns
+    the model and the per-step losses."""
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+
+    def loss_of(idx):
+        batch = _l2_attack(model, _crop_and_jitter(x[idx], cfg, g), y[idx], cfg, g)
+        return F.cross_entropy(model((batch - 0.5) / 0.5), y[idx])
+    losses = fit(model, loss_of, len(x), cfg.robust_epochs, cfg.batch_size, cfg.robust_lr, cfg.weight_decay, cfg.warmup,
+                 g, "robust phase", progress)
     return model.eval(), losses
 
 
 def train_demo(out: Path | None = None, cfg: TrainConfig = TrainConfig(), models=(VIT, CNN), command: str = "",
-               progress: bool = True) -> dict:
+               progress: bool = True, vit_from: Path | None = None) -> dict:
     """Train the demo models, save them in ``out`` (default: the committed weights' folder) and record
-    what was done in ``out/demo_weights.json``."""
+    what was done in ``out/demo_weights.json``. The ViT is trained in two phases (standard, then
+    robust); ``vit_from`` names the standard phase's weights to start the robust phase from."""
     out = own_folder(Path(out) if out else WEIGHTS, "--out", lambda folder: (folder / RECORD).is_file(),
                      f"is not empty and holds no demo weights (no {RECORD}); give a new or empty folder")
-    x, y = images_and_labels(cfg.train_seed, cfg.n_train)
-    held_x, held_y = images_and_labels(HELD_OUT_SEED, cfg.held_out_n)
+    x, y, samples = images_and_labels(cfg.train_seed, cfg.n_train, keep=CLIP in models)
+    held_x, held_y, held = images_and_labels(HELD_OUT_SEED, cfg.held_out_n, keep=CLIP in models)
     record_path = out / RECORD
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     for name in models:
         t0 = time.time()
-        model, losses = train_model(name, cfg, x, y, progress)
+        if name == CLIP:
+            model, losses = train_clip(x[:cfg.n_clip], samples[:cfg.n_clip], cfg.epochs_clip, cfg.seed, progress=progress)
+        elif name == VIT:
+            if vit_from:
+                model = load_model(ModelSource(VIT, checkpoint=str(vit_from))).model.requires_grad_(True)
+                phase1 = {"from": str(vit_from), "sha256": sha256_file(vit_from),
+                          "held_out_accuracy": accuracy(model, held_x, held_y)}
+            else:
+                model, losses = train_model(name, cfg, x, y, progress)
+                phase1 = {"train_loss_last": float(np.mean(losses[-max(1, len(losses) // 10):])),
+                          "held_out_accuracy": accuracy(model, held_x, held_y)}
+            model, losses = train_robust(model, cfg, x, y, progress)
+        else:
+            model, losses = train_model(name, cfg, x, y, progress)
         tenth = max(1, len(losses) // 10)  # losses averaged over the first and last tenth of the steps
         path = out / f"{name}.safetensors"
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        score = word_accuracy(model, held_x, held) if name == CLIP else accuracy(model, held_x, held_y)
         record[name] = {
-            "file": path.name, "sha256": sha256_file(path), "held_out_accuracy": accuracy(model, held_x, held_y),
+            "file": path.name, "sha256": sha256_file(path),
+            **({"held_out_word_accuracy": score} if name == CLIP else {"held_out_accuracy": score}),
             "held_out": {"seed": HELD_OUT_SEED, "n": cfg.held_out_n}, "classes": list(CLASSES),
             "train_loss_first": float(np.mean(losses[:tenth])), "train_loss_last": float(np.mean(losses[-tenth:])),
+            **({"standard_phase": phase1} if name == VIT else {}),
             "config": asdict(cfg), "command": command, "seconds": round(time.time() - t0, 1),
             "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}, "
                        f"timm {timm.__version__}",
