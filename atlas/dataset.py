@@ -75,14 +75,18 @@ class Dataset:
 
 def images_inside(root: Path, d: Dataset) -> str | None:
     """The folder (relative to the atlas at ``root``) of the probed images ``d`` when it lies inside the
-    atlas (the demo's does), wherever the atlas was moved or copied to since: the longest tail of the
-    folder dataset.h5 records under which the atlas holds the dataset's first image. None otherwise."""
-    if not len(d):
-        return None
-    parts = d.root.parts[1:] if d.root.is_absolute() else d.root.parts
+    atlas (the demo's does), wherever the atlas was moved or copied to since (``folder_inside``)."""
+    return folder_inside(root, d.root, d.paths[0]) if len(d) else None
+
+
+def folder_inside(root: Path, recorded: Path, member: str) -> str | None:
+    """Where under the atlas at ``root`` a folder recorded as ``recorded`` lies (the demo keeps its images and
+    concept dataset inside), wherever the atlas was moved or copied to since: the longest tail of the
+    recorded path under which the atlas holds ``member``, a file of the folder. None otherwise."""
+    parts = recorded.parts[1:] if recorded.is_absolute() else recorded.parts
     for i in range(len(parts)):
         rel = "/".join(parts[i:])
-        if rel and ".." not in parts[i:] and (root / rel / d.paths[0]).is_file() and \
+        if rel and ".." not in parts[i:] and (root / rel / member).is_file() and \
                 root.resolve() in (root / rel).resolve().parents:
             return rel
     return None

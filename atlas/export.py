@@ -157,7 +157,8 @@ class _ParquetFiles:
 
 
 EXPORT_MARKER = ".vit-atlas-export"    # marks a folder an export owns (it may replace what the export wrote)
-EXPORT_ITEMS = ("units", "dataset", "README.md")
+LABELS_CONFIG = "labels"               # the config (and folder) of every unit's concept labels
+EXPORT_ITEMS = ("units", "dataset", LABELS_CONFIG, "README.md")
 STAGING = ".export-staging"           # the export being written; moved into place when complete
 PREVIOUS = ".export-previous"         # the export being replaced, while the new one moves in
 COMPLETE = "COMPLETE"                 # in STAGING: everything is written, only the swap remains
@@ -275,9 +276,37 @@ def _write_export(pa, a: Atlas, out: Path, max_file_mb: float, progress: bool) -
         pq.write_table(index_table, out / "dataset" / "data-00000.parquet", compression="zstd")
         configs.append({"name": "dataset_index", "path": "dataset/*.parquet", "schema": index_table.schema,
                         "images": set()})
+    labels = _labels_table(pa, a)
+    if labels is not None:
+        import pyarrow.parquet as pq
+        (out / "labels").mkdir(parents=True, exist_ok=True)
+        pq.write_table(labels, out / "labels" / "data-00000.parquet", compression="zstd")
+        configs.append({"name": LABELS_CONFIG, "path": "labels/*.parquet", "schema": labels.schema, "images": set()})
     card = out / "README.md"
     card.write_text(dataset_card(a, configs), encoding="utf-8")
     return card
+
+
+def _labels_table(pa, a: Atlas):
+    """Every unit label of the atlas as one table (a row per label: model, site, layer, unit, source, rank,
+    concept, category, score, p_value, threshold; an OR-formula has rank -1), or None when it holds none."""
+    columns = {k: [] for k in ("model", "site", "layer", "unit", "source", "rank", "concept", "category", "score",
+                               "p_value", "threshold")}
+    for model in a.models:
+        for site in a.sites(model):
+            for layer in a.layers(model, site):
+                for unit, labels in a.layer_labels(model, site, layer).items():
+                    for x in labels:
+                        for key, value in (("model", model), ("site", site), ("layer", layer), ("unit", unit),
+                                           ("source", x.source), ("rank", x.rank), ("concept", x.concept),
+                                           ("category", x.category), ("score", x.score), ("p_value", x.p_value),
+                                           ("threshold", x.threshold)):
+                            columns[key].append(value)
+    if not columns["unit"]:
+        return None
+    types = {"layer": pa.int32(), "unit": pa.int32(), "rank": pa.int32(), "score": pa.float32(),
+             "p_value": pa.float64(), "threshold": pa.float32()}
+    return pa.table({k: pa.array(v, types.get(k, pa.string())) for k, v in columns.items()})
 
 
 def _feature(pa, t, image: bool = False):
@@ -314,7 +343,7 @@ def dataset_card(a: Atlas, configs: list[dict]) -> str:
                           "features": [{"name": f.name, **_feature(pa, f.type, f.name in c["images"])}
                                        for f in c["schema"]]} for c in configs]}
     lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=1000).rstrip()]
-    units = next(c["name"] for c in configs if c["name"] != "dataset_index")
+    units = next(c["name"] for c in configs if c["name"] not in ("dataset_index", LABELS_CONFIG))
     lines += ["---", "", f"# {name}", "", info.get("description") or "A neuron atlas of vision transformers.", "",
               "Exported from a ViT Atlas atlas by `vit-atlas export`. One row per unit "
               "(the post-GELU hidden units of each block's MLP, and other sites where the atlas has them):",
@@ -326,6 +355,10 @@ def dataset_card(a: Atlas, configs: list[dict]) -> str:
               "- `stats_*`: mean, max and share of positive scores over the whole dataset;",
               f"- `flags` ({', '.join(FLAG_NAMES)}) and the values behind them (`flag_*`);",
               "- `related`: the most correlated units in the same layer, the same model and other models.", "",
+              f"The `{LABELS_CONFIG}` config (where the atlas is labelled): a row per concept a unit is described by, "
+              "from `source` netdissect (score: IoU of its thresholded maps with the concept's masks; `threshold`), "
+              "invert (AUC of its image scores for the concept; `p_value`, two-sided Mann-Whitney; rank -1: the "
+              "best OR of concepts) or clip-dissect (soft-WPMI over an open vocabulary); rank 0 is the best.", "",
               f"Maps: {UNIT_FEATURES_NOTE}. Unit ids (`<model>/<site>/L<ll>/U<uuuu>`) are the atlas website's own.",
               "", "```python", "from datasets import load_dataset",
               f"units = load_dataset(\"path/to/this/folder\", \"{units}\", split=\"train\")", "```", ""]

@@ -5,14 +5,16 @@ import bisect
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import h5py
 import numpy as np
 
 from .dataset import Dataset
 from .flags import FLAG_NAMES, THRESHOLDS, VALUE_NAMES, flag_values, flags_of
-from .format import AtlasError, DATASET, MODEL_NAME, PICTURES, RELATED, SITE_NAME, command, parse_unit_id, unit_id
+from .labels import Label, label_file, read_label_file, unit_labels
+from .format import (AtlasError, DATASET, MODEL_NAME, PICTURES, RELATED, SITE_NAME, command, parse_unit_id, score_file,
+                     unit_id)
 from .manifest import describe_shards, read_manifest, sha256_file
 from .remote import RemoteAtlas, is_url
 from .shard import picture_recipe, read_attrs, shard_problems
@@ -170,7 +172,7 @@ class ShardData:
     def flag_values(self) -> tuple[dict[str, np.ndarray], dict]:
         """Each unit's flag values (atlas.flags.VALUE_NAMES) and the thresholds that cut them."""
         try:
-            return shard_flag_values(self.atlas.file(self.path), slice(None), self.atlas.labels)
+            return shard_flag_values(self.atlas.file(self.path), slice(None), self.atlas.image_classes)
         except (OSError, KeyError, ValueError) as e:
             raise self.atlas.damaged(self.path, f"its flags cannot be read: {str(e).splitlines()[0][:120]}") from None
 
@@ -261,7 +263,7 @@ class Unit:
         """The unit's flags: stored by the probe (format 1.3), else derived from its top-k data."""
         self._require("probe")
         values, thresholds = shard_flag_values(self.atlas.file(self.shard), slice(self.row, self.row + 1),
-                                               self.atlas.labels)
+                                               self.atlas.image_classes)
         values = {name: value[0] for name, value in values.items()}
         on = flags_of(values, self.stats.positive, thresholds)
         name = self.atlas.dataset.class_name(int(values["class"])) if int(values["class"]) >= 0 else None
@@ -273,6 +275,13 @@ class Unit:
         """The units most correlated with this one over the probe's images (``related.h5``): the k best in
         its layer, elsewhere in its model, and in other models; empty when the atlas has none."""
         return self.atlas.related_units(self.model, self.site, self.layer, self.index)
+
+    @property
+    def labels(self) -> list[Label]:
+        """The concepts this unit is described by (``labels/<model>.<site>.h5``, written by `vit-atlas label`):
+        per source (netdissect, invert, clip-dissect) its best concepts with their scores, best first; empty
+        when the atlas holds no labels for it."""
+        return self.atlas.unit_labels(self.model, self.site, self.layer, self.index)
 
     @cached_property
     def topk(self) -> list[TopImage]:
@@ -298,6 +307,7 @@ class Atlas:
     """An atlas folder opened for reading. Use ``atlas.open(DIR)``."""
 
     def __init__(self, root: str | Path, skip: frozenset[str] = frozenset(), allow_hosts=()):
+        self._label_files: dict = {}
         self.remote = RemoteAtlas(str(root), allow_hosts) if is_url(root) else None
         if self.remote:
             self.root, self.manifest = self.remote.fetch_manifest()
@@ -407,10 +417,13 @@ class Atlas:
         """Layers of (model, site) that the atlas holds."""
         return sorted(layer for m, s, layer in self._index if m == model and s == site)
 
-    def units(self, model: str, layer: int, site: str = "ffn") -> range:
-        """The unit indices of a layer that the atlas holds (assumes its shards are contiguous)."""
+    def units(self, model: str, layer: int, site: str = "ffn") -> Sequence[int]:
+        """The unit indices of a layer that the atlas holds, ascending: a ``range`` when its shards are
+        contiguous, else a list (a layer visualized with ``--units 0,2,5-7`` has holes)."""
         refs = self.shards(model, site, layer)
-        return range(refs[0].unit_start, refs[-1].unit_stop)
+        if all(a.unit_stop == b.unit_start for a, b in zip(refs, refs[1:])):
+            return range(refs[0].unit_start, refs[-1].unit_stop)
+        return [u for r in refs for u in range(r.unit_start, r.unit_stop)]
 
     def shards(self, model: str, site: str, layer: int) -> list[ShardInfo]:
         """The shards of (model, site, layer), by unit range; AtlasError if there are none."""
@@ -425,8 +438,8 @@ class Atlas:
         refs = self.shards(model, site, layer)
         i = bisect.bisect_right([r.unit_start for r in refs], index) - 1
         if i < 0 or index >= refs[i].unit_stop:
-            raise AtlasError(f"{unit_id(model, site, layer, index)} is not in the atlas "
-                             f"(units {refs[0].unit_start}..{refs[-1].unit_stop - 1} are)")
+            runs = ", ".join(f"{r.unit_start}..{r.unit_stop - 1}" for r in refs[:4]) + (", ..." if len(refs) > 4 else "")
+            raise AtlasError(f"{unit_id(model, site, layer, index)} is not in the atlas (units {runs} are)")
         return Unit(self, model, site, layer, index, refs[i])
 
     def has(self, uid: str, part: str) -> bool:
@@ -483,6 +496,38 @@ class Atlas:
                                              float(corr)))
         return found
 
+    def label_sources(self, model: str, site: str) -> dict[str, dict]:
+        """The label file of (model, site), read and checked (atlas.labels.read_label_file); {} when there is
+        none, or (with a warning) when it cannot be read."""
+        key = (model, site)
+        if key not in self._label_files:
+            path = self.data_file(label_file(model, site))
+            try:
+                self._label_files[key] = read_label_file(path) if path is not None else {}
+            except AtlasError as e:
+                print(f"warning: leaving out the labels of {model}/{site}: {e}")
+                self._label_files[key] = {}
+        return self._label_files[key]
+
+    def unit_labels(self, model: str, site: str, layer: int, unit: int) -> list[Label]:
+        """The labels of a unit (see ``Unit.labels``)."""
+        return unit_labels(self.label_sources(model, site), layer, unit)
+
+    def layer_labels(self, model: str, site: str, layer: int) -> dict[int, list[Label]]:
+        """The labels of every labelled unit of a layer, by unit (see ``Unit.labels``), read in bulk."""
+        sources = self.label_sources(model, site)
+        units = sorted({u for data in sources.values() for (l, u) in data["index"] if l == layer})
+        return {u: unit_labels(sources, layer, u) for u in units}
+
+    def image_scores(self, model: str, site: str) -> ImageScores:
+        """Every probed image's score for every probed unit of (model, site), from the probe's exact score file;
+        AtlasError saying how to get it when there is none or it is a sketch."""
+        path = self.data_file(score_file(model, site))
+        if path is None:
+            raise AtlasError(f"{self.root} holds no per-image scores of {model}/{site}: run the probe (with --related "
+                             "exact) first")
+        return read_scores(path)
+
     def data_file(self, name: str) -> Path | None:
         """The local path of a whole data file (``dataset.h5``, ``related.h5``, ...), fetched and checked
         against the manifest when the atlas is remote; None when the atlas has none."""
@@ -495,8 +540,9 @@ class Atlas:
                   f"(run `{command(f'verify {self.root}')}`)")
         return path if path.exists() else None
 
-    def labels(self) -> np.ndarray | None:
-        """The dataset's labels by row, or None when the atlas holds no dataset.h5."""
+    def image_classes(self) -> np.ndarray | None:
+        """The dataset's class of every image, by row (-1: unlabelled), or None when the atlas holds no
+        dataset.h5 (a unit's labels are ``Unit.labels``: concepts, not image classes)."""
         return self.dataset.labels if self.has_dataset else None
 
     @property
@@ -516,12 +562,41 @@ class Atlas:
 def shard_flag_values(f, rows, labels: Callable[[], np.ndarray | None]) -> tuple[dict[str, np.ndarray], dict]:
     """A probed shard's flag values for ``rows`` (an index or slice of its units) and the thresholds that
     cut them: the stored ``flags/*`` (format 1.3), else derived from its top-k data as the probe would
-    (``labels()`` gives the dataset's labels, read only then)."""
+    (``labels()`` gives the dataset's image classes, read only then)."""
     if "flags/extent" in f:
         values = {name: f[f"flags/{name}"][rows] for name in VALUE_NAMES}
     else:
         values = flag_values(f["topk/index"][rows], f["topk/map"][rows], labels())
     return values, read_attrs(f["probe"]).get("flag_thresholds") or THRESHOLDS
+
+
+@dataclass
+class ImageScores:
+    """Every probed image's score (its mean activation) for every unit of one (model, site): a probe's
+    exact score file (``scores/<model>-<site>.h5``)."""
+    layer: np.ndarray          # int [U]: column j is unit (layer[j], unit[j])
+    unit: np.ndarray           # int [U]
+    scores: np.ndarray         # float16 [N, U]: row i is dataset row i
+
+    def columns(self, layer: int) -> np.ndarray:
+        """The columns of one layer's units."""
+        return np.flatnonzero(self.layer == layer)
+
+
+def read_scores(path: Path) -> ImageScores:
+    """An exact score file read whole (its scores stay float16, as stored); AtlasError when it is not one
+    (a sketch holds no per-image scores)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("mode") != "exact":
+                raise AtlasError(f"{path} holds a sketch of the probe's scores, not every image's score: probe again "
+                                 f"with --related exact (float16, images x units x 2 bytes) to keep them")
+            out = ImageScores(f["layer"][()].astype(np.int64), f["unit"][()].astype(np.int64), f["scores"][()])
+    except (OSError, KeyError, ValueError) as e:
+        raise AtlasError(f"{path} is not a score file ({str(e).splitlines()[0][:120]})") from None
+    if out.scores.ndim != 2 or out.scores.shape[1] != len(out.layer) or len(out.unit) != len(out.layer):
+        raise AtlasError(f"{path}: its scores, layers and units do not agree in shape")
+    return out
 
 
 def read_related(path: Path) -> dict:

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from .analyses import analysis_files, parse_analysis
-from .dataset import Dataset, images_inside
-from .format import (ANALYSES, BLOCKS, CACHE, CITATION, DATASET, LOCKS, LOGS, MANIFEST, PROBE_STATE, QUARANTINE, RELATED,
+from .dataset import Dataset, folder_inside, images_inside
+from .labels import read_label_file
+from .format import (ANALYSES, BLOCKS, CACHE, CITATION, DATASET, LABELS, LOCKS, LOGS, MANIFEST, PROBE_STATE, QUARANTINE, RELATED,
                      SCORES, SHARDS, SPEC_COPY, TMP_MARK, WEBSITE, AtlasError, command, unit_id)
 from .manifest import read_manifest, sha256_file, shard_files
 from .reader import read_related
@@ -114,6 +115,20 @@ def _check_coverage(root: Path, manifest: dict) -> list[Problem]:
     return problems
 
 
+def concept_datasets_inside(root: Path) -> list[str]:
+    """The concept datasets (netdissect's, as its label files record them) that lie inside the atlas."""
+    found = []
+    for path in sorted((root / LABELS).glob("*.h5")) if (root / LABELS).is_dir() else []:
+        try:
+            recorded = read_label_file(path).get("netdissect", {}).get("attrs", {}).get("concept_dataset")
+        except AtlasError:
+            continue          # a damaged label file is reported by the data checks
+        folder = folder_inside(root, Path(recorded), "index.csv") if isinstance(recorded, str) else None
+        if folder:
+            found.append(folder)
+    return found
+
+
 # Files and folders of an atlas that are not data: the manifest does not list them.
 NOT_DATA = (MANIFEST, CITATION, SPEC_COPY, WEBSITE, LOGS, LOCKS, CACHE, PROBE_STATE, QUARANTINE, BLOCKS)
 
@@ -125,7 +140,8 @@ def _check_unlisted(root: Path, manifest: dict) -> list[Problem]:
         folder = images_inside(root, Dataset(root / DATASET)) if (root / DATASET).exists() else None
     except AtlasError:
         folder = None
-    inside = [folder + "/"] if folder else []   # the demo keeps its images inside the atlas
+    inside = [folder + "/"] if folder else []   # the demo keeps its images inside the atlas ...
+    inside += [f + "/" for f in concept_datasets_inside(root)]   # ... and its concept dataset
     problems = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()

@@ -29,16 +29,23 @@ RECORD_MODULES = ("vit_prisma.",)         # pickled classes read as inert record
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"   # torch < 1.6's files begin so
 
 
-def read_json(path: Path, what: str) -> dict:
-    """The JSON object in ``path`` (at most JSON_CAP bytes); AtlasError naming ``what`` otherwise."""
+def read_capped(path: Path, cap: int, what: str, kind: str) -> bytes:
+    """The bytes of ``path`` when it holds at most ``cap``; AtlasError naming ``what`` (and that it is too
+    large to be a ``kind``) otherwise. Reads at most cap + 1 bytes, whatever the file's size."""
     try:
         with open(path, "rb") as f:
-            data = f.read(JSON_CAP + 1)
+            data = f.read(cap + 1)
     except OSError as e:
         raise AtlasError(f"{what} {path}: cannot be read ({e.strerror})") from None
-    if len(data) > JSON_CAP:
-        raise AtlasError(f"{what} {path}: larger than {JSON_CAP // 1024} kB, not a configuration file")
-    return _json_object(data, f"{what} {path}")
+    if len(data) > cap:
+        size = f"{cap >> 20} MB" if cap >= 1 << 20 else f"{cap >> 10} kB"
+        raise AtlasError(f"{what} {path}: larger than {size}, not {kind}")
+    return data
+
+
+def read_json(path: Path, what: str) -> dict:
+    """The JSON object in ``path`` (at most JSON_CAP bytes); AtlasError naming ``what`` otherwise."""
+    return _json_object(read_capped(path, JSON_CAP, what, "a configuration file"), f"{what} {path}")
 
 
 def read_header_line(f, where: str) -> dict:

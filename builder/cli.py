@@ -85,11 +85,26 @@ def _site(args, lm) -> str:
     return sae.site
 
 
+def _jitter(text: str) -> tuple[int, int]:
+    """--jitter N (pixels of the input, as asked) or P% (of each side): (jitter, jitter_reference)."""
+    value = text.strip()
+    try:
+        if value.endswith("%"):
+            return int(value[:-1]), 100          # P px for a 100-px side: P% of any side, scaled and floored
+        return int(value), 0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not N (pixels) or P% (of each side)") from None
+
+
 def cmd_visualize(args, command: str) -> None:
     from builder.recipe import resolve_recipe
     from builder.schedule import VisualizeJob, run_visualize
+    jitter, reference = args.jitter if args.jitter is not None else (None, None)
     recipe = resolve_recipe(args.preset, steps=args.steps, batch_copies=args.batch_copies, lr=args.lr,
-                            tv=args.tv, tv_input=args.tv_input, noise=args.noise, jitter_shared=args.jitter_shared,
+                            tv=args.tv, tv_input=args.tv_input, tv_norm=args.tv_norm, noise=args.noise,
+                            jitter=jitter, jitter_reference=reference, jitter_shared=args.jitter_shared,
+                            rotate=args.rotate, scale_jitter=args.scale_jitter, color_shift_mean=args.color_shift_mean,
+                            color_shift_log_std=args.color_shift_log_std, parametrization=args.parametrization,
                             clean_steps=args.clean_steps)
     lm = _load(args)
     job = VisualizeJob(out=args.out, name=args.name or args.model, recipe=recipe, site=_site(args, lm),
@@ -138,22 +153,46 @@ def cmd_train_sae(args, command: str) -> None:
           f"dead {m['dead_fraction']:.1%} (held-out tokens)")
 
 
+def cmd_label(args, command: str) -> None:
+    from builder.labels import LabelJob, run_labels
+    from builder.spec import LabelSources
+    sources = LabelSources(broden=args.broden and Path(args.broden), classes=args.classes, hierarchy=args.hierarchy,
+                           attributes=args.attributes and Path(args.attributes), clip=args.clip,
+                           words=args.words and Path(args.words), vocabulary=args.vocabulary, k=args.k)
+    if not sources.any():
+        raise AtlasError("label needs a source: --broden DIR (pixel concepts), --classes or --attributes CSV "
+                         "(image-level concepts), or --clip MODEL (open vocabulary)")
+    lm = _load(args)
+    job = LabelJob(out=Path(args.out), name=args.name or args.model, sources=sources, site=_site(args, lm),
+                   layers=args.layers, batch_size=args.batch_size, workers=args.workers, device=args.device,
+                   checkpoint_seconds=args.checkpoint_every, command=command)
+    done = run_labels(lm, job)
+    print(f"labelled {job.name}/{job.site} in {args.out}: " + ", ".join(f"{n} units by {s}" for s, n in done.items()))
+
+
 def cmd_make_dataset(args, command: str) -> None:
     from builder.demo.shapes import make_dataset
-    out = make_dataset(args.out, args.n, args.seed)
-    print(f"{args.n} images (seed {args.seed}) in {out}, boxes in {out / 'boxes.csv'}")
+    out = make_dataset(args.out, args.n, args.seed, args.concepts, args.concept_images)
+    print(f"{args.n} images (seed {args.seed}) in {out}, boxes in {out / 'boxes.csv'}"
+          + (f"; their attributes in {out / 'attributes.csv'}, concept dataset in {args.concepts}" if args.concepts else ""))
 
 
 def cmd_train_demo(args, command: str) -> None:
     from builder.demo.models import CNN, VIT
     from builder.demo.train import TrainConfig, train_demo
     cfg = TrainConfig(seed=args.seed, n_train=args.n_train,
-                      **{k: v for k, v in (("epochs_vit", args.epochs), ("epochs_cnn", args.epochs)) if v})
-    names = {"vit": VIT, "cnn": CNN}
-    record = train_demo(args.out, cfg, [names[m] for m in args.models.split(",")], command)
+                      **{k: v for k, v in (("epochs_vit", args.epochs), ("epochs_cnn", args.epochs),
+                                           ("epochs_clip", args.epochs), ("robust_epochs", args.epochs)) if v})
+    from builder.demo.clip import NAME as CLIP
+    names = {"vit": VIT, "cnn": CNN, "clip": CLIP}
+    unknown = set(args.models.split(",")) - set(names)
+    if unknown:
+        raise AtlasError(f"--models {args.models}: models are vit, cnn and clip")
+    record = train_demo(args.out, cfg, [names[m] for m in args.models.split(",")], command, vit_from=args.vit_from)
     for name, info in record.items():
-        print(f"{name}: held-out accuracy {info['held_out_accuracy']:.2%}, "
-              f"train loss {info['train_loss_first']:.3f} -> {info['train_loss_last']:.3f}")
+        score = (f"held-out word accuracy {info['held_out_word_accuracy']:.2%}" if name == CLIP
+                 else f"held-out accuracy {info['held_out_accuracy']:.2%}")
+        print(f"{name}: {score}, train loss {info['train_loss_first']:.3f} -> {info['train_loss_last']:.3f}")
 
 
 def cmd_analyze(args, command: str) -> None:
@@ -259,8 +298,10 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     _sae_args(v)
     v.add_argument("--layers", default="all", metavar="SELECTION", help="all, 5, 0-3, 0,2,5-7")
     v.add_argument("--units", default="all", metavar="SELECTION", help="units of each layer, same SELECTION form")
-    v.add_argument("--preset", default="paper", help="paper (default: what the authors' runs optimized), "
-                                                     "paper-text (the paper's text literally) or quick (CPU-sized)")
+    from builder.recipe import PRESET_HELP
+    v.add_argument("--preset", default="paper", choices=list(PRESET_HELP), metavar="PRESET",
+                   help="the recipe to start from: " + "; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()) +
+                        " (default paper); every flag below overrides one of its settings")
     v.add_argument("--steps", type=int, help="override the preset's optimization steps")
     v.add_argument("--batch-copies", type=int, help="override the augmented copies per step")
     v.add_argument("--lr", type=float, help="override the Adam learning rate")
@@ -270,8 +311,24 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     v.add_argument("--clean-steps", type=int, help="override how many final steps optimize the unaugmented image")
     v.add_argument("--noise", choices=("pixel", "channel"),
                    help="Gaussian noise per copy and channel (paper preset) or per pixel (paper-text)")
+    v.add_argument("--tv-norm", choices=("l2", "l1"),
+                   help="TV as the authors computed it (l2: each difference image's L2 norm) or the mean absolute "
+                        "difference (l1: flat regions, sharp edges)")
+    v.add_argument("--jitter", type=_jitter, metavar="N|P%",
+                   help="largest shift per axis: N pixels of the model's input, as asked, or P%% of each side (never "
+                        "below one of the layer's patches); presets give it for a 224-pixel side, scaled and floored "
+                        "the same way")
     v.add_argument("--jitter-shared", action=argparse.BooleanOptionalAction, default=None,
                    help="one shift for all copies of a step (paper preset), or one per copy (--no-jitter-shared)")
+    v.add_argument("--rotate", type=float, metavar="DEGREES", help="largest rotation of a copy (fourier preset: 10)")
+    v.add_argument("--scale-jitter", type=float, metavar="S", help="largest zoom of a copy, in [1 - S, 1 + S] (fourier: 0.1)")
+    v.add_argument("--color-shift-mean", type=float, metavar="A",
+                   help="colour shift: mu ~ U(-A, A) per copy and channel (paper: 1; fourier: 0)")
+    v.add_argument("--color-shift-log-std", type=float, metavar="B",
+                   help="colour shift: sigma = exp(U(-B, B)) per copy and channel (paper: 1; fourier: 0)")
+    v.add_argument("--parametrization", choices=("pixel", "fourier"),
+                   help="what is optimized: the pixels (picture part viz) or a decorrelated Fourier spectrum (part "
+                        "fourier)")
     v.add_argument("--seed", type=int, default=D.SEED, help="seed from which each unit's seed is derived")
     _device_args(v, compile=True)
     v.add_argument("--batch-units", type=int, help="units per batch (default: as many as fit in memory)")
@@ -297,8 +354,8 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
                          "(exact up to 512 MB of float16 scores)")
     pr.add_argument("--related-k", type=int, default=D.RELATED_K, help=f"related units kept per unit and scope (default {D.RELATED_K})")
     pr.add_argument("--sketch-dims", type=int, default=D.SKETCH_DIMS, help=f"dimensions of the sketch (default {D.SKETCH_DIMS})")
-    pr.add_argument("--checkpoint-every", type=float, default=300, metavar="SECONDS",
-                    help="save the running state this often, so a killed pass resumes (default 300)")
+    pr.add_argument("--checkpoint-every", type=float, default=D.CHECKPOINT_SECONDS, metavar="SECONDS",
+                    help="save the running state this often, so a killed pass resumes (default %(default)s)")
     pr.add_argument("--out", required=True, help="atlas folder")
     pr.set_defaults(run=cmd_probe)
 
@@ -323,9 +380,40 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     ts.add_argument("--out", required=True, help="folder to write cfg.json and sae_weights.safetensors into")
     ts.set_defaults(run=cmd_train_sae)
 
+    lb = sub.add_parser("label", help="describe every unit by concepts: pixel concepts (Network Dissection), "
+                                      "image-level concepts (INVERT), an open vocabulary (CLIP-Dissect)")
+    _model_args(lb)
+    lb.add_argument("--site", default="ffn", help="ffn (default), q, k, v, attn, block, or sae (with --sae)")
+    _sae_args(lb)
+    lb.add_argument("--layers", default="all", metavar="SELECTION", help="all, 5, 0-3, 0,2,5-7")
+    lb.add_argument("--broden", metavar="DIR", help="netdissect: a concept dataset in Broden's layout (index.csv, "
+                                                    "label.csv, category.csv, c_<category>.csv, images/)")
+    lb.add_argument("--classes", action="store_true", help="invert: the probe's images' classes as concepts")
+    lb.add_argument("--hierarchy", metavar="imagenet|FILE",
+                    help="invert: widen each class by its ancestors: imagenet (WordNet 3.0, shipped) or a JSON "
+                         "{class: [parents]} (implies --classes)")
+    lb.add_argument("--attributes", metavar="CSV", help="invert: image-level concepts from a table (relative_path, "
+                                                        "then one column per category, ';'-separated concepts)")
+    lb.add_argument("--clip", metavar="MODEL", help="clip-dissect: an open_clip name/pretrained tag (ViT-B-32/openai) "
+                                                    "or demo")
+    lb.add_argument("--words", metavar="FILE", help="clip-dissect: the vocabulary, one concept a line (default: the "
+                                                    "model's own words for demo, else wordfreq's most frequent English "
+                                                    "words)")
+    lb.add_argument("--vocabulary", type=int, default=D.VOCABULARY,
+                    help=f"clip-dissect: words from wordfreq (default {D.VOCABULARY})")
+    lb.add_argument("--k", type=int, default=D.LABEL_K, help=f"concepts kept per unit and source (default {D.LABEL_K})")
+    lb.add_argument("--batch-size", type=int, default=D.BATCH_SIZE)
+    lb.add_argument("--workers", type=int, help="decoding processes (default: min(8, CPUs))")
+    _device_args(lb, precision=False)
+    lb.add_argument("--checkpoint-every", type=float, default=D.CHECKPOINT_SECONDS, metavar="SECONDS",
+                    help="save netdissect's running counts this often, so a killed pass resumes (default %(default)s)")
+    lb.add_argument("--out", required=True, help="the atlas (probed: invert and clip-dissect read its scores)")
+    lb.set_defaults(run=cmd_label)
+
     a = sub.add_parser("analyze", help="the paper's experiments: token-mixing, foreground-background, "
                                        "frequency, spatial, sites, or all")
-    a.add_argument("analysis", help="token-mixing, foreground-background, frequency, spatial, sites or all")
+    from builder.spec import ANALYSIS_NAMES
+    a.add_argument("analysis", help=", ".join(ANALYSIS_NAMES) + " or all")
     _model_args(a)
     a.add_argument("--images", metavar="DIR", help="labelled image folder (accuracy analyses)")
     a.add_argument("--labels", metavar="FILE", help="CSV relative_path,label")
@@ -399,14 +487,22 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     m.add_argument("--out", required=True)
     m.add_argument("--n", type=int, default=D.DEMO_IMAGES, help=f"number of images (default {D.DEMO_IMAGES})")
     m.add_argument("--seed", type=int, default=D.DEMO_SEED, help=f"seed (default {D.DEMO_SEED}: the demo's dataset)")
+    m.add_argument("--concepts", metavar="DIR", help="also write a concept dataset in Broden's layout there (each "
+                   "image's shape, distractor, colour and texture masks) and attributes.csv beside the images")
+    m.add_argument("--concept-images", type=int, metavar="N", help="only the first N images in the concept dataset "
+                   "(default all)")
     m.set_defaults(run=cmd_make_dataset)
 
     t = sub.add_parser("train-demo", help="train the demo ViT and CNN on generated shapes (CPU)")
     t.add_argument("--out", default=None, help="weights folder (default: builder/demo/weights, the committed ones)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--epochs", type=int, help="epochs for every model (default: 50 for the ViT, 15 for the CNN)")
+    t.add_argument("--epochs", type=int, help="epochs for every model and phase (default: each model's "
+                   "own, recorded in demo_weights.json)")
     t.add_argument("--n-train", type=int, default=40000, help="generated training images (default 40000)")
-    t.add_argument("--models", default="vit,cnn", help="vit, cnn or vit,cnn")
+    t.add_argument("--models", default="vit,cnn,clip", help="any of vit, cnn, clip (the image-text model of the demo's "
+                                                           "open-vocabulary labels), comma-separated")
+    t.add_argument("--vit-from", metavar="FILE", help="start the ViT's robust phase from these weights (a "
+                   "state dict of vit_atlas_demo) instead of training its standard phase first")
     t.set_defaults(run=cmd_train_demo)
     return p
 

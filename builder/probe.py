@@ -21,7 +21,7 @@ from tqdm import tqdm
 from atlas.dataset import Dataset, paths_sha256, write_dataset
 from atlas.flags import THRESHOLDS, flag_values
 from atlas.folder import prepare_atlas_folder
-from atlas.format import DATASET, PROBE_STATE, SCORES, AtlasError, check_model_name, shard_path
+from atlas.format import DATASET, PROBE_STATE, AtlasError, check_model_name, score_file, shard_path
 from atlas.log import append_log
 from atlas.manifest import write_manifest
 from atlas.quarantine import quarantine
@@ -33,7 +33,7 @@ from .device import DEFAULT_DEVICE, DEFAULT_PRECISION, autocast, resolve_device,
 from .plan import existing_shards, layer_attrs, plan_ranges, select_layers
 from .related import MODES, ScoreStore, complete_related, score_file_of
 from .sites import Layer, run_to
-from .defaults import BATCH_SIZE, RELATED_K, SHARD_UNITS, SKETCH_DIMS, TOP_K
+from .defaults import BATCH_SIZE, CHECKPOINT_SECONDS, RELATED_K, SHARD_UNITS, SKETCH_DIMS, TOP_K
 
 
 def hist_edges() -> np.ndarray:
@@ -128,7 +128,7 @@ class ProbeJob:
     related: str = "auto"         # per-image scores for related units: auto, exact, sketch or off
     related_k: int = RELATED_K    # related units kept per unit and scope
     sketch_dims: int = SKETCH_DIMS # dimensions of the sketch (related = sketch, or auto on large probes)
-    checkpoint_seconds: float = 300.0
+    checkpoint_seconds: float = CHECKPOINT_SECONDS
     progress: bool = True
     stats: dict = field(default_factory=dict)
 
@@ -302,7 +302,7 @@ def _finish(lm: LoadedModel, index: ImageIndex, job: ProbeJob, run: ProbePass, o
     append_log(out, {"stage": "probe", "model": job.name, "site": job.site, "device": str(device),
                      "images": len(index.paths), "seconds": round(run.seconds, 3),
                      "images_per_s": round(len(index.paths) / max(run.seconds, 1e-9), 3)})
-    scores = out / SCORES / f"{job.name}-{job.site}.h5"
+    scores = out / score_file(job.name, job.site)
     if not score_file_of(scores, run.fingerprint):
         table = [(layer.index, int(u)) for layer in run.layers for u in run.kept[layer.index].tolist()]
         run.store.write(scores, table, good, {"model": job.name, "site": job.site, "dataset_paths_sha256": good_sha256,

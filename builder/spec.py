@@ -6,8 +6,10 @@
                        paper's picture (part "viz")
     [pictures.NAME]    the recipe of another picture (NAME: "fourier"; preset defaults to NAME)
     [dataset]          images, labels, boxes, k, batch_size, workers, limit
+    [labels]           the concept sources of `vit-atlas label`: broden, classes, hierarchy, attributes,
+                       clip, words, vocabulary, k (every probed model's sites are labelled after the probe)
     [[models]]         name (timm name, optionally .tag), atlas_name, checkpoint | random_init,
-                       sites, layers, units, visualize, probe, analyses, pictures, [models.recipe]
+                       sites, layers, units, visualize, probe, analyses, pictures, labels, [models.recipe]
 
 Relative paths are relative to the spec file's folder. Unknown keys are errors (a typo must not
 silently change an expensive build).
@@ -26,14 +28,14 @@ from atlas.website.urls import check_url
 
 from .device import DEFAULT_COMPILE, DEFAULT_DEVICE, DEFAULT_PRECISION
 from .recipe import Recipe, resolve_recipe
-from .defaults import BATCH_SIZE, RELATED_K, SEED, SHARD_UNITS, SKETCH_DIMS, TOP_K
+from .defaults import BATCH_SIZE, LABEL_K, RELATED_K, SEED, SHARD_UNITS, SKETCH_DIMS, TOP_K, VOCABULARY
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-ANALYSIS_NAMES = ("token-mixing", "foreground-background", "frequency", "spatial", "sites")
+ANALYSIS_NAMES = ("token-mixing", "foreground-background", "frequency", "spatial", "sites", "concepts-by-depth")
 
 
 @dataclass
@@ -54,12 +56,30 @@ class ModelSpec:
     pictures: list[str] = field(default_factory=list)   # picture parts beyond "viz", e.g. ["fourier"]
     recipe: Recipe | None = None        # overrides the build's recipe
     sae: list[str] = field(default_factory=list)        # SAE checkpoints: each one's latents are one more site
+    labels: bool = True                 # label its units from the spec's [labels] sources (when probed)
 
     @property
     def unit_sites(self) -> list[str]:
         """Every site the build reads: ``sites``, then each SAE's ``sae-<name>``."""
         from .sae import sae_name
         return self.sites + [f"sae-{sae_name(Path(p))}" for p in self.sae]
+
+
+@dataclass
+class LabelSources:
+    """The spec's [labels]: what `vit-atlas label` scores every labelled unit against (flags of the same names)."""
+    broden: Path | None = None          # netdissect: a concept dataset in Broden's layout
+    classes: bool = False               # invert: the dataset's classes ...
+    hierarchy: str | None = None        # ... widened by their ancestors (imagenet or a JSON file)
+    attributes: Path | None = None      # invert: an image-level attribute table
+    clip: str | None = None             # clip-dissect: an open_clip name/tag, or demo
+    words: Path | None = None           # clip-dissect: the vocabulary file (default: the model's or wordfreq's)
+    vocabulary: int = VOCABULARY
+    k: int = LABEL_K
+
+    def any(self) -> bool:
+        """Whether any source is named."""
+        return bool(self.broden or self.classes or self.hierarchy or self.attributes or self.clip)
 
 
 @dataclass
@@ -91,6 +111,7 @@ class BuildSpec:
     related: str = "auto"
     related_k: int = RELATED_K
     sketch_dims: int = SKETCH_DIMS
+    label_sources: LabelSources | None = None
     models: list[ModelSpec] = field(default_factory=list)
 
     def atlas_info(self) -> dict:
@@ -111,7 +132,9 @@ TYPES = {
     "models": {"name": _STR, "atlas_name": _STR, "checkpoint": _STR, "random_init": _BOOL, "init_seed": _INT,
                "model_args": "a table", "sites": _STRS, "layers": (_STR, _INT), "units": (_STR, _INT),
                "visualize": _BOOL, "probe": _BOOL, "analyses": _STRS, "pictures": _STRS, "recipe": "a table",
-               "sae": _STRS},
+               "sae": _STRS, "labels": _BOOL},
+    "labels": {"broden": _STR, "classes": _BOOL, "hierarchy": _STR, "attributes": _STR, "clip": _STR, "words": _STR,
+               "vocabulary": _INT, "k": _INT},
 }
 _RECIPE_TYPES = {str: _STR, int: _INT, float: _NUM, bool: _BOOL}
 
@@ -192,7 +215,7 @@ def load_spec(path: str | Path) -> BuildSpec:
         raise AtlasError(f"cannot read spec {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise AtlasError(f"spec {path} is not valid TOML: {e}") from None
-    _take(data, {"atlas", "build", "recipe", "pictures", "dataset", "models"}, str(path))
+    _take(data, {"atlas", "build", "recipe", "pictures", "dataset", "labels", "models"}, str(path))
     here = path.resolve().parent
     resolve = lambda p: (here / p).resolve() if p else None  # noqa: E731
     atlas = _take(data.get("atlas", {}), TYPES["atlas"], f"{path} [atlas]")
@@ -212,6 +235,14 @@ def load_spec(path: str | Path) -> BuildSpec:
                      boxes=resolve(dataset.get("boxes")), **{k: v for k, v in build.items()},
                      **{k: dataset[k] for k in ("k", "batch_size", "workers", "limit", "related", "related_k",
                                                 "sketch_dims") if k in dataset})
+    if "labels" in data:
+        table = _take(data["labels"], TYPES["labels"], f"{path} [labels]")
+        spec.label_sources = LabelSources(**{k: resolve(v) if k in ("broden", "attributes", "words") else v
+                                             for k, v in table.items()})
+        if spec.label_sources.hierarchy and spec.label_sources.hierarchy != "imagenet":
+            spec.label_sources.hierarchy = str(resolve(spec.label_sources.hierarchy))
+        if not spec.label_sources.any():
+            raise AtlasError(f"{path} [labels] names no source: give broden, classes, attributes or clip")
     models = data.get("models", [])
     if not isinstance(models, list):
         raise AtlasError(f"{path}: models must be [[models]] tables, one per model (see examples/), not {models!r}"[:300])
@@ -279,6 +310,8 @@ def dump_spec(spec: BuildSpec) -> str:
                           "boxes": spec.boxes and str(spec.boxes), "k": spec.k, "batch_size": spec.batch_size,
                           "workers": spec.workers, "limit": spec.limit, "related": spec.related,
                           "related_k": spec.related_k, "sketch_dims": spec.sketch_dims}),
+        **({"labels": table({k: str(v) if isinstance(v, Path) else v
+                             for k, v in dataclasses.asdict(spec.label_sources).items()})} if spec.label_sources else {}),
         "models": models,
     }
     return "# the build spec this atlas was made from (resolved: absolute paths, full recipe)\n\n" \

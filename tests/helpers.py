@@ -155,7 +155,9 @@ def load_every_config(root, out):
     names = [c["config_name"] for c in header["configs"]]
     assert "dataset_index" in names and len(names) == 1 + sum(len(a.sites(m)) for m in a.models)
     for name in names:
-        ds = datasets.load_dataset(str(out), name, split="train")
+        # a cache of its own: `datasets` keys its cache by the folder's path, which pytest's numbered temp
+        # folders reuse from run to run, so the shared cache can hand back an older run's rows
+        ds = datasets.load_dataset(str(out), name, split="train", cache_dir=str(Path(out).parent / "hf-cache"))
         if name == "dataset_index":
             assert len(ds) == len(a.dataset.paths)
             continue

@@ -104,7 +104,9 @@ def test_unknown_model_names_close_matches(atlas_copy):
     (["--units", "3-1"], "not a selection"),
     (["--steps", "0"], "at least 1"),
     (["--device", "tpu"], "--device"),
-    (["--preset", "fast"], "unknown preset"),
+    (["--preset", "fast"], "invalid choice: 'fast'"),
+    (["--jitter", "wide"], "not N (pixels) or P%"),
+    (["--tv-norm", "l3"], "invalid choice"),
 ])
 def test_bad_flags(atlas_copy, extra, needle):
     assert_refused(visualize(atlas_copy[0], *extra), needle)

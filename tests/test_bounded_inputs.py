@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import h5py
 import pytest

@@ -6,7 +6,8 @@ import ast
 import numpy as np
 
 from atlas.website.collect import LayerSummary, strongest
-from atlas.website.context import Renderer, example_unit, human_bytes, percent, python_string, strongest_units, tile
+from atlas.website.collect import strongest_units
+from atlas.website.context import Renderer, example_unit, human_bytes, percent, python_string, tile
 
 
 def summary(model="m", site="ffn", layer=3) -> LayerSummary:

@@ -49,7 +49,7 @@ def test_make_dataset_writes_an_imagefolder_with_boxes_and_caches_it(tmp_path, c
 @pytest.mark.slow
 def test_the_committed_weights_match_their_record_and_reproduce_its_accuracy():
     record = json.loads((WEIGHTS / RECORD).read_text())
-    x, y = images_and_labels(record[VIT]["held_out"]["seed"], record[VIT]["held_out"]["n"])
+    x, y, _ = images_and_labels(record[VIT]["held_out"]["seed"], record[VIT]["held_out"]["n"])
     for name in (VIT, CNN):
         info = record[name]
         assert sha256_file(weights_file(name)) == info["sha256"]

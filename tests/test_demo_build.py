@@ -36,7 +36,7 @@ def test_the_demo_builds_a_complete_verified_atlas_and_site(demo):
     website = demo / "site"
     from atlas.website.packs import read_unit
     assert (website / "index.html").exists() and read_unit(website, VIT, "ffn", 5, 255)[1]["id"] == f"{VIT}/ffn/L05/U0255"
-    for name in ("token-mixing", "foreground-background", "frequency", "spatial", "sites"):
+    for name in ("token-mixing", "foreground-background", "frequency", "spatial", "sites", "concepts-by-depth"):
         assert (website / f"analyses/{name}.html").exists(), name
         assert name in (website / "index.html").read_text()
 
@@ -268,3 +268,71 @@ def _walk_an_sae_unit(browser, site: str) -> None:
     browser.get(site + f"{VIT}/{SAE}/L03/index.html")
     assert wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, "ul.tiles > li")) == 256)
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_the_demos_labels_show_search_and_filter_in_a_browser_over_every_server(demo, tmp_path):
+    """Issue 31 in Chromium, over nginx, Python's http.server and file://: a unit's labels as the reader has
+    them, each a link to its search; search by "stripes", "red" and "star"; the layer page's best-label
+    filter; the concepts-by-depth page."""
+    from tests.helpers import chromium, nginx, plain_http
+    browser = chromium()
+    try:
+        with nginx(demo, tmp_path / "nginx") as base:
+            _walk_labels(browser, base + "site/", demo)
+        with plain_http(demo) as base:
+            _walk_labels(browser, base + "site/", demo)
+        _walk_labels(browser, (demo / "site").as_uri() + "/", demo)
+    finally:
+        browser.quit()
+
+
+def _walk_labels(browser, site: str, demo) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+    from atlas.labels import SOURCES
+    from tests.helpers import wait_for
+    a = atlas.open(demo)
+    labels = {(m, s, layer): a.layer_labels(m, s, layer) for m in a.models for s in a.sites(m) for layer in a.layers(m, s)}
+    # the unit view: the unit best described as stripes by netdissect shows every label the reader gives it
+    (m, s, layer), unit, _ = max(((key, u, x.score) for key, units in labels.items() for u, xs in units.items()
+                                  for x in xs if x.source == "netdissect" and x.concept == "stripes"), key=lambda t: t[2])
+    uid = f"{m}/{s}/L{layer:02d}/U{unit:04d}"
+    browser.get(site + "unit.html#" + uid)
+    assert wait_for(lambda: browser.find_element(By.ID, "unit-view").get_attribute("data-state") == "ready")
+    section = browser.find_element(By.ID, "labels-section")
+    assert section.is_displayed()
+    for source in SOURCES:
+        shown = [li.get_attribute("data-concept") for li in
+                 section.find_elements(By.CSS_SELECTOR, f'.label-source[data-source="{source}"] li')]
+        assert shown == [x.concept for x in labels[m, s, layer][unit] if x.source == source], source
+    first = section.find_element(By.CSS_SELECTOR, '.label-source[data-source="netdissect"] li a')
+    assert first.get_attribute("href").endswith("search.html?q=" + first.text)
+    # search by concept: the units with the word among their three best concepts of any source, best ranks first
+    for word in ("stripes", "red", "star"):
+        described = {f"{m}/{s}/L{layer:02d}/U{u:04d}" for (m, s, layer), units in labels.items() for u, xs in units.items()
+                     for x in xs if x.concept == word and 0 <= x.rank < 3}
+        browser.get(site + "search.html?q=" + word)
+        assert wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#search-results li"))
+        items = browser.find_elements(By.CSS_SELECTOR, "#search-results li")
+        ids = [li.find_element(By.TAG_NAME, "code").text for li in items]
+        concept_ids = [i for i, li in zip(ids, items) if li.find_element(By.CSS_SELECTOR, ".meta").text.startswith(word + ":")]
+        assert ids[:len(concept_ids)] == concept_ids and concept_ids[0] in described, word      # concepts come first
+        assert set(concept_ids) <= described and len(concept_ids) == min(len(described), 200), word
+    # the layer page's filter: exactly the units whose best netdissect concept is a colour
+    layer_key = (VIT, "ffn", 5)
+    want = sum(any(x.source == "netdissect" and x.rank == 0 and x.category == "color" for x in xs)
+               for xs in labels[layer_key].values())
+    browser.get(site + f"{VIT}/ffn/L05/index.html")
+    assert wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, "ul.tiles > li")) == 256)
+    Select(browser.find_element(By.ID, "concept-filter")).select_by_value("netdissect:color")
+    assert wait_for(lambda: len([li for li in browser.find_elements(By.CSS_SELECTOR, "ul.tiles > li")
+                                 if li.is_displayed()]) == want)
+    # the analysis page: a table per source with a row per layer
+    browser.get(site + "analyses/concepts-by-depth.html")
+    captions = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "table caption")]
+    assert any("netdissect" in c for c in captions) and any("clip-dissect" in c for c in captions)
+    rows = browser.find_elements(By.CSS_SELECTOR, "table")[0].find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert len(rows) == 6
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == [], severe
+    a.close()

@@ -19,7 +19,7 @@ import atlas
 import build
 from atlas.format import ATLAS_FOLDERS, WEBSITE
 from tests.conftest import TINY_MODEL
-from tests.helpers import assert_refused, digests, image_folder, plain_http, run_cli, write_spec
+from tests.helpers import assert_refused, digests, plain_http, run_cli, write_spec
 
 READ_ONLY = {"serve", "verify", "plan"}       # commands that write nothing
 
@@ -67,6 +67,7 @@ def _atlas_writers(a: Path, spec: Path) -> dict[str, list[str]]:
                   "--workers", "0", "--out", str(a)],
         "analyze": ["analyze", "token-mixing", *TINY_MODEL, "--images", images, "--limit", "4", "--workers", "0",
                     "--out", str(a)],
+        "label": ["label", *TINY_MODEL, "--classes", "--layers", "0", "--workers", "0", "--out", str(a)],
         "run": ["run", str(spec)],
         "finalize": ["finalize", str(a)],
         "render": ["render", str(a)],
@@ -75,7 +76,7 @@ def _atlas_writers(a: Path, spec: Path) -> dict[str, list[str]]:
 
 
 # every command that writes: atlas writers above; the others write into a folder of their own (below)
-WRITERS = {"visualize", "probe", "analyze", "run", "finalize", "render", "demo", "export", "train-sae", "make-dataset",
+WRITERS = {"visualize", "probe", "label", "analyze", "run", "finalize", "render", "demo", "export", "train-sae", "make-dataset",
            "train-demo"}
 
 
@@ -84,7 +85,7 @@ def test_every_writing_command_is_enumerated():
     assert commands - READ_ONLY == WRITERS, commands - READ_ONLY ^ WRITERS
 
 
-@pytest.mark.parametrize("command", ["visualize", "probe", "analyze", "run", "finalize", "render", "demo"])
+@pytest.mark.parametrize("command", ["visualize", "probe", "label", "analyze", "run", "finalize", "render", "demo"])
 @pytest.mark.parametrize("folder", ATLAS_FOLDERS)
 def test_no_atlas_writer_follows_a_linked_folder(command, folder, built, tmp_path):
     a, spec, outside = _copy_with_link(built, tmp_path, folder)

@@ -17,20 +17,22 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
 
 from ..analyses import analysis_files, parse_analysis
 from ..flags import FLAG_LABELS, FLAG_NAMES
+from ..labels import SOURCE_TITLES, SOURCES
 from ..folder import check_owned_folder, own_folder, remove_recorded
 from ..format import ANALYSES, CITATION, PICTURE_LABELS, WEBSITE, AtlasError, command
 from ..reader import Atlas
 from ..manifest import sha256_file
 from ..shard import remove_stale_temps
 from .cite import PAPER_BIBTEX, atlas_bibtex, citation_cff
-from .collect import LayerSummary, summarize_layer
-from .context import Renderer, analysis_charts, example_unit, strongest_units, templates_dir, tile
+from .collect import LayerSummary, strongest_units, summarize_layer
+from .context import Renderer, analysis_charts, example_unit, templates_dir, tile
 from .data import (SCRIPT_SUFFIX, STRIP_UNITS, PackBuilder, script_twin, strip_layers, strips_pack,
                    thumb_pack_jobs, unit_pack_jobs)
 from .check import PACK_LIST
@@ -193,6 +195,14 @@ def _write_strips(r: Renderer, summaries: dict, twins: bool) -> dict[str, str]:
     return out
 
 
+def concept_filters(summ: LayerSummary) -> list[tuple[str, list[tuple[str, str, int]]]]:
+    """The layer page's "best label" filter: per label source, each category its units' best concepts fall in,
+    with how many units (of the whole layer) that is."""
+    counts = Counter((x.source, x.category) for i in range(len(summ.units)) for x in summ.best_labels(i))
+    return [(SOURCE_TITLES[source], [(f"{source}:{cat}", cat, n) for (s, cat), n in sorted(counts.items()) if s == source])
+            for source in SOURCES if any(s == source for s, _ in counts)]
+
+
 def _render_layers_and_models(r: Renderer, summaries: dict[tuple, LayerSummary], strips: dict[str, str]) -> None:
     by_model: dict[str, list] = {}
     for (m, s, layer), summ in summaries.items():
@@ -208,6 +218,7 @@ def _render_layers_and_models(r: Renderer, summaries: dict[tuple, LayerSummary],
                    picture_parts=[(part, PICTURE_LABELS.get(part, part)) for part in summ.pictures],
                    flag_filters=[(name, FLAG_LABELS[name]) for name in FLAG_NAMES
                                  if any(name in f for f in summ.flags)],
+                   concept_filters=concept_filters(summ),
                    tiles=tiles, page=p, page_index=k, page_links=links,
                    pack=unit_pack_path(m, s, layer, (p - 1) * PAGE_UNITS))
         order = strongest_units(summ, STRIP_UNITS)

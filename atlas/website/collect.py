@@ -2,7 +2,7 @@
 bulk through the reader (``Atlas.shard_data``), the atlas's description."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,6 +26,11 @@ class LayerSummary:
     flags: list                # per unit: the names of its flags (atlas.flags.FLAG_NAMES), [] without a probe
     extent: np.ndarray         # per unit: its spatial extent (nan without a probe)
     shards: list               # the layer's ShardInfo, by unit range
+    labels: list = field(default_factory=list)   # per unit: its labels (atlas.labels.Label); [] for none at all
+
+    def best_labels(self, i: int) -> list:
+        """Unit ``i``'s best single concept from each label source (compositions left out)."""
+        return [x for x in self.labels[i] if x.rank == 0] if self.labels else []
 
     def beats_dataset(self) -> tuple[int, int]:
         """(units whose optimized image activates them more than their best dataset image does,
@@ -69,10 +74,12 @@ def summarize_layer(a: Atlas, model: str, site: str, layer: int) -> LayerSummary
             top += [None] * n
             flags += [[] for _ in range(n)]
             extents.append(np.full(n, np.nan, np.float32))
-    return LayerSummary(model, site, layer, np.concatenate(units), np.concatenate(act), np.concatenate(dmax),
+    units = np.concatenate(units)
+    labels = a.layer_labels(model, site, layer)
+    return LayerSummary(model, site, layer, units, np.concatenate(act), np.concatenate(dmax),
                         np.concatenate(dead), top,
                         {part: np.concatenate(has) for part, has in pictures.items() if np.concatenate(has).any()},
-                        flags, np.concatenate(extents), refs)
+                        flags, np.concatenate(extents), refs, [labels.get(int(u), []) for u in units])
 
 
 def atlas_info(a: Atlas) -> dict:

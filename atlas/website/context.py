@@ -18,7 +18,7 @@ from ..dataset import images_inside
 from ..format import FORMAT_VERSION, PICTURE_LABELS, AtlasError, unit_id
 from ..reader import Atlas
 from .cite import bibtex_escape, bibtex_key
-from .collect import LayerSummary, atlas_info, strongest, strongest_units
+from .collect import LayerSummary, atlas_info
 from .urls import check_url, content_security_policy, relative_root, script_layout, unit_address, write_if_changed
 
 
@@ -129,7 +129,8 @@ def tile(summ: LayerSummary, i: int, label: str = "") -> dict:
                          for part, has in summ.pictures.items() if has[i]],
             "top_class": top, "activation": float(summ.activation[i]), "dead": bool(summ.dead[i]),
             "flags": summ.flags[i], "extent": float(summ.extent[i]), "share": top[1] if top else 0.0,
-            "label": label, "layer_key": f"{summ.site}/{summ.layer}"}
+            "label": label, "layer_key": f"{summ.site}/{summ.layer}",
+            "concepts": [(x.source, x.category, x.concept) for x in summ.best_labels(i)]}
 
 
 def analysis_charts(data: dict) -> list[Markup]:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..format import DATASET, PICTURE_LABELS, PICTURES, RELATED, unit_id, unit_runs
 from ..images import ImageError, load_rgb
+from ..labels import label_file
 from ..media import (PICTURE_EFFORT, PICTURE_QUALITY, THUMB_EFFORT, THUMB_QUALITY, TILE_EFFORT, TILE_QUALITY, model_view,
                      quantize_map, webp)
 from ..reader import Atlas, ShardData
@@ -124,6 +125,17 @@ def layer_info(a: Atlas, model: str, site: str, layer: int, summ) -> dict:
                 "hist_edges": [float(x) for x in a.shard_data(probed).stats["hist_edges"]]}}
 
 
+def label_record(a: Atlas, model: str, site: str) -> dict | None:
+    """What the unit view says of a site's label sources (each one's score, concept set and its sha256; the
+    label file's sha256 makes a changed labelling remake the packs), None without labels."""
+    sources = a.label_sources(model, site)
+    if not sources:
+        return None
+    keep = ("score", "concept_set", "concept_set_sha256", "concepts", "quantile", "iou_threshold", "model", "images")
+    return {"file": file_sha256(a, label_file(model, site)),
+            "sources": {name: {k: data["attrs"][k] for k in keep if k in data["attrs"]} for name, data in sources.items()}}
+
+
 class PackBuilder:
     """Makes packs of one atlas into one website (a worker process holds one)."""
 
@@ -211,6 +223,9 @@ class PackBuilder:
         if sd.probed:
             meta["probe"] = self.probe_meta(sd, r, blobs)
         meta["related"] = [[x.scope, x.id, short(x.corr)] for x in self.atlas.related_units(model, site, layer, u)]
+        meta["labels"] = [[x.source, x.concept, x.category, short(x.score), x.rank,
+                           short(x.p_value) if x.p_value is not None else short(x.threshold) if x.threshold is not None
+                           else None] for x in self.atlas.unit_labels(model, site, layer, u)]
         return build_record(meta, blobs), tiles
 
     def probe_meta(self, sd: ShardData, r: int, blobs: dict) -> dict:
@@ -289,7 +304,7 @@ def unit_pack_jobs(a: Atlas, summaries: dict) -> list[UnitPackJob]:
               file_sha256(a, RELATED), file_sha256(a, DATASET))
     jobs = []
     for (m, s, layer), summ in summaries.items():
-        info = layer_info(a, m, s, layer, summ)
+        info = {**layer_info(a, m, s, layer, summ), "labels": label_record(a, m, s)}
         for page in sorted({int(u) // PACK_UNITS for u in summ.units}):
             lo, hi = page * PACK_UNITS, (page + 1) * PACK_UNITS
             refs = tuple(r.path for r in summ.shards if r.unit_start < hi and r.unit_stop > lo)

@@ -2,11 +2,15 @@
 grows with all units at once (docs/FORMAT.md "Website").
 
     search/catalog.js      every model, site and layer with its unit ranges (grows with layers): ids
-    search/terms.js        every term (a class name, a flag) with its number of units (grows with classes)
+    search/terms.js        every term (a class name, a flag, a concept) with its number of units (grows with
+                           classes and concepts)
     search/p/<t>-<k>.js    the units of term t, strongest first, POSTING_CHUNK per file: a query loads chunk 0
 
 A class's units are those its flag says are mostly of that class (``class_selective``, with the
-threshold the shard stores), by their share; a flag's units by their strength.
+threshold the shard stores), by their share; a flag's units by their strength; a concept's units those
+with it among their LABEL_RANKS best labels of a source, best ranks first, then by source (their scores
+are not comparable), then by score. A concept's
+entries also carry the source (its index in atlas.labels.SOURCES) and the rank.
 """
 from __future__ import annotations
 
@@ -16,10 +20,12 @@ import json
 import numpy as np
 
 from ..format import unit_runs
+from ..labels import SOURCES
 from .context import Renderer
 from .urls import write_if_changed
 
 POSTING_CHUNK = 1000        # units per postings file
+LABEL_RANKS = 3             # a unit is found by each of its 3 best concepts of every label source
 
 
 def term_id(kind: str, name: str) -> str:
@@ -46,9 +52,13 @@ def render_search(r: Renderer, summaries: dict) -> None:
             for flag in summ.flags[i]:
                 value = float(strength[i]) if np.isfinite(strength[i]) else 0.0
                 postings.setdefault(("flag", flag), []).append(entry + [value])
+            for x in summ.labels[i] if summ.labels else []:
+                if 0 <= x.rank < LABEL_RANKS:
+                    postings.setdefault(("concept", x.concept.lower()), []).append(
+                        entry + [round(x.score, 4), list(SOURCES).index(x.source), x.rank])
     terms = []
     for (kind, name), entries in sorted(postings.items()):
-        entries.sort(key=lambda e: (-e[4], e[:4]))
+        entries.sort(key=lambda e: (e[6], e[5], -e[4], e[:4]) if kind == "concept" else (-e[4], e[:4]))
         tid = term_id(kind, name)
         terms.append([kind, name, len(entries), tid])
         for k in range(0, len(entries), POSTING_CHUNK):

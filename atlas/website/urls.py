@@ -27,6 +27,7 @@ import urllib.parse
 from pathlib import Path
 
 from ..format import PICTURE_LABELS, AtlasError, fill, unit_id
+from ..labels import SOURCE_TITLES, SOURCES
 from ..shard import write_atomically
 from .packs import PACK_UNITS, layout
 
@@ -90,7 +91,8 @@ def script_layout() -> dict:
     """Everything the pages' script needs to find any unit's pack, page and address from its id alone:
     the templates and sizes of atlas.website.packs and these addresses (base.html hands it over)."""
     return {**layout(), "first_page": FIRST_PAGE, "other_page": OTHER_PAGE, "unit_view": UNIT_VIEW,
-            "picture_labels": PICTURE_LABELS}
+            "picture_labels": PICTURE_LABELS,
+            "label_sources": [[name, SOURCE_TITLES[name], measure] for name, measure in SOURCES.items()]}
 
 
 def page_of(unit: int) -> int:

@@ -1,7 +1,8 @@
 """The paper's experiments as atlas analyses: `python build.py analyze NAME ...`.
 
 Each analysis module has ``NAME``, ``applies(lm, job) -> None or why not``, ``run(lm, job, device)
--> results`` and ``describe(all models' results) -> views``. Results go to ``analyses/<name>.json``.
+-> results`` and ``describe(all models' results) -> views``, and optionally ``inputs(job) -> dict`` (what its
+results depend on besides the model and the images). Results go to ``analyses/<name>.json``.
 """
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from atlas.format import AtlasError
 from atlas.manifest import sha256_file, write_manifest
 
 from ..device import resolve_device
-from . import foreground, frequency, sites, spatial, token_mixing
+from . import concepts, foreground, frequency, sites, spatial, token_mixing
 from .common import AnalysisJob
 
-ANALYSES = {m.NAME: m for m in (token_mixing, foreground, frequency, spatial, sites)}
+ANALYSES = {m.NAME: m for m in (token_mixing, foreground, frequency, spatial, sites, concepts)}
 
 
 def inputs_of(lm, job: AnalysisJob) -> dict:
@@ -48,14 +49,15 @@ def run_analysis(name: str, lm, job: AnalysisJob, resume: bool = False) -> dict:
         if reason:
             print(f"analysis {n}: skipped for {job.name} ({reason})")
             continue
+        module = ANALYSES[n]
+        mine = {**inputs, **(module.inputs(job) if hasattr(module, "inputs") else {})}
         stored = read_analysis(job.out, n) if resume else None
-        if stored and stored.get("inputs", {}).get(job.name) == inputs and job.name in stored["results"]:
+        if stored and stored.get("inputs", {}).get(job.name) == mine and job.name in stored["results"]:
             print(f"analysis {n}: kept for {job.name} (stored results, same inputs)")
             done[n] = stored["results"][job.name]
             continue
-        module = ANALYSES[n]
         results = module.run(lm, job, device)
-        write_analysis(job.out, n, job.name, results, module.describe, job.command, inputs)
+        write_analysis(job.out, n, job.name, results, module.describe, job.command, mine)
         done[n] = results
     write_manifest(job.out, job.command)
     return done

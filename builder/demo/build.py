@@ -1,8 +1,9 @@
 """The embedded default: `python build.py` builds a complete atlas offline, on a CPU, in minutes.
 
 It is the packaged ``demo.toml`` run as a build spec — visualize every FFN unit of the demo ViT with the
-``quick`` preset, probe it on the generated shapes, run the analyses for the ViT and the CNN, write
-the manifest and render the website — after generating the dataset (cached) into the atlas folder.
+``quick`` preset, probe it on the generated shapes, label its units, run the analyses for the ViT and the
+CNN, write the manifest and render the website — after generating the dataset and its concept dataset
+(cached) into the atlas folder.
 """
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from importlib import resources
 from pathlib import Path
 
 from atlas.folder import check_owned_folder, prepare_atlas_folder
-from atlas.format import WEBSITE, command
+from atlas.format import WEBSITE, command as command_line
 
 from .shapes import make_dataset
-from ..defaults import DEMO_IMAGES, DEMO_SEED
+from ..defaults import DEMO_CONCEPT_IMAGES, DEMO_IMAGES, DEMO_SEED
 
 DEMO_SPEC = Path(str(resources.files("builder.demo") / "demo.toml"))   # inside the package: installed or not
 
@@ -29,11 +30,14 @@ def build_demo(out: str | Path = "atlas-demo", command: str = "python build.py",
     spec = load_spec(DEMO_SPEC)
     spec.out = Path(out).resolve()
     spec.images, spec.boxes = spec.out / "images", spec.out / "images" / "boxes.csv"
+    spec.label_sources.broden, spec.label_sources.attributes = spec.out / "concepts", spec.images / "attributes.csv"
     prepare_atlas_folder(spec.out)
-    check_owned_folder(spec.images)      # the demo's own folder inside the atlas: never written through a link
-    make_dataset(spec.images, DEMO_IMAGES, DEMO_SEED)
+    for folder in (spec.images, spec.label_sources.broden):   # the demo's own folders inside the atlas: never
+        check_owned_folder(folder)                               # written through a link
+    make_dataset(spec.images, DEMO_IMAGES, DEMO_SEED, concepts=spec.label_sources.broden,
+                 concept_images=DEMO_CONCEPT_IMAGES)
     run_spec(spec, Share(), command, progress)
     index = spec.out / WEBSITE / "index.html"
     print(f"demo atlas built in {time.time() - t0:.0f} s: {spec.out}/")
-    print(f"open {index} in a browser (or run `{command(f'serve {out}')}`)")
+    print(f"open {index} in a browser (or run `{command_line(f'serve {out}')}`)")
     return index

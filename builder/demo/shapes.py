@@ -32,6 +32,7 @@ CLASSES = ("circle", "square", "triangle", "star", "ring", "cross", "crescent", 
 TEXTURES = ("stripes", "checkers", "dots", "gradient", "noise", "plain")
 GENERATOR_VERSION = 1
 _SCALE = 2  # drawn at twice the size, then downsampled: smooth edges
+MASK_SIZE = SIZE // 2   # concept masks at half the image's side, as Broden's (112 for 224 images)
 
 # Saturated colours for objects; backgrounds are drawn from the muted versions of random hues.
 COLOURS = {
@@ -39,6 +40,9 @@ COLOURS = {
     "cyan": (40, 200, 220), "blue": (40, 70, 220), "purple": (150, 60, 200), "magenta": (230, 60, 180),
     "white": (245, 245, 245), "black": (20, 20, 20),
 }
+
+
+DISTRACTORS = ("dot", "bar", "block")   # the small things drawn over the background (a block: a small square)
 
 
 @dataclass
@@ -49,6 +53,8 @@ class Sample:
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
     colour: str
     texture: str
+    distractors: tuple[str, ...] = ()        # kinds drawn, in order (DISTRACTORS)
+    masks: dict | None = None    # with_masks: bool [MASK_SIZE]^2 per thing: "object", "background", each distractor kind
 
 
 def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -125,9 +131,11 @@ def _distance(a, b) -> float:
     return float(np.linalg.norm(np.asarray(a, float) - np.asarray(b, float)))
 
 
-def generate(seed: int, index: int, with_object: bool = True) -> Sample:
+def generate(seed: int, index: int, with_object: bool = True, with_masks: bool = False) -> Sample:
     """Image ``index`` of the dataset with ``seed`` (``with_object=False``: the same scene without
-    its main object, for checking boxes)."""
+    its main object, for checking boxes; ``with_masks``: each thing's pixels too, drawn apart at the same
+    places, the image unchanged: a pixel belongs to what covers at least half of it, the object over
+    distractors over the background)."""
     rng = np.random.default_rng([seed, index])
     label = index % len(CLASSES)
     n = SIZE * _SCALE
@@ -141,16 +149,28 @@ def generate(seed: int, index: int, with_object: bool = True) -> Sample:
     angle = rng.uniform(0, 2 * math.pi)
     canvas = Image.fromarray(background.astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
+    kinds, layers = [], {k: Image.new("L", (n, n)) for k in DISTRACTORS} if with_masks else {}
     for _ in range(rng.integers(0, 4)):  # distractors: small dots, bars and squares
         kind, dx, dy = rng.integers(3), *rng.uniform(0, n, 2)
         s = rng.uniform(2, 5) * _SCALE
         fill = tuple(int(v) for v in rng.integers(0, 256, 3))
-        if kind == 0:
-            draw.ellipse([dx - s, dy - s, dx + s, dy + s], fill=fill)
-        elif kind == 1:
-            draw.line([dx - 2 * s, dy, dx + 2 * s, dy + rng.uniform(-s, s)], fill=fill, width=int(_SCALE * 1.5))
-        else:
-            draw.rectangle([dx - s, dy - s, dx + s, dy + s], fill=fill)
+        tilt = rng.uniform(-s, s) if kind == 1 else 0.0          # a bar's end (drawn after its fill, as always)
+        kinds.append(DISTRACTORS[kind])
+        targets = [(draw, fill)] + ([(ImageDraw.Draw(layers[DISTRACTORS[kind]]), 255)] if with_masks else [])
+        if with_masks:          # a later distractor covers an earlier one: clear it from the other layers
+            covered = Image.new("L", (n, n))
+            targets.append((ImageDraw.Draw(covered), 255))
+        for d, f in targets:
+            if kind == 0:
+                d.ellipse([dx - s, dy - s, dx + s, dy + s], fill=f)
+            elif kind == 1:
+                d.line([dx - 2 * s, dy, dx + 2 * s, dy + tilt], fill=f, width=int(_SCALE * 1.5))
+            else:
+                d.rectangle([dx - s, dy - s, dx + s, dy + s], fill=f)
+        if with_masks:
+            for other in DISTRACTORS:
+                if other != DISTRACTORS[kind]:
+                    layers[other].paste(0, mask=covered)
     mask = Image.new("L", (n, n))
     _draw_shape(ImageDraw.Draw(mask), CLASSES[label], cx, cy, r, angle)
     if with_object:
@@ -160,11 +180,29 @@ def generate(seed: int, index: int, with_object: bool = True) -> Sample:
     small = np.asarray(mask.resize((SIZE, SIZE), Image.BOX))
     ys, xs = np.nonzero(small)
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    return Sample(image, label, box, colour, texture)
+    masks = None
+    if with_masks:
+        half = lambda layer: np.asarray(layer.resize((MASK_SIZE, MASK_SIZE), Image.BOX)) >= 128    # noqa: E731
+        obj = half(mask) if with_object else np.zeros((MASK_SIZE, MASK_SIZE), bool)
+        masks = {"object": obj}
+        for k in DISTRACTORS:
+            masks[k] = half(layers[k]) & ~obj
+        masks["background"] = ~obj & ~np.any([masks[k] for k in DISTRACTORS], axis=0)
+    return Sample(image, label, box, colour, texture, tuple(kinds), masks)
 
 
-def make_dataset(out: str | Path, n: int, seed: int) -> Path:
-    """Write ``n`` images as an ImageFolder under ``out`` with ``boxes.csv`` and ``dataset.json``.
+# The demo's concepts, in Broden's categories: each thing the generator draws, with a label number (0: none)
+CONCEPTS = [*((c, "object") for c in CLASSES), *((d, "object") for d in DISTRACTORS),
+            *((c, "color") for c in COLOURS), *((t, "texture") for t in TEXTURES)]
+CONCEPT_NUMBER = {(name, cat): i + 1 for i, (name, cat) in enumerate(CONCEPTS)}
+
+
+def make_dataset(out: str | Path, n: int, seed: int, concepts: str | Path | None = None,
+                 concept_images: int | None = None) -> Path:
+    """Write ``n`` images as an ImageFolder under ``out`` with ``boxes.csv`` and ``dataset.json``; with
+    ``concepts``, also ``out/attributes.csv`` (each image's object, distractors, colour and texture, for
+    image-level labels) and the concept dataset of the first ``concept_images`` (default all) in Broden's
+    layout there (``write_concept_tables``: each image's object, distractor, colour and texture masks).
 
     Skips the work when ``out`` already holds the same dataset (same n, seed and generator version).
     """
@@ -173,17 +211,26 @@ def make_dataset(out: str | Path, n: int, seed: int) -> Path:
             "size": SIZE, "classes": list(CLASSES)}
     marker = out / "dataset.json"
     previous = _generated(marker)
-    if previous == info:
+    concept_images = n if concept_images is None else concept_images
+    wanted = {**info, "concepts": True} if concepts else info
+    concept_info = {**info, "n": concept_images, "of": n}
+    if previous in (info, wanted) and (not concepts or _generated(Path(concepts) / "dataset.json") == concept_info):
         return out
+    if concepts and not 1 <= concept_images <= n:
+        raise AtlasError(f"the concept dataset's images must be 1 to {n} (the dataset's), not {concept_images}")
     if n < 1:
         raise AtlasError(f"--n must be at least 1, not {n}")
     own_folder(out, "--out", lambda folder: previous is not None,
                "is not empty and holds no generated dataset; give a new or empty folder")
+    if concepts:
+        own_folder(concepts, "--concepts", lambda folder: _generated(folder / "dataset.json") is not None,
+                   "is not empty and holds no generated concept dataset; give a new or empty folder")
+        (Path(concepts) / "images").mkdir(exist_ok=True)
     for name in CLASSES:
         (out / name).mkdir(parents=True, exist_ok=True)
     # every image depends on (seed, i) alone, so processes share the work and the files are the same
     workers = min(os.cpu_count() or 1, 8)
-    jobs = [(out, seed, i) for i in range(n)]
+    jobs = [(out, seed, i, concepts and Path(concepts), i < concept_images) for i in range(n)]
     if workers > 1 and n >= 64:
         with ProcessPoolExecutor(workers) as pool:
             rows = list(pool.map(_write_sample, jobs, chunksize=max(1, n // (8 * workers))))
@@ -192,18 +239,90 @@ def make_dataset(out: str | Path, n: int, seed: int) -> Path:
     with open(out / "boxes.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["relative_path", "x0", "y0", "x1", "y1", "label"])
-        writer.writerows(rows)
-    marker.write_text(json.dumps(info, indent=1) + "\n")
+        writer.writerows(row[:6] for row in rows)
+    if concepts:
+        write_concept_tables(Path(concepts), out, [row[6] for row in rows], concept_images)
+        (Path(concepts) / "dataset.json").write_text(json.dumps(concept_info, indent=1) + "\n")
+    marker.write_text(json.dumps(wanted, indent=1) + "\n")
     return out
 
 
-def _write_sample(job: tuple[Path, int, int]) -> list:
-    """Generate and save image ``i`` of the dataset of ``seed`` into ``out``; its boxes.csv row."""
-    out, seed, i = job
-    sample = generate(seed, i)
+def _write_sample(job: tuple) -> list:
+    """Generate and save image ``i`` of the dataset of ``seed`` into ``out`` (and its masks into the concept
+    dataset when there is one); its boxes.csv row, then what the concept tables need of it."""
+    out, seed, i, concepts, with_masks = job
+    sample = generate(seed, i, with_masks=concepts is not None)
     rel = f"{CLASSES[sample.label]}/{i:05d}.png"
     Image.fromarray(sample.image).save(out / rel)
-    return [rel, *sample.box, sample.label]
+    row = [rel, *sample.box, sample.label, None]
+    if concepts is not None:
+        row[6] = _write_masks(concepts / "images", i, sample, rel, with_masks)
+    return row
+
+
+def _write_masks(folder: Path, i: int, sample: Sample, rel: str, write: bool) -> dict:
+    """One image's Broden files (``write``): the image, its ``object`` mask (shape and distractors), ``color``
+    mask (the object's colour) and ``texture`` mask (the background), label numbers as R + 256·G; what the
+    tables need of it either way."""
+    if write:
+        Image.fromarray(sample.image).save(folder / f"{i:05d}.png")
+    m = sample.masks
+    layers = {cat: np.zeros((MASK_SIZE, MASK_SIZE), np.int32) for cat in ("object", "color", "texture")}
+    layers["object"][m["object"]] = CONCEPT_NUMBER[(CLASSES[sample.label], "object")]
+    for kind in DISTRACTORS:
+        layers["object"][m[kind]] = CONCEPT_NUMBER[(kind, "object")]
+    layers["color"][m["object"]] = CONCEPT_NUMBER[(sample.colour, "color")]
+    layers["texture"][m["background"]] = CONCEPT_NUMBER[(sample.texture, "texture")]
+    for cat, layer in layers.items() if write else ():
+        rgb = np.stack([layer % 256, layer // 256, np.zeros_like(layer)], -1).astype(np.uint8)
+        Image.fromarray(rgb).save(folder / f"{i:05d}_{cat}.png")
+    counts = {cat: np.bincount(layer.ravel(), minlength=len(CONCEPTS) + 1) for cat, layer in layers.items()}
+    return {"i": i, "rel": rel, "object": CLASSES[sample.label], "distractors": sorted(set(sample.distractors)),
+            "colour": sample.colour, "texture": sample.texture, "counts": counts}
+
+
+def write_concept_tables(folder: Path, images: Path, rows: list[dict], concept_images: int) -> None:
+    """The concept dataset's tables in Broden's layout for its first ``concept_images`` rows (index.csv,
+    category.csv, label.csv, c_<category>.csv; frequency: images with the concept, coverage: its pixels in
+    units of whole images) and the image-level ``attributes.csv`` of all rows beside the images."""
+    rows, attribute_rows = rows[:concept_images], rows
+    cats = ("color", "object", "texture")
+    freq = np.zeros(len(CONCEPTS) + 1)
+    cover = np.zeros(len(CONCEPTS) + 1)
+    for r in rows:
+        total = sum(r["counts"].values())
+        freq += total > 0
+        cover += total / (MASK_SIZE * MASK_SIZE)
+    with open(folder / "index.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "split", "ih", "iw", "sh", "sw", "color", "object", "part", "material", "scene", "texture"])
+        for r in rows:
+            i = r["i"]
+            w.writerow([f"{i:05d}.png", "train", SIZE, SIZE, MASK_SIZE, MASK_SIZE, f"{i:05d}_color.png", f"{i:05d}_object.png",
+                        "", "", "", f"{i:05d}_texture.png"])
+    with open(folder / "category.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "first", "last", "count", "frequency"])
+        for cat in cats:
+            numbers = [CONCEPT_NUMBER[c] for c in CONCEPTS if c[1] == cat]
+            w.writerow([cat, min(numbers), max(numbers), len(numbers), len(rows)])
+    with open(folder / "label.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["number", "name", "category", "frequency", "coverage", "syns"])
+        w.writerow([0, "-", "", 0, 0, ""])
+        for (name, cat), number in CONCEPT_NUMBER.items():
+            w.writerow([number, name, f"{cat}(1)", int(freq[number]), f"{cover[number]:.4f}", ""])
+    for cat in cats:
+        with open(folder / f"c_{cat}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["code", "number", "name", "frequency", "coverage"])
+            for code, ((name, c), number) in enumerate(((k, v) for k, v in CONCEPT_NUMBER.items() if k[1] == cat), 1):
+                w.writerow([code, number, name, int(freq[number]), f"{cover[number]:.4f}"])
+    with open(images / "attributes.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["relative_path", "object", "color", "texture"])
+        for r in attribute_rows:
+            w.writerow([r["rel"], ";".join([r["object"], *r["distractors"]]), r["colour"], r["texture"]])
 
 
 def _generated(marker: Path) -> dict | None:

@@ -139,6 +139,10 @@
     };
     meta.pictures = list(meta.pictures, 16);
     meta.related = list(meta.related, 256);
+    meta.labels = list(meta.labels, 256).filter(function (x) {      /* [source, concept, category, score, rank, p or threshold] */
+      return Array.isArray(x) && typeof x[0] === "string" && typeof x[1] === "string" && typeof x[2] === "string" &&
+        (x[3] === null || typeof x[3] === "number") && whole(x[4], -1, 1000) && (x[5] === null || typeof x[5] === "number");
+    });
     return meta;
   }
 
@@ -257,28 +261,32 @@
   var filterForm = document.querySelector("form.tile-filter");
   if (filterForm) {
     filterForm.hidden = false;
-    var list = document.querySelector("ul.tiles");
-    var tileItems = Array.prototype.slice.call(list.children);
+    var tileList = document.querySelector("ul.tiles");
+    var tileItems = Array.prototype.slice.call(tileList.children);
     var flagSelect = document.getElementById("flag-filter"), sortSelect = document.getElementById("tile-sort");
     var count = document.getElementById("filter-count");
     var number = function (li, key) {
       var v = li.firstElementChild.getAttribute("data-" + key);
       return v === "" || v === null ? -Infinity : parseFloat(v);
     };
+    var conceptSelect = document.getElementById("concept-filter");
     var apply = function () {
       var flag = flagSelect.value, key = sortSelect.value, shown = 0;
+      var concept = conceptSelect ? conceptSelect.value : "";                /* "source:category" */
       var order = tileItems.slice();
       if (key !== "unit") { order.sort(function (a, b) { return number(b, key) - number(a, key); }); }
       order.forEach(function (li) {
         var flags = (li.firstElementChild.getAttribute("data-flags") || "").split(" ");
-        li.hidden = flag !== "" && flags.indexOf(flag) === -1;
+        var kinds = (li.firstElementChild.getAttribute("data-concepts") || "").split(" ");
+        li.hidden = (flag !== "" && flags.indexOf(flag) === -1) || (concept !== "" && kinds.indexOf(concept) === -1);
         if (!li.hidden) { shown += 1; }
-        list.appendChild(li);
+        tileList.appendChild(li);
       });
       count.textContent = shown + " of " + tileItems.length + " units";
     };
     flagSelect.addEventListener("change", apply);
     sortSelect.addEventListener("change", apply);
+    if (conceptSelect) { conceptSelect.addEventListener("change", apply); }
   }
 
   /* ---- strips (model and index pages): each list of tiles is one range of the model's strips pack ---- */
@@ -357,6 +365,7 @@
     if (Math.abs(x) >= 100 || Math.abs(x) < 0.01) { return x.toExponential(digits - 1).replace("e+", "e"); }
     return String(Number(x.toPrecision(6)));
   }
+  var LABEL_SOURCES = list(layout.label_sources, 16);                   /* [name, title, measure]: atlas.labels.SOURCES */
   function num(x, digits) { return x === null || x === undefined || !isFinite(x) ? "\u2013" : String(Number(x.toPrecision(digits || 3))); }
   function pct(x, digits) { return x === null || x === undefined || !isFinite(x) ? "\u2013" : (100 * x).toFixed(digits || 0) + "%"; }
 
@@ -579,6 +588,42 @@
     var perma = view.getAttribute("data-base") ? view.getAttribute("data-base") + layout.unit_view + "#" + u.id : new URL(unitHref(u.id), location.href).href;
     dd(facts, "Permalink", link(unitHref(u.id), perma));
 
+    /* labels: per source, its best concepts, each a search for the units it describes */
+    var labelBox = clear(document.getElementById("labels"));
+    var sourceInfo = info.labels && typeof info.labels === "object" && info.labels.sources && typeof info.labels.sources === "object" ? info.labels.sources : {};
+    document.getElementById("labels-section").hidden = !r.labels.length;
+    LABEL_SOURCES.forEach(function (source) {
+      var mine = r.labels.filter(function (x) { return x[0] === source[0]; });
+      if (!mine.length) { return; }
+      var about = sourceInfo[source[0]] || {};
+      var group = el("div", "label-source");
+      group.setAttribute("data-source", source[0]);
+      var head = el("h3", null, source[1]);
+      head.appendChild(el("span", "note", " " + source[2] + (about.concept_set ? " \u00b7 " + about.concept_set : "")));
+      group.appendChild(head);
+      var ul = el("ul", "labels");
+      mine.forEach(function (x) {
+        var li = el("li", "label" + (x[4] < 0 ? " formula" : ""));
+        li.setAttribute("data-concept", x[1]);
+        li.setAttribute("data-category", x[2]);
+        var words = x[4] < 0 ? x[1].split(" OR ") : [x[1]];
+        words.forEach(function (w, i) {
+          if (i) { li.appendChild(document.createTextNode(" OR ")); }
+          li.appendChild(link(root + "search.html?q=" + encodeURIComponent(w), w, "concept"));
+        });
+        li.appendChild(el("span", "category", x[2]));
+        var score = el("span", "label-score", source[2] + " " + num(x[3], 3));
+        if (source[0] === "invert" && x[5] !== null) { score.textContent += " \u00b7 p " + (x[5] < 1e-4 ? "< 1e-4" : num(x[5], 2)); }
+        if (source[0] === "netdissect" && x[3] !== null && about.iou_threshold) {
+          score.textContent += x[3] >= about.iou_threshold ? " \u00b7 detector" : "";
+        }
+        li.appendChild(score);
+        ul.appendChild(li);
+      });
+      group.appendChild(ul);
+      labelBox.appendChild(group);
+    });
+
     /* top images */
     var gallery = clear(document.getElementById("topk"));
     var note = document.getElementById("topk-note");
@@ -793,13 +838,26 @@
     return found;
   }
 
-  /* the term a query names: a flag ("global", "flag:dead"), else the classes whose name contains it */
+  /* the terms a query names: a flag ("global", "flag:dead"); else the concepts named exactly so ("stripes",
+     "concept:red") and the classes whose name contains it ("class:" for classes only); else the concepts
+     whose name contains it */
   function termsOf(q) {
     var word = q.toLowerCase().replace(/^flag:\s*/, "").replace(/[\s-]+/g, "_");
     var flags = terms.filter(function (t) { return t[0] === "flag" && (t[1] === word || t[1].split("_")[0] === word); });
-    if (flags.length) { return flags.slice(0, 1); }
-    var c = q.toLowerCase().replace(/^(class|label):\s*/, "");
-    return terms.filter(function (t) { return t[0] === "class" && t[1].toLowerCase().indexOf(c) !== -1; });
+    if (flags.length && !/^(class|concept):/i.test(q)) { return flags.slice(0, 1); }
+    var kind = (q.match(/^(class|concept):/i) || [])[1];
+    var c = q.toLowerCase().replace(/^(class|concept|label):\s*/, "");
+    var concepts = kind === "class" ? [] : terms.filter(function (t) { return t[0] === "concept" && t[1] === c; });
+    var classes = kind === "concept" ? [] : terms.filter(function (t) { return t[0] === "class" && t[1].toLowerCase().indexOf(c) !== -1; });
+    if (concepts.length || classes.length) { return concepts.concat(classes); }
+    return terms.filter(function (t) { return t[0] === "concept" && t[1].indexOf(c) !== -1; });
+  }
+
+  function detailOf(t, e) {
+    if (t[0] === "flag") { return t[1].replace("_", " "); }
+    if (t[0] === "class") { return t[1] + ": " + pct(e[4]) + " of its top images"; }
+    var source = LABEL_SOURCES[e[5]] || ["?", "?", "score"];
+    return t[1] + ": " + source[0] + " " + source[2] + " " + num(e[4], 3) + (e[6] ? " (its no. " + (e[6] + 1) + " concept)" : " (its best concept)");
   }
 
   function chunk(term, k) {
@@ -818,7 +876,7 @@
     var ids = idMatches(query);
     if (ids.length) { showResults(ids, ids.length + " unit" + (ids.length > 1 ? "s" : "") + " with that id"); return; }
     var found = termsOf(query);
-    if (!found.length) { showResults([], "No unit id, class or flag matches \u201c" + query + "\u201d."); return; }
+    if (!found.length) { showResults([], "No unit id, class, concept or flag matches \u201c" + query + "\u201d."); return; }
     searchStatus.textContent = "Loading\u2026";
     var shown = found.slice(0, 20);
     Promise.all(shown.map(function (t) { return chunk(t, 0); })).then(function (parts) {
@@ -827,13 +885,20 @@
         var t = shown[i];
         entries.forEach(function (e) {
           var id = unitId(catalog.names[e[0]], catalog.sites[e[1]], e[2], e[3]);
-          items.push({ id: id, score: e[4], detail: t[0] === "flag" ? t[1].replace("_", " ") : t[1] + ": " + pct(e[4]) + " of its top images" });
+          /* order: concept matches by rank, then source (scores of two sources do not compare), then classes
+             and flags; within each by score */
+          items.push({ id: id, score: e[4], detail: detailOf(t, e),
+                       order: t[0] === "concept" ? (whole(e[6], 0, 99) ? e[6] : 99) * 16 + (whole(e[5], 0, 15) ? e[5] : 15) : 10000 });
         });
       });
-      items.sort(function (a, b) { return b.score - a.score; });
+      items.sort(function (a, b) { return a.order - b.order || b.score - a.score; });
+      var seen = {};
+      items = items.filter(function (x) { if (seen[x.id]) { return false; } seen[x.id] = true; return true; });
       var total = shown.reduce(function (n, t) { return n + t[2]; }, 0);
+      var named = shown.map(function (t) { return t[1]; }).slice(0, 5).join(", ") + (shown.length > 5 ? ", \u2026" : "");
       var label = shown[0][0] === "flag" ? "units flagged " + shown[0][1].replace("_", " ") :
-        "units whose top images are mostly " + shown.map(function (t) { return t[1]; }).slice(0, 5).join(", ") + (shown.length > 5 ? ", \u2026" : "");
+        shown[0][0] === "concept" ? "units described as " + named + (shown.some(function (t) { return t[0] === "class"; }) ? " or whose top images are mostly of that class" : "") :
+        "units whose top images are mostly " + named;
       showResults(items, total + " " + label, total > items.length ? "(the " + items.length + " strongest loaded)" : "");
     }, function (e) { searchStatus.textContent = String(e.message || e); });
   }
@@ -849,7 +914,7 @@
     query = (params.get("q") || "").trim();
     var box = document.getElementById("q2");
     if (box) { box.value = query; }
-    if (query) { runSearch(); } else { searchStatus.textContent = terms.length + " classes and flags indexed. Type a unit id, a class or a flag."; }
+    if (query) { runSearch(); } else { searchStatus.textContent = terms.length + " classes, concepts and flags indexed. Type a unit id, a class, a concept or a flag."; }
   }
   if (results) {
     loadScript(root + "search/catalog.js");
