@@ -4,7 +4,9 @@
 
 For every FFN unit the probe flags class-selective (its top images mostly of one class, i.e. one shape):
 whether the shape is among the unit's top 3 labels from netdissect (pixel masks), from invert (image-level
-attributes) and from clip-dissect (the demo's image-text model, its own words). Prints one JSON record.
+attributes), from either of the two (the issue's criterion: >= 90%), and from clip-dissect (the demo's
+image-text model, its own words: the open vocabulary's agreement with the generator's truth). Prints one
+JSON record.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ def main(root: str = "atlas-demo") -> dict:
                 hits[source] += ok
                 per_layer[f"{model} L{layer}"][source].append(ok)
             hits["netdissect and invert"] += shape in found["netdissect"] and shape in found["invert"]
+            hits["netdissect or invert"] += shape in found["netdissect"] or shape in found["invert"]
     n = max(counts["units"], 1)
     record = {"atlas": str(root), "class_selective_units": counts["units"],
               "shape_in_top3": {k: round(v / n, 4) for k, v in hits.items()},

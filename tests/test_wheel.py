@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 NEEDED = ["builder/cli.py", "builder/__main__.py", "builder/demo/demo.toml",
           "builder/demo/weights/vit_atlas_demo.safetensors", "builder/demo/weights/resnet_atlas_demo.safetensors",
           "builder/demo/weights/demo_weights.json", "builder/demo/weights/l3-topk/cfg.json",
-          "builder/demo/weights/l3-topk/sae_weights.safetensors", "site_templates/base.html",
+          "builder/demo/weights/l3-topk/sae_weights.safetensors", "builder/demo/weights/clip_atlas_demo.safetensors",
+          "builder/labels/imagenet_wordnet.json", "site_templates/base.html",
           "site_templates/unit.html", "site_templates/moved.js", "site_templates/static/atlas.js",
           "site_templates/static/atlas.css", "atlas/__init__.py"]
 
