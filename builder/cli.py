@@ -190,7 +190,8 @@ def cmd_train_demo(args, command: str) -> None:
         raise AtlasError(f"--models {args.models}: models are vit, cnn and clip")
     record = train_demo(args.out, cfg, [names[m] for m in args.models.split(",")], command, vit_from=args.vit_from)
     for name, info in record.items():
-        score = (f"held-out word accuracy {info['held_out_word_accuracy']:.2%}" if name == CLIP
+        score = ("held-out word accuracy " + ", ".join(f"{kind} {v:.2%}" for kind, v in info['held_out_word_accuracy'].items())
+                 if name == CLIP
                  else f"held-out accuracy {info['held_out_accuracy']:.2%}")
         print(f"{name}: {score}, train loss {info['train_loss_first']:.3f} -> {info['train_loss_last']:.3f}")
 

@@ -70,3 +70,17 @@ def test_a_short_training_run_lowers_the_loss(tmp_path):
     assert info["train_loss_last"] < info["train_loss_first"] - 0.05
     assert (tmp_path / f"{VIT}.safetensors").exists() and info["sha256"] == sha256_file(tmp_path / f"{VIT}.safetensors")
     assert info["config"]["n_train"] == 512 and info["command"] == "test"
+
+
+@pytest.mark.slow
+def test_train_demo_trains_the_vit_in_two_phases_and_the_image_text_model_from_the_command_line(tmp_path):
+    from tests.helpers import run_cli
+    code, out, err = run_cli("train-demo", "--models", "vit,clip", "--epochs", "1", "--n-train", "64",
+                             "--out", str(tmp_path / "w"))
+    assert code == 0, err
+    assert "clip_atlas_demo: held-out word accuracy shape" in out and "vit_atlas_demo: held-out accuracy" in out
+    record = json.loads((tmp_path / "w" / RECORD).read_text())
+    vit, clip = record[VIT], record["clip_atlas_demo"]
+    assert vit["standard_phase"]["held_out_accuracy"] >= 0 and vit["config"]["robust_epochs"] == 1
+    assert set(clip["held_out_word_accuracy"]) == {"shape", "colour", "texture"}
+    assert clip["sha256"] == sha256_file(tmp_path / "w" / "clip_atlas_demo.safetensors")
