@@ -160,6 +160,9 @@ def test_one_unit_of_the_served_demo_is_read_remotely_with_little_transfer(demo,
             assert [t.index for t in latent.topk] == [t.index for t in local.unit(VIT, 3, 42, site="sae-l3-topk").topk]
         shard_bytes = sum(s["bytes"] for s in json.loads((demo / "manifest.json").read_text())["shards"])
         assert remote.remote.fetched < 0.05 * shard_bytes
+        with atlas.open(demo) as local:                                  # labels: one checked file, fetched whole
+            assert unit.labels == local.unit(VIT, 3, 42).labels and {x.source for x in unit.labels} == \
+                {"netdissect", "invert", "clip-dissect"}
         # a served shard changed after the manifest was written is refused (restored afterwards)
         shard = demo / "shards" / VIT / "ffn" / "L02" / "U00000-00256.h5"
         original = shard.read_bytes()
