@@ -158,7 +158,8 @@ class _ParquetFiles:
 
 EXPORT_MARKER = ".vit-atlas-export"    # marks a folder an export owns (it may replace what the export wrote)
 LABELS_CONFIG = "labels"               # the config (and folder) of every unit's concept labels
-EXPORT_ITEMS = ("units", "dataset", LABELS_CONFIG, "README.md")
+MAPS_CONFIG = "maps"                # the config (and folder) of every layer map's unit positions
+EXPORT_ITEMS = ("units", "dataset", LABELS_CONFIG, MAPS_CONFIG, "README.md")
 STAGING = ".export-staging"           # the export being written; moved into place when complete
 PREVIOUS = ".export-previous"         # the export being replaced, while the new one moves in
 COMPLETE = "COMPLETE"                 # in STAGING: everything is written, only the swap remains
@@ -276,6 +277,13 @@ def _write_export(pa, a: Atlas, out: Path, max_file_mb: float, progress: bool) -
         pq.write_table(index_table, out / "dataset" / "data-00000.parquet", compression="zstd")
         configs.append({"name": "dataset_index", "path": "dataset/*.parquet", "schema": index_table.schema,
                         "images": set()})
+    maps = _maps_table(pa, a)
+    if maps is not None:
+        import pyarrow.parquet as pq
+        (out / MAPS_CONFIG).mkdir(parents=True, exist_ok=True)
+        pq.write_table(maps, out / MAPS_CONFIG / "data-00000.parquet", compression="zstd")
+        configs.append({"name": MAPS_CONFIG, "path": f"{MAPS_CONFIG}/*.parquet", "schema": maps.schema,
+                        "images": set()})
     labels = _labels_table(pa, a)
     if labels is not None:
         import pyarrow.parquet as pq
@@ -285,6 +293,23 @@ def _write_export(pa, a: Atlas, out: Path, max_file_mb: float, progress: bool) -
     card = out / "README.md"
     card.write_text(dataset_card(a, configs), encoding="utf-8")
     return card
+
+
+def _maps_table(pa, a: Atlas):
+    """Every layer map of the atlas as one table (a row per laid-out unit: model, site, layer, unit, x, y; NaN
+    for a unit set aside), or None when it holds none."""
+    columns = {k: [] for k in ("model", "site", "layer", "unit", "x", "y")}
+    for model in a.models:
+        for site in a.sites(model):
+            for layer in a.layers(model, site):
+                found = a.layer_map(model, site, layer)
+                for unit, (x, y) in zip(found.units.tolist(), found.xy.tolist()) if found else ():
+                    for key, value in zip(columns, (model, site, layer, unit, x, y)):
+                        columns[key].append(value)
+    if not columns["unit"]:
+        return None
+    types = {"layer": pa.int32(), "unit": pa.int32(), "x": pa.float32(), "y": pa.float32()}
+    return pa.table({k: pa.array(v, types.get(k, pa.string())) for k, v in columns.items()})
 
 
 def _labels_table(pa, a: Atlas):
@@ -343,7 +368,7 @@ def dataset_card(a: Atlas, configs: list[dict]) -> str:
                           "features": [{"name": f.name, **_feature(pa, f.type, f.name in c["images"])}
                                        for f in c["schema"]]} for c in configs]}
     lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=1000).rstrip()]
-    units = next(c["name"] for c in configs if c["name"] not in ("dataset_index", LABELS_CONFIG))
+    units = next(c["name"] for c in configs if c["name"] not in ("dataset_index", LABELS_CONFIG, MAPS_CONFIG))
     lines += ["---", "", f"# {name}", "", info.get("description") or "A neuron atlas of vision transformers.", "",
               "Exported from a ViT Atlas atlas by `vit-atlas export`. One row per unit "
               "(the post-GELU hidden units of each block's MLP, and other sites where the atlas has them):",
@@ -359,6 +384,8 @@ def dataset_card(a: Atlas, configs: list[dict]) -> str:
               "from `source` netdissect (score: IoU of its thresholded maps with the concept's masks; `threshold`), "
               "invert (AUC of its image scores for the concept; `p_value`, two-sided Mann-Whitney; rank -1: the "
               "best OR of concepts) or clip-dissect (soft-WPMI over an open vocabulary); rank 0 is the best.", "",
+              f"The `{MAPS_CONFIG}` config (where the atlas has layer maps): each unit's position `x`, `y` in "
+              "[0, 1] on its layer's map (UMAP of the correlations of the units' scores; NaN: set aside).", "",
               f"Maps: {UNIT_FEATURES_NOTE}. Unit ids (`<model>/<site>/L<ll>/U<uuuu>`) are the atlas website's own.",
               "", "```python", "from datasets import load_dataset",
               f"units = load_dataset(\"path/to/this/folder\", \"{units}\", split=\"train\")", "```", ""]

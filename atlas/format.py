@@ -22,6 +22,7 @@ SHARDS = "shards"
 CITATION = "CITATION.cff"
 ANALYSES = "analyses"       # analyses/<name>.json
 LABELS = "labels"           # labels/<model>.<site>.h5: the concepts each unit is described by (atlas.labels)
+MAPS = "maps"              # maps/<model>.<site>.h5: each layer's map, units placed by their scores (atlas.maps)
 BLOCKS = "blocks"           # blocks/<shard path>.sha256: the sha256 of each block of that shard, 32 bytes each
 # Folders and files of an atlas that are not its data (the manifest does not list them):
 WEBSITE = "site"            # the rendered website (the folder's name predates the glossary: a site is a unit site)
@@ -34,7 +35,7 @@ QUARANTINE = "quarantine"   # unreadable shards moved aside, with the reason
 TMP_MARK = ".tmp-"          # <name>.tmp-<host>-<pid>: a file being written
 # Every folder of an atlas that ViT Atlas writes into or sweeps: each must be a real directory, with no
 # symbolic link anywhere below it (atlas.folder.prepare_atlas_folder), before a command writes.
-ATLAS_FOLDERS = (SHARDS, BLOCKS, SCORES, ANALYSES, LABELS, WEBSITE, LOGS, LOCKS, CACHE, PROBE_STATE, QUARANTINE)
+ATLAS_FOLDERS = (SHARDS, BLOCKS, SCORES, ANALYSES, LABELS, MAPS, WEBSITE, LOGS, LOCKS, CACHE, PROBE_STATE, QUARANTINE)
 
 SITES = ("ffn", "q", "k", "v", "attn", "block")
 SAE_SITE = re.compile(r"^sae-[a-z0-9][a-z0-9_\-]*$")   # the latents of a sparse autoencoder: sae-<name>
@@ -66,7 +67,7 @@ UNIT_ID = re.compile(rf"^(?P<model>{_NAME})/(?P<site>{_SITE})/L(?P<layer>\d{{2,}
 # from an atlas can pick a place outside it to read or write.
 SHARD_PATH = re.compile(rf"^{SHARDS}/(?P<model>{_NAME})/(?P<site>{_SITE})/L(?P<layer>\d{{2,}})/"
                         r"U(?P<start>\d{5,})-(?P<stop>\d{5,})\.h5$")
-DATA_PATH = re.compile(rf"^(?:{re.escape(DATASET)}|{re.escape(RELATED)}|{SCORES}/{_NAME}\.h5|{LABELS}/{_NAME}\.h5|"
+DATA_PATH = re.compile(rf"^(?:{re.escape(DATASET)}|{re.escape(RELATED)}|(?:{SCORES}|{LABELS}|{MAPS})/{_NAME}\.h5|"
                        rf"analyses/{_NAME}\.json)$")
 BLOCKS_PATH = re.compile(rf"^blocks/(?P<shard>{SHARD_PATH.pattern[1:-1]})\.sha256$")
 MAX_UNITS = 10**7          # a layer wider than this is not a layer (a manifest claiming it is, is damaged)
@@ -111,7 +112,7 @@ def data_path(rel, kind: str, where: str) -> str:
     AtlasError naming ``where`` it came from (a manifest field, a shard attribute). Only such paths
     are ever joined to an atlas folder or a cache: relative, inside the atlas, of the format's names."""
     rules = {"shard": (SHARD_PATH, "shards/<model>/<site>/L<ll>/U<start>-<stop>.h5"),
-             "data file": (DATA_PATH, "dataset.h5, related.h5, scores/<name>.h5, labels/<name>.h5 or "
+             "data file": (DATA_PATH, "dataset.h5, related.h5, scores/<name>.h5, labels/<name>.h5, maps/<name>.h5 or "
                                       "analyses/<name>.json"),
              "block hashes": (BLOCKS_PATH, "blocks/<shard path>.sha256")}
     pattern, shape = rules[kind]

@@ -13,6 +13,7 @@ import numpy as np
 from .dataset import Dataset
 from .flags import FLAG_NAMES, THRESHOLDS, VALUE_NAMES, flag_values, flags_of
 from .labels import Label, label_file, read_label_file, unit_labels
+from .maps import LayerMap, map_file, read_maps
 from .format import (AtlasError, DATASET, MODEL_NAME, PICTURES, RELATED, SITE_NAME, command, parse_unit_id, score_file,
                      unit_id)
 from .manifest import describe_shards, read_manifest, sha256_file
@@ -307,7 +308,7 @@ class Atlas:
     """An atlas folder opened for reading. Use ``atlas.open(DIR)``."""
 
     def __init__(self, root: str | Path, skip: frozenset[str] = frozenset(), allow_hosts=()):
-        self._label_files: dict = {}
+        self._read_files: dict = {}    # data files read whole: (model, site) -> label sources, ("map", model, site) -> layer maps
         self.remote = RemoteAtlas(str(root), allow_hosts) if is_url(root) else None
         if self.remote:
             self.root, self.manifest = self.remote.fetch_manifest()
@@ -500,14 +501,14 @@ class Atlas:
         """The label file of (model, site), read and checked (atlas.labels.read_label_file); {} when there is
         none, or (with a warning) when it cannot be read."""
         key = (model, site)
-        if key not in self._label_files:
+        if key not in self._read_files:
             path = self.data_file(label_file(model, site))
             try:
-                self._label_files[key] = read_label_file(path) if path is not None else {}
+                self._read_files[key] = read_label_file(path) if path is not None else {}
             except AtlasError as e:
                 print(f"warning: leaving out the labels of {model}/{site}: {e}")
-                self._label_files[key] = {}
-        return self._label_files[key]
+                self._read_files[key] = {}
+        return self._read_files[key]
 
     def unit_labels(self, model: str, site: str, layer: int, unit: int) -> list[Label]:
         """The labels of a unit (see ``Unit.labels``)."""
@@ -518,6 +519,19 @@ class Atlas:
         sources = self.label_sources(model, site)
         units = sorted({u for data in sources.values() for (l, u) in data["index"] if l == layer})
         return {u: unit_labels(sources, layer, u) for u in units}
+
+    def layer_map(self, model: str, site: str, layer: int) -> LayerMap | None:
+        """The map of one layer (``atlas.maps.LayerMap``: each unit's position in [0, 1]², how it was made, its
+        trustworthiness), written by `vit-atlas map`; None when the atlas holds none."""
+        key = ("map", model, site)
+        if key not in self._read_files:
+            path = self.data_file(map_file(model, site))
+            try:
+                self._read_files[key] = read_maps(path) if path is not None else {}
+            except AtlasError as e:
+                print(f"warning: leaving out the maps of {model}/{site}: {e}")
+                self._read_files[key] = {}
+        return self._read_files[key].get(layer)
 
     def image_scores(self, model: str, site: str) -> ImageScores:
         """Every probed image's score for every probed unit of (model, site), from the probe's exact score file;

@@ -153,6 +153,22 @@ def cmd_train_sae(args, command: str) -> None:
           f"dead {m['dead_fraction']:.1%} (held-out tokens)")
 
 
+def cmd_map(args, command: str) -> None:
+    from atlas.format import score_file
+    from atlas.reader import Atlas
+    from builder.maps import run_maps
+    a = Atlas(args.dir)
+    pairs = [(m, s) for m in a.models for s in a.sites(m) if (Path(args.dir) / score_file(m, s)).is_file()
+             and args.model in (None, m) and args.site in (None, s)]
+    a.close()
+    if not pairs:
+        raise AtlasError(f"{args.dir} holds no probe scores of {args.model or 'any model'}/{args.site or 'any site'}: "
+                         "run the probe first (the map is made from every unit's scores on the dataset)")
+    for model, site in pairs:
+        trust = run_maps(Path(args.dir), model, site, args.seed, command)
+        print(f"laid out {model}/{site}: trustworthiness " + ", ".join(f"L{layer} {t:.3f}" for layer, t in trust.items()))
+
+
 def cmd_label(args, command: str) -> None:
     from builder.labels import LabelJob, run_labels
     from builder.spec import LabelSources
@@ -410,6 +426,14 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
                     help="save netdissect's running counts this often, so a killed pass resumes (default %(default)s)")
     lb.add_argument("--out", required=True, help="the atlas (probed: invert and clip-dissect read its scores)")
     lb.set_defaults(run=cmd_label)
+
+    mp = sub.add_parser("map", help="a map of every probed layer: units placed by their scores on the dataset "
+                                       "(UMAP on correlations)")
+    mp.add_argument("dir", metavar="ATLAS", help="a probed atlas")
+    mp.add_argument("--model", help="only this model (its name in the atlas; default: every probed model)")
+    mp.add_argument("--site", help="only this site (default: every probed site)")
+    mp.add_argument("--seed", type=int, default=D.SEED, help=f"UMAP's seed (default {D.SEED}; recorded)")
+    mp.set_defaults(run=cmd_map)
 
     a = sub.add_parser("analyze", help="the paper's experiments: token-mixing, foreground-background, "
                                        "frequency, spatial, sites, or all")

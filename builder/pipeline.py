@@ -150,11 +150,12 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
 
 
 def probe_and_analyze(spec: BuildSpec, device: str, command: str, progress: bool) -> None:
-    """The probe of every site of every model the spec probes, their labels from the spec's [labels], then
-    each model's analyses (results whose inputs are unchanged are kept)."""
+    """The probe of every site of every model the spec probes, their labels from the spec's [labels] and their
+    layer maps, then each model's analyses (results whose inputs are unchanged are kept)."""
     from builder.analyses import AnalysisJob, run_analysis
     from builder.dataset import scan_images
     from builder.labels import LabelJob, run_labels
+    from builder.maps import run_maps
     from builder.probe import ProbeJob, run_probe
     index = scan_images(spec.images, spec.labels) if spec.images else None
     for m in spec.models:
@@ -172,6 +173,7 @@ def probe_and_analyze(spec: BuildSpec, device: str, command: str, progress: bool
                 run_labels(lm, LabelJob(out=spec.out, name=m.atlas_name, sources=spec.label_sources, site=site,
                                         layers=m.layers, batch_size=spec.batch_size, workers=spec.workers,
                                         device=device, command=command, progress=progress))
+            run_maps(spec.out, m.atlas_name, site, spec.seed, command, progress)
         for analysis in m.analyses:
             job = AnalysisJob(out=spec.out, name=m.atlas_name, index=index,
                               boxes=str(spec.boxes) if spec.boxes else None, batch_size=spec.batch_size,

@@ -339,3 +339,13 @@ def _walk_labels(browser, site: str, demo) -> None:
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == [], severe
     a.close()
+
+
+def test_every_demo_layer_has_a_map_whose_neighbours_coactivate(demo):
+    """Issue 33's bar: trustworthiness (10 neighbours, against the score correlations) >= 0.85 on every layer."""
+    with atlas.open(demo) as a:
+        for site in ("ffn", SAE):
+            for layer in a.layers(VIT, site):
+                found = a.layer_map(VIT, site, layer)
+                assert found is not None and found.trustworthiness >= 0.85, (site, layer)
+                assert np.isfinite(found.xy).all(1).sum() >= 200
