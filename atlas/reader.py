@@ -308,7 +308,7 @@ class Atlas:
     """An atlas folder opened for reading. Use ``atlas.open(DIR)``."""
 
     def __init__(self, root: str | Path, skip: frozenset[str] = frozenset(), allow_hosts=()):
-        self._read_files: dict = {}    # data files read whole: (model, site) -> label sources, ("map", model, site) -> layer maps
+        self._read_files: dict = {}    # data files read whole (label files, layer maps), by atlas path
         self.remote = RemoteAtlas(str(root), allow_hosts) if is_url(root) else None
         if self.remote:
             self.root, self.manifest = self.remote.fetch_manifest()
@@ -500,15 +500,7 @@ class Atlas:
     def label_sources(self, model: str, site: str) -> dict[str, dict]:
         """The label file of (model, site), read and checked (atlas.labels.read_label_file); {} when there is
         none, or (with a warning) when it cannot be read."""
-        key = (model, site)
-        if key not in self._read_files:
-            path = self.data_file(label_file(model, site))
-            try:
-                self._read_files[key] = read_label_file(path) if path is not None else {}
-            except AtlasError as e:
-                print(f"warning: leaving out the labels of {model}/{site}: {e}")
-                self._read_files[key] = {}
-        return self._read_files[key]
+        return self._read_whole(label_file(model, site), read_label_file, f"the labels of {model}/{site}")
 
     def unit_labels(self, model: str, site: str, layer: int, unit: int) -> list[Label]:
         """The labels of a unit (see ``Unit.labels``)."""
@@ -523,15 +515,19 @@ class Atlas:
     def layer_map(self, model: str, site: str, layer: int) -> LayerMap | None:
         """The map of one layer (``atlas.maps.LayerMap``: each unit's position in [0, 1]², how it was made, its
         trustworthiness), written by `vit-atlas map`; None when the atlas holds none."""
-        key = ("map", model, site)
-        if key not in self._read_files:
-            path = self.data_file(map_file(model, site))
+        return self._read_whole(map_file(model, site), read_maps, f"the maps of {model}/{site}").get(layer)
+
+    def _read_whole(self, rel: str, read: Callable[[Path], dict], what: str) -> dict:
+        """The data file ``rel`` read whole by ``read``, once; {} when the atlas has none or (with a warning
+        naming ``what``) when it cannot be read."""
+        if rel not in self._read_files:
+            path = self.data_file(rel)
             try:
-                self._read_files[key] = read_maps(path) if path is not None else {}
+                self._read_files[rel] = read(path) if path is not None else {}
             except AtlasError as e:
-                print(f"warning: leaving out the maps of {model}/{site}: {e}")
-                self._read_files[key] = {}
-        return self._read_files[key].get(layer)
+                print(f"warning: leaving out {what}: {e}")
+                self._read_files[rel] = {}
+        return self._read_files[rel]
 
     def image_scores(self, model: str, site: str) -> ImageScores:
         """Every probed image's score for every probed unit of (model, site), from the probe's exact score file;
