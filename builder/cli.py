@@ -198,7 +198,7 @@ def cmd_train_demo(args, command: str) -> None:
     from builder.demo.train import TrainConfig, train_demo
     cfg = TrainConfig(seed=args.seed, n_train=args.n_train,
                       **{k: v for k, v in (("epochs_vit", args.epochs), ("epochs_cnn", args.epochs),
-                                           ("epochs_clip", args.epochs), ("robust_epochs", args.epochs)) if v})
+                                           ("epochs_clip", args.epochs), ("robust_epochs", args.robust_epochs)) if v})
     from builder.demo.clip import NAME as CLIP
     names = {"vit": VIT, "cnn": CNN, "clip": CLIP}
     unknown = set(args.models.split(",")) - set(names)
@@ -521,11 +521,13 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     t = sub.add_parser("train-demo", help="train the demo ViT and CNN on generated shapes (CPU)")
     t.add_argument("--out", default=None, help="weights folder (default: builder/demo/weights, the committed ones)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--epochs", type=int, help="epochs for every model and phase (default: each model's "
-                   "own, recorded in demo_weights.json)")
+    t.add_argument("--epochs", type=int, help="epochs for every model (default: each model's own, recorded in "
+                   "demo_weights.json)")
     t.add_argument("--n-train", type=int, default=40000, help="generated training images (default 40000)")
     t.add_argument("--models", default="vit,cnn,clip", help="any of vit, cnn, clip (the image-text model of the demo's "
                                                            "open-vocabulary labels), comma-separated")
+    t.add_argument("--robust-epochs", type=int, metavar="N", help="add a robust phase of N epochs to the ViT's "
+                   "training (L2 PGD on augmented images; default none, as the shipped ViT)")
     t.add_argument("--vit-from", metavar="FILE", help="start the ViT's robust phase from these weights (a "
                    "state dict of vit_atlas_demo) instead of training its standard phase first")
     t.set_defaults(run=cmd_train_demo)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from atlas.format import AtlasError, SPEC_COPY, command as command_line
+from atlas.format import AtlasError, SPEC_COPY, command as command_line, score_file
 from atlas.folder import prepare_atlas_folder
 from atlas.locks import Lock, lock_path
 from atlas.log import append_log
@@ -142,9 +142,11 @@ def finalize(spec: BuildSpec, command: str, tasks: list[Task] | None = None, pro
         if lock.lost:
             raise AtlasError(f"the finalize lock of {spec.out} was taken over while this process was stalled; "
                              "the process that took it finishes the atlas")
-        write_manifest(spec.out, command, {"atlas": spec.atlas_info(), "spec": spec_record(spec, tasks),
-                                           "finalized": {"state": state}})
-        return render(spec.out, progress=progress, base_url=spec.url)
+        write_manifest(spec.out, command, {"atlas": spec.atlas_info(), "spec": spec_record(spec, tasks)})
+        index = render(spec.out, progress=progress, base_url=spec.url)
+        # finalized only once the website is complete: a build killed while rendering renders again
+        write_manifest(spec.out, None, {"finalized": {"state": state}})
+        return index
     finally:
         lock.release()
 
@@ -173,7 +175,8 @@ def probe_and_analyze(spec: BuildSpec, device: str, command: str, progress: bool
                 run_labels(lm, LabelJob(out=spec.out, name=m.atlas_name, sources=spec.label_sources, site=site,
                                         layers=m.layers, batch_size=spec.batch_size, workers=spec.workers,
                                         device=device, command=command, progress=progress))
-            run_maps(spec.out, m.atlas_name, site, spec.seed, command, progress)
+            if (spec.out / score_file(m.atlas_name, site)).is_file():          # none with related = "off"
+                run_maps(spec.out, m.atlas_name, site, spec.seed, command, progress)
         for analysis in m.analyses:
             job = AnalysisJob(out=spec.out, name=m.atlas_name, index=index,
                               boxes=str(spec.boxes) if spec.boxes else None, batch_size=spec.batch_size,

@@ -153,13 +153,22 @@ def load_every_config(root, out):
     import atlas
     a = atlas.open(root)
     names = [c["config_name"] for c in header["configs"]]
-    assert "dataset_index" in names and len(names) == 1 + sum(len(a.sites(m)) for m in a.models)
+    layered = [(m, s, layer) for m in a.models for s in a.sites(m) for layer in a.layers(m, s)]
+    labels = sum(len(xs) for m, s, layer in layered for xs in a.layer_labels(m, s, layer).values())
+    maps = [found for m, s, layer in layered if (found := a.layer_map(m, s, layer)) is not None]
+    assert "dataset_index" in names and len(names) == 1 + sum(len(a.sites(m)) for m in a.models) + bool(labels) + bool(maps)
     for name in names:
         # a cache of its own: `datasets` keys its cache by the folder's path, which pytest's numbered temp
         # folders reuse from run to run, so the shared cache can hand back an older run's rows
         ds = datasets.load_dataset(str(out), name, split="train", cache_dir=str(Path(out).parent / "hf-cache"))
         if name == "dataset_index":
             assert len(ds) == len(a.dataset.paths)
+            continue
+        if name == "labels":                  # a row per label of every unit
+            assert len(ds) == labels and set(ds["source"]) <= {"netdissect", "invert", "clip-dissect"}
+            continue
+        if name == "maps":                    # a row per unit on a map
+            assert len(ds) == sum(len(found.units) for found in maps)
             continue
         model, site = ds[0]["model"], ds[0]["site"]
         assert name == f"{model}.{site}" and set(ds["model"]) == {model} and set(ds["site"]) == {site}

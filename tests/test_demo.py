@@ -75,8 +75,8 @@ def test_a_short_training_run_lowers_the_loss(tmp_path):
 @pytest.mark.slow
 def test_train_demo_trains_the_vit_in_two_phases_and_the_image_text_model_from_the_command_line(tmp_path):
     from tests.helpers import run_cli
-    code, out, err = run_cli("train-demo", "--models", "vit,clip", "--epochs", "1", "--n-train", "64",
-                             "--out", str(tmp_path / "w"))
+    code, out, err = run_cli("train-demo", "--models", "vit,clip", "--epochs", "1", "--robust-epochs", "1",
+                             "--n-train", "64", "--out", str(tmp_path / "w"))
     assert code == 0, err
     assert "clip_atlas_demo: held-out word accuracy shape" in out and "vit_atlas_demo: held-out accuracy" in out
     record = json.loads((tmp_path / "w" / RECORD).read_text())

@@ -81,7 +81,9 @@ def test_late_units_prefer_a_class_and_the_analyses_compare_vit_and_cnn(demo):
                   for u in a.units(VIT, 5)]
     assert np.mean(shares) >= 0.5        # chance is 1/8
     fg = json.loads((demo / "analyses/foreground-background.json").read_text())["results"]
-    assert set(fg) == {VIT, CNN} and all(r["images"] == 1000 and r["accuracy"]["full"]["top1"] >= 0.9 for r in fg.values())
+    from builder.spec import load_spec
+    limit = load_spec(demo / "spec.toml").limit                                     # the demo spec's, 500
+    assert set(fg) == {VIT, CNN} and all(r["images"] == limit and r["accuracy"]["full"]["top1"] >= 0.9 for r in fg.values())
     mixing = json.loads((demo / "analyses/token-mixing.json").read_text())["results"][VIT]
     assert mixing["accuracy"] >= 0.9 and 0 <= mixing["patch_average"] <= 1
 
@@ -349,3 +351,59 @@ def test_every_demo_layer_has_a_map_whose_neighbours_coactivate(demo):
                 found = a.layer_map(VIT, site, layer)
                 assert found is not None and found.trustworthiness >= 0.85, (site, layer)
                 assert np.isfinite(found.xy).all(1).sum() >= 200
+
+
+def test_the_demos_map_pans_zooms_hovers_and_opens_a_unit_over_every_server(demo, tmp_path):
+    """Issue 33 in Chromium over nginx (requests counted from its log), http.server and file://."""
+    from tests.helpers import chromium, nginx, plain_http
+    browser = chromium(1280, 1800)          # the whole map in view: pointer offsets are from its middle
+    try:
+        with nginx(demo, tmp_path / "nginx") as base:
+            _walk_map(browser, base + "site/", tmp_path / "nginx" / "access.log")
+        with plain_http(demo) as base:
+            _walk_map(browser, base + "site/")
+        _walk_map(browser, (demo / "site").as_uri() + "/")
+    finally:
+        browser.quit()
+
+
+def _walk_map(browser, site: str, log=None) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from tests.helpers import wait_for
+    requests = lambda: log.read_text().splitlines() if log else []              # noqa: E731
+    before = len(requests())
+    browser.get(site + f"{VIT}/ffn/L05/map.html")
+    assert wait_for(lambda: browser.find_element(By.ID, "layer-map").get_attribute("data-state") == "ready")
+    first = requests()[before:]
+    if log:                       # the first screen: the page, its style and script, the map's data; no tile
+        assert sum("/maps/" in line for line in first) == 1 and not any(".pack" in line for line in first), first
+    canvas = browser.find_element(By.ID, "map-canvas")
+    rect = browser.execute_script("return arguments[0].getBoundingClientRect().toJSON()", canvas)
+    at = lambda i: browser.execute_script("return window.AtlasMap.screen(window.AtlasMap.points[arguments[0]])", i)  # noqa: E731
+    move = lambda q: ActionChains(browser).move_to_element_with_offset(  # noqa: E731
+        canvas, int(q[0] - rect["width"] / 2), int(q[1] - rect["height"] / 2)).perform()
+    unit = browser.execute_script("return window.AtlasMap.points[7][0]")
+    move(at(7))                                                          # hover: the card names the unit
+    card = browser.find_element(By.ID, "map-card")
+    assert wait_for(lambda: card.is_displayed() and f"U{unit:04d}" in card.text)
+    x0 = browser.execute_script("return window.AtlasMap.view.x")
+    ActionChains(browser).click_and_hold().move_by_offset(120, 40).release().perform()      # pan
+    assert abs(browser.execute_script("return window.AtlasMap.view.x") - x0 - 120) < 2
+    q = at(7)
+    for _ in range(10):                                                  # zoom in on it
+        browser.execute_script("var c = arguments[0], r = c.getBoundingClientRect(); c.dispatchEvent(new WheelEvent("
+                               "'wheel', {deltaY: -250, clientX: r.left + arguments[1], clientY: r.top + arguments[2], "
+                               "bubbles: true, cancelable: true}));", canvas, q[0], q[1])
+    visible = lambda: browser.execute_script("return window.AtlasMap.visible().map(function (p) { return p[0]; })")  # noqa: E731
+    assert wait_for(lambda: visible() and browser.execute_script("return window.AtlasMap.fetched.tiles") == len(visible()))
+    if log:                       # tiles fetched: only those in view (each a range of its pack, plus the header)
+        packs = [line for line in requests()[before:] if ".pack" in line]
+        assert 1 <= len(packs) <= len(visible()) + 1, (len(packs), len(visible()))
+    move(at(7))
+    ActionChains(browser).click().perform()                               # click: its unit view
+    assert wait_for(lambda: browser.find_element(By.ID, "unit-id").text == f"{VIT}/ffn/L05/U{unit:04d}")
+    assert wait_for(lambda: browser.find_element(By.ID, "mini-map").get_attribute("data-state") == "ready")
+    assert browser.find_element(By.ID, "map-link").get_attribute("href").endswith(f"map.html#{VIT}/ffn/L05/U{unit:04d}")
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == [], severe

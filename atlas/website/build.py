@@ -26,7 +26,7 @@ from ..analyses import analysis_files, parse_analysis
 from ..flags import FLAG_LABELS, FLAG_NAMES
 from ..labels import SOURCE_TITLES, SOURCES
 from ..folder import check_owned_folder, own_folder, remove_recorded
-from ..format import ANALYSES, CITATION, PICTURE_LABELS, WEBSITE, AtlasError, command
+from ..format import ANALYSES, CITATION, PICTURE_LABELS, WEBSITE, AtlasError, command, parse_unit_id
 from ..reader import Atlas
 from ..manifest import sha256_file
 from ..shard import remove_stale_temps
@@ -39,7 +39,8 @@ from .check import PACK_LIST
 from .listing import read_listing, write_listing
 from .packs import read_header, unit_pack_path
 from .search import render_search
-from .urls import MARKER, PAGE_UNITS, RESERVED, UNIT_VIEW, check_url, page_path, write_if_changed
+from .urls import (MARKER, PAGE_UNITS, RESERVED, UNIT_VIEW, check_url, map_data_path, map_path, page_path,
+                   write_if_changed)
 
 OFFLINE_LIMIT = 512 * 10**6     # "auto": script twins for pages opened from disk up to this many bytes of shards
 FEATURED_MODELS = 4             # models whose strongest units the index page shows
@@ -203,11 +204,56 @@ def concept_filters(summ: LayerSummary) -> list[tuple[str, list[tuple[str, str, 
             for source in SOURCES if any(s == source for s, _ in counts)]
 
 
+MAP_RELATED = 4       # same-layer related units a map draws as links from the unit under the pointer
+# the label source a map colours by, the first the layer has: image-level labels describe most units, while
+# netdissect's best concept is often below its detector bar
+MAP_SOURCES = ("invert", "clip-dissect", "netdissect")
+
+
+def map_points(a: Atlas, summ: LayerSummary) -> dict | None:
+    """What a layer's map page draws, or None when the atlas has no map of the layer: per unit on the map
+    [unit, x, y, flag bits, category index (-1 none), activation, concept index (-1 none), related units], and
+    the names the indices stand for. Categories and concepts are of the best label of the first of
+    ``MAP_SOURCES`` the layer has; flag bits follow atlas.flags.FLAG_NAMES."""
+    found = a.layer_map(summ.model, summ.site, summ.layer)
+    if found is None:
+        return None
+    at = {int(u): i for i, u in enumerate(summ.units)}
+    sources = [s for s in MAP_SOURCES if any(x.source == s for i in range(len(summ.units)) for x in summ.best_labels(i))]
+    categories, concepts, points = [], [], []
+    for unit, (x, y) in zip(found.units.tolist(), found.xy.tolist()):
+        i = at.get(unit)
+        if i is None or not (x == x and y == y):
+            continue
+        best = next((b for b in summ.best_labels(i) if sources and b.source == sources[0]), None)
+        cat = concept = -1
+        if best is not None:
+            categories += [best.category] if best.category not in categories else []
+            concepts += [best.concept] if best.concept not in concepts else []
+            cat, concept = categories.index(best.category), concepts.index(best.concept)
+        bits = sum(1 << k for k, name in enumerate(FLAG_NAMES) if name in summ.flags[i])
+        related = [int(parse_unit_id(x.id)[3]) for x in a.related_units(summ.model, summ.site, summ.layer, unit)
+                   if x.scope == "same layer"][:MAP_RELATED]
+        act = float(summ.activation[i])
+        points.append([unit, round(x, 4), round(y, 4), bits, cat, round(act, 4) if act == act else None, concept, related])
+    return {"points": points, "flags": list(FLAG_NAMES), "categories": categories, "concepts": concepts,
+            "source": sources[0] if sources else None,
+            "trustworthiness": found.trustworthiness if found.trustworthiness == found.trustworthiness else None,
+            "params": {k: found.params.get(k) for k in ("method", "n_neighbors", "min_dist", "seed", "input")}}
+
+
 def _render_layers_and_models(r: Renderer, summaries: dict[tuple, LayerSummary], strips: dict[str, str]) -> None:
     by_model: dict[str, list] = {}
     for (m, s, layer), summ in summaries.items():
         info = r.manifest.get("models", {}).get(m, {}).get("sites", {}).get(s, {}).get(f"{layer:02d}", {})
         pages = summ.pages()
+        points = map_points(r.atlas, summ)
+        if points is not None:
+            data = map_data_path(m, s, layer)
+            _write(r, data, f"window.AtlasMaps.add({json.dumps(data)}, {json.dumps(points, allow_nan=False)});\n")
+            r.page("map.html", map_path(m, s, layer), model=m, site=s, layer=layer, info=info, map=points,
+                   map_data=data, layer_href=page_path(m, s, layer, pages[0]),
+                   source_title=SOURCE_TITLES.get(points["source"], ""))
         links = []
         for p in pages:
             shown = summ.units[summ.on_page(p)]
@@ -218,7 +264,7 @@ def _render_layers_and_models(r: Renderer, summaries: dict[tuple, LayerSummary],
                    picture_parts=[(part, PICTURE_LABELS.get(part, part)) for part in summ.pictures],
                    flag_filters=[(name, FLAG_LABELS[name]) for name in FLAG_NAMES
                                  if any(name in f for f in summ.flags)],
-                   concept_filters=concept_filters(summ),
+                   concept_filters=concept_filters(summ), map_href=map_path(m, s, layer) if points else None,
                    tiles=tiles, page=p, page_index=k, page_links=links,
                    pack=unit_pack_path(m, s, layer, (p - 1) * PAGE_UNITS))
         order = strongest_units(summ, STRIP_UNITS)

@@ -15,6 +15,7 @@ import numpy as np
 from ..format import DATASET, PICTURE_LABELS, PICTURES, RELATED, unit_id, unit_runs
 from ..images import ImageError, load_rgb
 from ..labels import label_file
+from ..maps import map_file
 from ..media import (PICTURE_EFFORT, PICTURE_QUALITY, THUMB_EFFORT, THUMB_QUALITY, TILE_EFFORT, TILE_QUALITY, model_view,
                      quantize_map, webp)
 from ..reader import Atlas, ShardData
@@ -223,6 +224,8 @@ class PackBuilder:
         if sd.probed:
             meta["probe"] = self.probe_meta(sd, r, blobs)
         meta["related"] = [[x.scope, x.id, short(x.corr)] for x in self.atlas.related_units(model, site, layer, u)]
+        found = self.atlas.layer_map(model, site, layer)
+        meta["map"] = found.position(u) if found is not None else None
         meta["labels"] = [[x.source, x.concept, x.category, short(x.score), x.rank,
                            short(x.p_value) if x.p_value is not None else short(x.threshold) if x.threshold is not None
                            else None] for x in self.atlas.unit_labels(model, site, layer, u)]
@@ -304,7 +307,8 @@ def unit_pack_jobs(a: Atlas, summaries: dict) -> list[UnitPackJob]:
               file_sha256(a, RELATED), file_sha256(a, DATASET))
     jobs = []
     for (m, s, layer), summ in summaries.items():
-        info = {**layer_info(a, m, s, layer, summ), "labels": label_record(a, m, s)}
+        info = {**layer_info(a, m, s, layer, summ), "labels": label_record(a, m, s),
+                "map": file_sha256(a, map_file(m, s))}       # a new map remakes the packs (records hold positions)
         for page in sorted({int(u) // PACK_UNITS for u in summ.units}):
             lo, hi = page * PACK_UNITS, (page + 1) * PACK_UNITS
             refs = tuple(r.path for r in summ.shards if r.unit_start < hi and r.unit_stop > lo)

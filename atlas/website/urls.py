@@ -80,6 +80,18 @@ def content_security_policy(data_url: str = "", header: bool = False) -> str:
 
 FIRST_PAGE = "{model}/{site}/L{layer:2}/index.html"          # templates (atlas.format.fill) the pages'
 OTHER_PAGE = "{model}/{site}/L{layer:2}/page-{page}.html"    # script fills too
+MAP_PAGE = "{model}/{site}/L{layer:2}/map.html"               # a layer's map (where the atlas has one) ...
+MAP_DATA = "maps/{model}/{site}/L{layer:2}.js"                 # ... and what it draws (the website's own: a script)
+
+
+def map_path(model: str, site: str, layer: int) -> str:
+    """Website-relative path of a layer's map page."""
+    return fill(MAP_PAGE, model=model, site=site, layer=layer)
+
+
+def map_data_path(model: str, site: str, layer: int) -> str:
+    """Website-relative path of a layer map's data (a script that hands it to ``AtlasMaps.add``)."""
+    return fill(MAP_DATA, model=model, site=site, layer=layer)
 
 
 def page_path(model: str, site: str, layer: int, page: int = 1) -> str:
@@ -91,6 +103,7 @@ def script_layout() -> dict:
     """Everything the pages' script needs to find any unit's pack, page and address from its id alone:
     the templates and sizes of atlas.website.packs and these addresses (base.html hands it over)."""
     return {**layout(), "first_page": FIRST_PAGE, "other_page": OTHER_PAGE, "unit_view": UNIT_VIEW,
+            "map_page": MAP_PAGE, "map_data": MAP_DATA,
             "picture_labels": PICTURE_LABELS,
             "label_sources": [[name, SOURCE_TITLES[name], measure] for name, measure in SOURCES.items()]}
 
