@@ -277,61 +277,47 @@ def _write_export(pa, a: Atlas, out: Path, max_file_mb: float, progress: bool) -
         pq.write_table(index_table, out / "dataset" / "data-00000.parquet", compression="zstd")
         configs.append({"name": "dataset_index", "path": "dataset/*.parquet", "schema": index_table.schema,
                         "images": set()})
-    maps = _maps_table(pa, a)
-    if maps is not None:
-        import pyarrow.parquet as pq
-        (out / MAPS_CONFIG).mkdir(parents=True, exist_ok=True)
-        pq.write_table(maps, out / MAPS_CONFIG / "data-00000.parquet", compression="zstd")
-        configs.append({"name": MAPS_CONFIG, "path": f"{MAPS_CONFIG}/*.parquet", "schema": maps.schema,
-                        "images": set()})
-    labels = _labels_table(pa, a)
-    if labels is not None:
-        import pyarrow.parquet as pq
-        (out / "labels").mkdir(parents=True, exist_ok=True)
-        pq.write_table(labels, out / "labels" / "data-00000.parquet", compression="zstd")
-        configs.append({"name": LABELS_CONFIG, "path": "labels/*.parquet", "schema": labels.schema, "images": set()})
+    for name, table in ((MAPS_CONFIG, _maps_table(pa, a)), (LABELS_CONFIG, _labels_table(pa, a))):
+        if table is not None:                   # one small table each: one file, its config named as its folder
+            import pyarrow.parquet as pq
+            (out / name).mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, out / name / "data-00000.parquet", compression="zstd")
+            configs.append({"name": name, "path": f"{name}/*.parquet", "schema": table.schema, "images": set()})
     card = out / "README.md"
     card.write_text(dataset_card(a, configs), encoding="utf-8")
     return card
 
 
+def _layer_table(pa, a: Atlas, rows_of, types: dict):
+    """One table of rows from every (model, site, layer) of the atlas, ``rows_of(model, site, layer)`` giving
+    each layer's rows as dicts; columns typed by ``types`` (others strings). None when no layer has a row."""
+    rows = [row for model in a.models for site in a.sites(model) for layer in a.layers(model, site)
+            for row in rows_of(model, site, layer)]
+    if not rows:
+        return None
+    return pa.table({k: pa.array([r[k] for r in rows], types.get(k, pa.string())) for k in rows[0]})
+
+
 def _maps_table(pa, a: Atlas):
     """Every layer map of the atlas as one table (a row per laid-out unit: model, site, layer, unit, x, y; NaN
     for a unit set aside), or None when it holds none."""
-    columns = {k: [] for k in ("model", "site", "layer", "unit", "x", "y")}
-    for model in a.models:
-        for site in a.sites(model):
-            for layer in a.layers(model, site):
-                found = a.layer_map(model, site, layer)
-                for unit, (x, y) in zip(found.units.tolist(), found.xy.tolist()) if found else ():
-                    for key, value in zip(columns, (model, site, layer, unit, x, y)):
-                        columns[key].append(value)
-    if not columns["unit"]:
-        return None
-    types = {"layer": pa.int32(), "unit": pa.int32(), "x": pa.float32(), "y": pa.float32()}
-    return pa.table({k: pa.array(v, types.get(k, pa.string())) for k, v in columns.items()})
+    def rows_of(model, site, layer):
+        found = a.layer_map(model, site, layer)
+        return [{"model": model, "site": site, "layer": layer, "unit": unit, "x": x, "y": y}
+                for unit, (x, y) in zip(found.units.tolist(), found.xy.tolist())] if found else []
+    return _layer_table(pa, a, rows_of, {"layer": pa.int32(), "unit": pa.int32(), "x": pa.float32(), "y": pa.float32()})
 
 
 def _labels_table(pa, a: Atlas):
     """Every unit label of the atlas as one table (a row per label: model, site, layer, unit, source, rank,
     concept, category, score, p_value, threshold; an OR-formula has rank -1), or None when it holds none."""
-    columns = {k: [] for k in ("model", "site", "layer", "unit", "source", "rank", "concept", "category", "score",
-                               "p_value", "threshold")}
-    for model in a.models:
-        for site in a.sites(model):
-            for layer in a.layers(model, site):
-                for unit, labels in a.layer_labels(model, site, layer).items():
-                    for x in labels:
-                        for key, value in (("model", model), ("site", site), ("layer", layer), ("unit", unit),
-                                           ("source", x.source), ("rank", x.rank), ("concept", x.concept),
-                                           ("category", x.category), ("score", x.score), ("p_value", x.p_value),
-                                           ("threshold", x.threshold)):
-                            columns[key].append(value)
-    if not columns["unit"]:
-        return None
-    types = {"layer": pa.int32(), "unit": pa.int32(), "rank": pa.int32(), "score": pa.float32(),
-             "p_value": pa.float64(), "threshold": pa.float32()}
-    return pa.table({k: pa.array(v, types.get(k, pa.string())) for k, v in columns.items()})
+    def rows_of(model, site, layer):
+        return [{"model": model, "site": site, "layer": layer, "unit": unit, "source": x.source, "rank": x.rank,
+                 "concept": x.concept, "category": x.category, "score": x.score, "p_value": x.p_value,
+                 "threshold": x.threshold}
+                for unit, labels in a.layer_labels(model, site, layer).items() for x in labels]
+    return _layer_table(pa, a, rows_of, {"layer": pa.int32(), "unit": pa.int32(), "rank": pa.int32(),
+                                         "score": pa.float32(), "p_value": pa.float64(), "threshold": pa.float32()})
 
 
 def _feature(pa, t, image: bool = False):
