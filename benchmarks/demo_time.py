@@ -59,14 +59,14 @@ def capability(env: dict) -> str:
 
 
 def stage_seconds(atlas: Path) -> dict:
-    """Seconds per stage from the atlas's run logs: visualize per site and picture, and the probe."""
+    """Seconds per stage from the atlas's run logs: visualize per site and picture, the probe, the maps."""
     seconds = defaultdict(float)
     for record in read_logs(atlas):
         if record.get("stage") == "visualize":
             site = SHARD_PATH.match(record["shard"])["site"]
             seconds[f"visualize {site} {record.get('part', 'viz')}"] += record["seconds"]
-        elif record.get("stage") == "probe":
-            seconds["probe"] += record["seconds"]
+        elif record.get("stage") in ("probe", "map"):
+            seconds[record["stage"]] += record["seconds"]
     return {k: round(v, 1) for k, v in sorted(seconds.items())}
 
 
@@ -84,7 +84,7 @@ def run_demo(isa: str) -> dict:
         stages = stage_seconds(atlas)
     pictures = sum(v for k, v in stages.items() if k.startswith("visualize"))
     return {"isa": isa, "caps": ISA_CAPS[isa], "aten_capability": capability(env), "wall_s": round(wall, 1),
-            "stages_s": stages, "rest_s": round(wall - pictures - stages.get("probe", 0.0), 1)}
+            "stages_s": stages, "rest_s": round(wall - pictures - stages.get("probe", 0.0) - stages.get("map", 0.0), 1)}
 
 
 def markdown_row(record: dict, cpu: dict) -> str:
@@ -95,7 +95,8 @@ def markdown_row(record: dict, cpu: dict) -> str:
     machine = (f"{cpu['cpus']}-core {cpu['model_name']} (family {cpu['family']} model {cpu['model']}; "
                f"{' '.join(cpu['vector_flags'])}), ATen {record['aten_capability']}")
     return (f"| {time.strftime('%Y-%m-%d')} | {machine} | **{record['wall_s']:.0f} s** | {picture('viz')} | "
-            f"{picture('fourier')} | probe {s.get('probe', 0):.0f} s; rest {record['rest_s']:.0f} s |")
+            f"{picture('fourier')} | probe {s.get('probe', 0):.0f} s; maps {s.get('map', 0):.0f} s; "
+            f"rest {record['rest_s']:.0f} s |")
 
 
 def main():

@@ -11,6 +11,7 @@ and stored: how often a unit's neighbours on the map are its neighbours in the d
 from __future__ import annotations
 
 import hashlib
+import time
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from atlas.folder import prepare_atlas_folder
 from atlas.format import AtlasError, score_file
+from atlas.log import append_log
 from atlas.maps import write_maps
 from atlas.manifest import write_manifest
 
@@ -27,6 +29,38 @@ from .defaults import SEED
 N_NEIGHBOURS = 15           # UMAP's neighbourhood (its default): local structure against global
 MIN_DIST = 0.1              # UMAP's spacing of close points (its default)
 TRUST_NEIGHBOURS = 10       # neighbours trustworthiness compares (the issue's measure)
+EXACT_NEIGHBOURS_BELOW = 4096   # umap-learn's own bound: fewer points, exact neighbours from all distances
+
+
+def _umap():
+    """umap-learn, with its numba functions cached on disk where numba can write (umap-learn does not ask for
+    it: without the cache every process compiles them again, ~5 s on 2 cores, the larger part of the demo's maps)."""
+    import numba
+    import umap
+    import umap.distances
+    import umap.layouts
+    import umap.umap_
+    import umap.utils
+    for module in (umap.umap_, umap.layouts, umap.utils, umap.distances):
+        for function in vars(module).values():
+            if isinstance(function, numba.core.dispatcher.Dispatcher) and \
+                    isinstance(function._cache, numba.core.caching.NullCache):
+                try:
+                    function.enable_caching()
+                except RuntimeError:          # no writable cache folder: compiled each time, as umap-learn does
+                    pass
+    return umap
+
+
+def exact_neighbours(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each unit-length row's ``k`` nearest rows by cosine distance (itself first), and those distances, from all
+    pairwise distances (what umap-learn computes for fewer than 4096 points, without its compiled search)."""
+    distance = np.clip(1 - vectors @ vectors.T, 0, 2).astype(np.float32)
+    np.fill_diagonal(distance, -1)                       # itself first, whatever its duplicates
+    index = np.argsort(distance, axis=1, kind="stable")[:, :k]
+    nearest = np.take_along_axis(distance, index, 1)
+    nearest[:, 0] = 0
+    return index.astype(np.int64), nearest
 
 
 def unit_profiles(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
@@ -54,11 +88,15 @@ def map_points(vectors: np.ndarray, seed: int, n_neighbours: int = N_NEIGHBOURS,
     n = len(vectors)
     if n < 4:
         return np.stack([np.linspace(0.25, 0.75, n) if n > 1 else np.full(n, 0.5), np.full(n, 0.5)], 1)
-    import umap
+    umap = _umap()
+    k = min(n_neighbours, n - 1)
+    # exact neighbours computed here for small layers: the same neighbours umap-learn finds, without compiling its
+    # search (half of the first map's time); no search index is kept since nothing new is ever placed on a map
+    known = exact_neighbours(vectors, k) if n < EXACT_NEIGHBOURS_BELOW else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")          # "n_jobs overridden by setting random_state": that is the point
-        xy = umap.UMAP(n_neighbors=min(n_neighbours, n - 1), min_dist=min_dist, metric="cosine",
-                       random_state=seed, n_components=2, init="spectral" if n > n_neighbours else "random"
+        xy = umap.UMAP(n_neighbors=k, min_dist=min_dist, metric="cosine", random_state=seed, n_components=2,
+                       init="spectral" if n > n_neighbours else "random", precomputed_knn=known or (None, None, None)
                        ).fit_transform(vectors.astype(np.float32))
     lo, hi = xy.min(0), xy.max(0)
     span = float(max((hi - lo).max(), 1e-12))
@@ -79,6 +117,7 @@ def run_maps(out: Path, name: str, site: str = "ffn", seed: int = SEED, command:
                 progress: bool = True) -> dict[int, float]:
     """Lay out every probed layer of (name, site) in the atlas ``out``; returns each layer's trustworthiness."""
     from tqdm import tqdm
+    start = time.perf_counter()
     out = prepare_atlas_folder(out)
     path = out / score_file(name, site)
     if not path.is_file():
@@ -95,10 +134,13 @@ def run_maps(out: Path, name: str, site: str = "ffn", seed: int = SEED, command:
         xy[live] = points
         trust[str(value)] = trustworthiness(vectors[live], points)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    import umap
+    umap = _umap()
     write_maps(out, name, site, layer, unit, xy, {
         "method": "umap", "umap_version": umap.__version__, "metric": "cosine", "n_neighbors": N_NEIGHBOURS,
-        "min_dist": MIN_DIST, "seed": seed, "input": what, "score_file_sha256": digest,
+        "min_dist": MIN_DIST, "seed": seed,
+        "neighbours": f"exact (all distances) for layers under {EXACT_NEIGHBOURS_BELOW} units, else umap-learn's search", "input": what, "score_file_sha256": digest,
         "trustworthiness_neighbours": TRUST_NEIGHBOURS, "trustworthiness": trust})
     write_manifest(out, command)
+    append_log(out, {"stage": "map", "model": name, "site": site, "units": len(unit),
+                     "seconds": round(time.perf_counter() - start, 3)})
     return {int(k): v for k, v in trust.items()}

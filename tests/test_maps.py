@@ -47,7 +47,9 @@ def test_every_probed_layer_is_laid_out_reproducibly_with_dead_units_set_aside(m
         dead = (s.max(0) <= 0) | (s.std(0) == 0)
         assert (np.isnan(found.xy).any(1) == dead).all()
         live = found.xy[~dead]
-        assert ((live >= 0) & (live <= 1)).all() and live.std(0).min() > 0.05      # spread over the map
+        # spread over the map (an elongated map is a true layout of these 80 images: its other axis may be thin)
+        assert ((live >= 0) & (live <= 1)).all() and live.std(0).max() > 0.1
+        assert len(np.unique(live.round(4), axis=0)) > 0.9 * len(live)          # not piled on a few points
         # again from the recorded seed and parameters: the same positions, bit for bit; another seed moves them
         z = s[:, ~dead] - s[:, ~dead].mean(0)
         vectors = (z / np.linalg.norm(z, axis=0)).T
