@@ -23,6 +23,7 @@ CITATION = "CITATION.cff"
 ANALYSES = "analyses"       # analyses/<name>.json
 LABELS = "labels"           # labels/<model>.<site>.h5: the concepts each unit is described by (atlas.labels)
 MAPS = "maps"              # maps/<model>.<site>.h5: each layer's map, units placed by their scores (atlas.maps)
+LIVE = "live"              # live/<model>/: the model in ONNX for the website's live view (atlas.live)
 BLOCKS = "blocks"           # blocks/<shard path>.sha256: the sha256 of each block of that shard, 32 bytes each
 # Folders and files of an atlas that are not its data (the manifest does not list them):
 WEBSITE = "site"            # the rendered website (the folder's name predates the glossary: a site is a unit site)
@@ -35,7 +36,7 @@ QUARANTINE = "quarantine"   # unreadable shards moved aside, with the reason
 TMP_MARK = ".tmp-"          # <name>.tmp-<host>-<pid>: a file being written
 # Every folder of an atlas that ViT Atlas writes into or sweeps: each must be a real directory, with no
 # symbolic link anywhere below it (atlas.folder.prepare_atlas_folder), before a command writes.
-ATLAS_FOLDERS = (SHARDS, BLOCKS, SCORES, ANALYSES, LABELS, MAPS, WEBSITE, LOGS, LOCKS, CACHE, PROBE_STATE, QUARANTINE)
+ATLAS_FOLDERS = (SHARDS, BLOCKS, SCORES, ANALYSES, LABELS, MAPS, LIVE, WEBSITE, LOGS, LOCKS, CACHE, PROBE_STATE, QUARANTINE)
 
 SITES = ("ffn", "q", "k", "v", "attn", "block")
 SAE_SITE = re.compile(r"^sae-[a-z0-9][a-z0-9_\-]*$")   # the latents of a sparse autoencoder: sae-<name>
@@ -68,7 +69,7 @@ UNIT_ID = re.compile(rf"^(?P<model>{_NAME})/(?P<site>{_SITE})/L(?P<layer>\d{{2,}
 SHARD_PATH = re.compile(rf"^{SHARDS}/(?P<model>{_NAME})/(?P<site>{_SITE})/L(?P<layer>\d{{2,}})/"
                         r"U(?P<start>\d{5,})-(?P<stop>\d{5,})\.h5$")
 DATA_PATH = re.compile(rf"^(?:{re.escape(DATASET)}|{re.escape(RELATED)}|(?:{SCORES}|{LABELS}|{MAPS})/{_NAME}\.h5|"
-                       rf"analyses/{_NAME}\.json)$")
+                       rf"analyses/{_NAME}\.json|{LIVE}/{_NAME}/(?:model\.onnx|weights-\d{{3}}\.bin|live\.json))$")
 BLOCKS_PATH = re.compile(rf"^blocks/(?P<shard>{SHARD_PATH.pattern[1:-1]})\.sha256$")
 MAX_UNITS = 10**7          # a layer wider than this is not a layer (a manifest claiming it is, is damaged)
 
@@ -112,8 +113,8 @@ def data_path(rel, kind: str, where: str) -> str:
     AtlasError naming ``where`` it came from (a manifest field, a shard attribute). Only such paths
     are ever joined to an atlas folder or a cache: relative, inside the atlas, of the format's names."""
     rules = {"shard": (SHARD_PATH, "shards/<model>/<site>/L<ll>/U<start>-<stop>.h5"),
-             "data file": (DATA_PATH, "dataset.h5, related.h5, scores/<name>.h5, labels/<name>.h5, maps/<name>.h5 or "
-                                      "analyses/<name>.json"),
+             "data file": (DATA_PATH, "dataset.h5, related.h5, scores/<name>.h5, labels/<name>.h5, maps/<name>.h5, "
+                                      "analyses/<name>.json or live/<model>/{model.onnx,weights-NNN.bin,live.json}"),
              "block hashes": (BLOCKS_PATH, "blocks/<shard path>.sha256")}
     pattern, shape = rules[kind]
     if not isinstance(rel, str) or not pattern.fullmatch(rel) or any(part in ("", ".", "..") for part in rel.split("/")):

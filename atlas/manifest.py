@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from . import __version__
-from .format import (ANALYSES, BLOCKS, DATA_PATH, DATASET, FORMAT_VERSION, LABELS, MAPS, MANIFEST, MAX_UNITS,
+from .format import (ANALYSES, BLOCKS, DATA_PATH, DATASET, FORMAT_VERSION, LABELS, LIVE, MAPS, MANIFEST, MAX_UNITS,
                      MODEL_NAME, PARTS, RELATED, SCORES, SHARD_PATH, SHARDS, AtlasError, data_path, command)
 from .folder import remove_recorded
 from .locks import Lock, lock_path
@@ -17,7 +17,7 @@ from .shard import read_shard_header, write_atomically
 
 _HASH_CACHE = ".cache/sha256.json"
 # Files other than shards that the manifest covers, relative to the atlas root.
-DATA_FILES = (DATASET, RELATED, SCORES, LABELS, MAPS, ANALYSES)
+DATA_FILES = (DATASET, RELATED, SCORES, LABELS, MAPS, ANALYSES, LIVE)
 
 
 BLOCK = 32 * 1024          # bytes per hashed block of a shard (remote readers verify each block they fetch)

@@ -186,6 +186,26 @@ def cmd_label(args, command: str) -> None:
     print(f"labelled {job.name}/{job.site} in {args.out}: " + ", ".join(f"{n} units by {s}" for s, n in done.items()))
 
 
+def cmd_live(args, command: str) -> None:
+    from builder.dataset import scan_images
+    from builder.live import LiveJob, make_live
+    lm = _load(args)
+    if args.sae:
+        args.site = "sae"
+        _site(args, lm)
+    images = None
+    if args.images:
+        index = scan_images(args.images)
+        images = [index.root / p for p in index.paths]
+    record = make_live(lm, LiveJob(out=Path(args.out), name=args.name or args.model, storage=args.storage,
+                                   images=images, command=command))
+    check = record["check"]
+    print(f"live model of {record['model']} in {args.out}/live/{record['model']}/: {len(record['outputs'])} layers, "
+          f"{record['storage']} weights, {sum(f['bytes'] for f in record['files'].values()) / 1e6:.1f} MB; checked on "
+          f"{check['images']} {check['source']}: largest difference of a unit's mean {check['max_abs_diff_of_means']:.1e}"
+          + (f"; left out (no checkpoint given): {', '.join(record['left_out'])}" if record["left_out"] else ""))
+
+
 def cmd_make_dataset(args, command: str) -> None:
     from builder.demo.shapes import make_dataset
     out = make_dataset(args.out, args.n, args.seed, args.concepts, args.concept_images)
@@ -228,7 +248,7 @@ def cmd_analyze(args, command: str) -> None:
 def cmd_render(args, command: str) -> None:
     from atlas.website import render
     index = render(args.dir, out=args.out, workers=args.workers, base_url=args.base_url, images=args.images,
-                   data_url=args.data_url, offline=args.offline, fresh=args.fresh)
+                   data_url=args.data_url, offline=args.offline, fresh=args.fresh, live=args.live)
     print(f"website written to {index.parent}; open {index}")
 
 
@@ -470,7 +490,22 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("--fresh", action="store_true",
                    help="make every pack again (a website received from elsewhere: its record of what it holds is "
                         "its own); default: keep packs whose sources and bytes are unchanged")
+    r.add_argument("--live", default="auto", choices=("auto", "on", "off"),
+                   help="publish the models' live models (made by `live`, `run` or the demo) for the \"Try an image\" "
+                        "view: auto (default) those of at most 200 MB, on every one (an error for a model without "
+                        "one), off none")
     r.set_defaults(run=cmd_render)
+
+    li = sub.add_parser("live", help="the model in ONNX for the website's \"Try an image\" view, checked "
+                                     "against PyTorch")
+    _model_args(li)
+    _sae_args(li)
+    li.add_argument("--storage", default="auto", choices=("auto", "fp32", "fp16"),
+                    help="the weights' storage (computing is fp32 either way): auto (default) fp32 up to 32 MB of "
+                         "weights, fp16 above")
+    li.add_argument("--images", metavar="DIR", help="images to check it on (default: the atlas's dataset)")
+    li.add_argument("--out", required=True, help="the atlas (its units are the live model's outputs)")
+    li.set_defaults(run=cmd_live, layers=None, site="ffn")
 
     sv = sub.add_parser("serve", help="serve an atlas's website on localhost for preview")
     sv.add_argument("dir", help="atlas folder")

@@ -18,6 +18,7 @@ import torch
 
 from atlas.format import AtlasError, SPEC_COPY, command as command_line, score_file
 from atlas.folder import prepare_atlas_folder
+from atlas.live import LIVE_AUTO_BYTES
 from atlas.locks import Lock, lock_path
 from atlas.log import append_log
 from atlas.manifest import read_manifest, write_manifest
@@ -157,11 +158,12 @@ def probe_and_analyze(spec: BuildSpec, device: str, command: str, progress: bool
     from builder.analyses import AnalysisJob, run_analysis
     from builder.dataset import scan_images
     from builder.labels import LabelJob, run_labels
+    from builder.live import LiveJob, make_live, published_bytes
     from builder.maps import run_maps
     from builder.probe import ProbeJob, run_probe
     index = scan_images(spec.images, spec.labels) if spec.images else None
     for m in spec.models:
-        if not (m.probe or m.analyses):
+        if not (m.probe or m.analyses or m.live != "off" and m.visualize):
             continue
         lm = load_spec_model(m)
         for site in m.unit_sites if m.probe else []:
@@ -177,6 +179,9 @@ def probe_and_analyze(spec: BuildSpec, device: str, command: str, progress: bool
                                         device=device, command=command, progress=progress))
             if (spec.out / score_file(m.atlas_name, site)).is_file():          # none with related = "off"
                 run_maps(spec.out, m.atlas_name, site, spec.seed, command, progress)
+        wanted = m.live == "on" or m.live == "auto" and published_bytes(lm, "auto") <= LIVE_AUTO_BYTES
+        if wanted and (m.visualize or m.probe):            # a model with units in the atlas
+            make_live(lm, LiveJob(out=spec.out, name=m.atlas_name, command=command))
         for analysis in m.analyses:
             job = AnalysisJob(out=spec.out, name=m.atlas_name, index=index,
                               boxes=str(spec.boxes) if spec.boxes else None, batch_size=spec.batch_size,

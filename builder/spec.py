@@ -24,6 +24,7 @@ from pathlib import Path
 import tomli_w
 
 from atlas.format import PICTURES, SITES, AtlasError, check_model_name, picture_part
+from atlas.live import LIVE_CHOICES
 from atlas.website.urls import check_url
 
 from .device import DEFAULT_COMPILE, DEFAULT_DEVICE, DEFAULT_PRECISION
@@ -57,6 +58,7 @@ class ModelSpec:
     recipe: Recipe | None = None        # overrides the build's recipe
     sae: list[str] = field(default_factory=list)        # SAE checkpoints: each one's latents are one more site
     labels: bool = True                 # label its units from the spec's [labels] sources (when probed)
+    live: str = "auto"                  # its live model for the website's live view: auto (when small enough), on, off
 
     @property
     def unit_sites(self) -> list[str]:
@@ -132,7 +134,7 @@ TYPES = {
     "models": {"name": _STR, "atlas_name": _STR, "checkpoint": _STR, "random_init": _BOOL, "init_seed": _INT,
                "model_args": "a table", "sites": _STRS, "layers": (_STR, _INT), "units": (_STR, _INT),
                "visualize": _BOOL, "probe": _BOOL, "analyses": _STRS, "pictures": _STRS, "recipe": "a table",
-               "sae": _STRS, "labels": _BOOL},
+               "sae": _STRS, "labels": _BOOL, "live": _STR},
     "labels": {"broden": _STR, "classes": _BOOL, "hierarchy": _STR, "attributes": _STR, "clip": _STR, "words": _STR,
                "vocabulary": _INT, "k": _INT},
 }
@@ -279,6 +281,8 @@ def load_spec(path: str | Path) -> BuildSpec:
                              f"{', '.join(p for p in PICTURES if p != 'viz')}")
         for part in model.pictures:
             spec.pictures.setdefault(part, _picture_recipe(part, {}, f"{where} pictures"))
+        if model.live not in LIVE_CHOICES:
+            raise AtlasError(f"{where}: live = {model.live!r}: one of {', '.join(LIVE_CHOICES)}")
         if model.probe and not spec.images:
             raise AtlasError(f"{where} asks for a probe but [dataset] has no images")
         spec.models.append(model)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ..analyses import analysis_files, parse_analysis
 from ..flags import FLAG_LABELS, FLAG_NAMES
 from ..labels import SOURCE_TITLES, SOURCES
+from ..live import LIVE_CHOICES
 from ..folder import check_owned_folder, own_folder, remove_recorded
 from ..format import ANALYSES, CITATION, PICTURE_LABELS, WEBSITE, AtlasError, command, parse_unit_id
 from ..reader import Atlas
@@ -32,14 +33,15 @@ from ..manifest import sha256_file
 from ..shard import remove_stale_temps
 from .cite import PAPER_BIBTEX, atlas_bibtex, citation_cff
 from .collect import LayerSummary, strongest_units, summarize_layer
-from .context import Renderer, analysis_charts, example_unit, templates_dir, tile
+from .context import Renderer, analysis_charts, example_unit, human_bytes, templates_dir, tile
 from .data import (SCRIPT_SUFFIX, STRIP_UNITS, PackBuilder, script_twin, strip_layers, strips_pack,
                    thumb_pack_jobs, unit_pack_jobs)
 from .check import PACK_LIST
+from .live import RUNTIME, RUNTIME_LOADER, RUNTIME_SCRIPT, RUNTIME_WASM, publish_live, publish_samples, runtime_record
 from .listing import read_listing, write_listing
 from .packs import read_header, unit_pack_path
 from .search import render_search
-from .urls import (MARKER, PAGE_UNITS, RESERVED, UNIT_VIEW, check_url, map_data_path, map_path, page_path,
+from .urls import (LIVE_PAGE, MARKER, PAGE_UNITS, RESERVED, UNIT_VIEW, check_url, map_data_path, map_path, page_path,
                    write_if_changed)
 
 OFFLINE_LIMIT = 512 * 10**6     # "auto": script twins for pages opened from disk up to this many bytes of shards
@@ -88,14 +90,15 @@ def offline_wanted(choice: str, a: Atlas, data_url: str) -> bool:
 
 def render(root: str | Path, out: str | Path | None = None, workers: int | None = None, progress: bool = True,
            base_url: str = "", images: str | Path | None = None, data_url: str = "", offline: str = "auto",
-           fresh: bool = False) -> Path:
+           fresh: bool = False, live: str = "auto") -> Path:
     """Render the atlas at ``root`` into ``out`` (default ``root/site``); returns the index page's path.
 
     ``images`` overrides where the dataset's images are (dataset.h5 records the folder it was probed
     from); ``base_url`` makes permalinks and citations absolute; ``data_url`` is where the packs will be
     hosted when apart from the pages (docs/HOSTING.md); ``offline`` writes the packs as scripts too, so
     the website works opened from disk; ``fresh`` makes every pack again instead of keeping those whose
-    sources and bytes are unchanged (for a website received from elsewhere, whose record is its own).
+    sources and bytes are unchanged (for a website received from elsewhere, whose record is its own); ``live``
+    publishes the models' live models (auto: those small enough, on: all, an error for a model without one, off).
     """
     root = Path(root)
     for flag, url in (("--data-url", data_url), ("--base-url", base_url)):
@@ -115,16 +118,20 @@ def render(root: str | Path, out: str | Path | None = None, workers: int | None 
     clash = RESERVED & set(a.models)
     if clash:
         raise AtlasError(f"model names {sorted(clash)} collide with the website's own files; rebuild with --name")
+    if live not in LIVE_CHOICES:
+        raise AtlasError(f"--live {live!r}: one of {', '.join(LIVE_CHOICES)}")
     twins = offline_wanted(offline, a, r.data_url)
     recorded = read_listing(site_dir)
     if recorded is None:                 # a new folder is marked as the renderer's before anything is written
         write_listing(site_dir, r.info["name"], {})
     for asset in (templates_dir() / "static").iterdir():
-        _write(r, f"assets/{asset.name}", asset.read_bytes())
+        if asset.is_file():               # the live view's runtime (static/ort/) is published with a live model only
+            r.write(f"assets/{asset.name}", asset.read_bytes())
+    r.live = publish_live(r, live)
     cff = citation_cff(r.info, r.manifest)
     if os.access(root, os.W_OK):
         write_if_changed(root / CITATION, cff)
-    _write(r, CITATION, cff)
+    r.write(CITATION, cff)
 
     summaries = {(m, s, layer): summarize_layer(a, m, s, layer)
                  for m in a.models for s in a.sites(m) for layer in a.layers(m, s)}
@@ -138,11 +145,6 @@ def render(root: str | Path, out: str | Path | None = None, workers: int | None 
     _remove_unproduced(r, recorded)
     write_listing(site_dir, r.info["name"], listing)
     return site_dir / "index.html"
-
-
-def _write(r: Renderer, rel: str, data) -> None:
-    r.written.add(rel)
-    write_if_changed(r.site_dir / rel, data)
 
 
 def _write_packs(r: Renderer, summaries: dict, skip: frozenset[str], twins: bool, workers: int, progress: bool,
@@ -179,7 +181,7 @@ def _write_pack_list(r: Renderer) -> dict[str, str]:
         with open(r.site_dir / rel, "rb") as f:
             header = read_header(f.read(1 << 20))
             packs[rel] = {"bytes": f.seek(0, 2), "sha256": listing[rel], "source": header.get("source")}
-    _write(r, PACK_LIST, json.dumps(packs, indent=0, sort_keys=True) + "\n")
+    r.write(PACK_LIST, json.dumps(packs, indent=0, sort_keys=True) + "\n")
     listing[PACK_LIST] = sha256_file(r.site_dir / PACK_LIST)
     return listing
 
@@ -189,9 +191,9 @@ def _write_strips(r: Renderer, summaries: dict, twins: bool) -> dict[str, str]:
     out = {}
     for m, layers in strip_layers(summaries).items():
         rel, data = strips_pack(lambda path: (r.site_dir / path).read_bytes(), m, layers)
-        _write(r, rel, data)
+        r.write(rel, data)
         if twins:
-            _write(r, rel + SCRIPT_SUFFIX, script_twin(rel, data))
+            r.write(rel + SCRIPT_SUFFIX, script_twin(rel, data))
         out[m] = rel
     return out
 
@@ -250,7 +252,7 @@ def _render_layers_and_models(r: Renderer, summaries: dict[tuple, LayerSummary],
         points = map_points(r.atlas, summ)
         if points is not None:
             data = map_data_path(m, s, layer)
-            _write(r, data, f"window.AtlasMaps.add({json.dumps(data)}, {json.dumps(points, allow_nan=False)});\n")
+            r.write(data, f"window.AtlasMaps.add({json.dumps(data)}, {json.dumps(points, allow_nan=False)});\n")
             r.page("map.html", map_path(m, s, layer), model=m, site=s, layer=layer, info=info, map=points,
                    map_data=data, layer_href=page_path(m, s, layer, pages[0]),
                    source_title=SOURCE_TITLES.get(points["source"], ""))
@@ -332,6 +334,8 @@ def _render_top_pages(r: Renderer, summaries: dict[tuple, LayerSummary], strips:
            example=example, total_bytes=total_bytes)
     r.page("cite.html", "cite.html", cff=citation_cff(r.info, m), atlas_bibtex=atlas_bibtex(r.info, m, r.key),
            paper_bibtex=PAPER_BIBTEX, example=example)
+    if r.live:
+        _render_live_page(r)
     for name, data in analyses.items():
         figures = [{"title": fig["title"],
                     "rows": [{"label": row["label"], "tiles": [{"label": label, "uid": uid, "href": _address(uid)}
@@ -339,6 +343,19 @@ def _render_top_pages(r: Renderer, summaries: dict[tuple, LayerSummary], strips:
                              for row in fig["rows"]]} for fig in data.get("figures", [])]
         r.page("analysis.html", f"analyses/{name}.html", name=name, analysis=data, charts=analysis_charts(data),
                figures=figures)
+
+
+def _render_live_page(r: Renderer) -> None:
+    """live.html: the live view of every published live model (its runtime's script loaded with its SRI hash;
+    WebAssembly compiled, which its Content-Security-Policy alone allows)."""
+    runtime = runtime_record()
+    models = [{**p, "size": human_bytes(p["bytes"])} for p in r.live]
+    page = {"path": RUNTIME, "version": runtime["version"], "script": RUNTIME_SCRIPT,
+            "sri": runtime["files"][RUNTIME_SCRIPT]["sri"], "loader": RUNTIME_LOADER, "wasm": RUNTIME_WASM,
+            "wasm_sha256": runtime["files"][RUNTIME_WASM]["sha256"]}
+    r.page(LIVE_PAGE, LIVE_PAGE, live_models=models, runtime=page, samples=publish_samples(r),
+           models_json=json.dumps([{"model": p["model"], "record": p["record"]} for p in r.live]),
+           runtime_json=json.dumps(page), csp=r.csp.replace("script-src 'self'", "script-src 'self' 'wasm-unsafe-eval'"))
 
 
 def _address(uid: str) -> str:

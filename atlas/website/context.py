@@ -89,17 +89,27 @@ class Renderer:
         self.images_root = images_root or (dataset_images(root, self.dataset) if self.dataset else None)
         self.key = bibtex_key(self.info)
         self.csp = content_security_policy(self.data_url)
-        self.layout = json.dumps(script_layout(), separators=(",", ":"))
+        self.live: list[dict] = []          # the live models this render publishes (atlas.website.live)
         self.written: set[str] = set()      # website-relative paths this render produced
 
     def page(self, template: str, path: str, **context) -> bool:
         """Render ``template`` to site-relative ``path``."""
         shared = {"root": relative_root(path), "atlas": self.info, "builder_version": __version__,
                   "format_version": FORMAT_VERSION, "models": self.atlas.models, "path": path, "csp": self.csp,
-                  "data_url": self.data_url, "layout": self.layout}
+                  "data_url": self.data_url, "layout": self.layout, "live": bool(self.live)}
         html = self.env.get_template(template).render(**{**shared, **context})
         self.written.add(path)
         return write_if_changed(self.site_dir / path, html)
+
+    @property
+    def layout(self) -> str:
+        """What base.html hands the pages' scripts: script_layout and the models published live."""
+        return json.dumps({**script_layout(), "live": [p["model"] for p in self.live]}, separators=(",", ":"))
+
+    def write(self, rel: str, data: bytes | str) -> None:
+        """Write a website file at site-relative ``rel`` (when its bytes changed) and record it as produced."""
+        self.written.add(rel)
+        write_if_changed(self.site_dir / rel, data)
 
     def open_path(self) -> str:
         """What a reader passes to ``atlas.open``: the hosted atlas's URL, else the atlas folder's name."""

@@ -36,8 +36,9 @@ TILE_SIZE = 96             # layer-grid tiles of optimized images larger than th
 THUMB_SIZE = 128           # dataset thumbnails
 MARKER = ".vit-atlas-website"
 UNIT_VIEW = "unit.html"
-RESERVED = {"assets", "data", "search", "analyses", "index.html", "search.html", "downloads.html", "cite.html",
-            UNIT_VIEW, "404.html"}
+LIVE_PAGE = "live.html"    # the live view ("Try an image"), where a live model is published (atlas.website.live)
+RESERVED = {"assets", "data", "search", "analyses", "live", "index.html", "search.html", "downloads.html", "cite.html",
+            UNIT_VIEW, LIVE_PAGE, "404.html"}
 
 
 _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
@@ -103,7 +104,7 @@ def script_layout() -> dict:
     """Everything the pages' script needs to find any unit's pack, page and address from its id alone:
     the templates and sizes of atlas.website.packs and these addresses (base.html hands it over)."""
     return {**layout(), "first_page": FIRST_PAGE, "other_page": OTHER_PAGE, "unit_view": UNIT_VIEW,
-            "map_page": MAP_PAGE, "map_data": MAP_DATA,
+            "map_page": MAP_PAGE, "map_data": MAP_DATA, "live_page": LIVE_PAGE,
             "picture_labels": PICTURE_LABELS,
             "label_sources": [[name, SOURCE_TITLES[name], measure] for name, measure in SOURCES.items()]}
 

@@ -1,0 +1,100 @@
+"""The live view's files (issue 32): each model's live model as `vit-atlas live` wrote it (atlas.live, every file
+checked against its record), onnxruntime-web's runtime (``site_templates/static/ort``, every file checked against
+its VENDOR.json, pinned from the npm registry by scripts/vendor_onnxruntime_web.py) and a few of the dataset's
+images to try, all published only when a live model is; and what the live page needs to find them."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+
+from ..format import AtlasError
+from ..images import ImageError, load_rgb
+from ..live import LIVE_AUTO_BYTES, RECORD, live_folder, read_live
+from ..manifest import sha256_file
+from .context import Renderer, human_bytes, templates_dir
+
+RUNTIME = "assets/ort/"                  # website-relative folder of onnxruntime-web's files
+RUNTIME_SCRIPT = "ort.wasm.min.js"      # the runtime's classic script (the page loads it with its SRI hash) ...
+RUNTIME_LOADER = "ort-wasm-simd-threaded.js"     # ... which imports this module (the package's .mjs, renamed) ...
+RUNTIME_WASM = "ort-wasm-simd-threaded.wasm"     # ... for this binary (live.js fetches and hashes it first)
+SAMPLES = "live/samples/{i}.png"
+MAX_SAMPLES = 6                          # dataset images offered to try: one per image class, the first ones
+
+
+def runtime_record() -> dict:
+    """VENDOR.json of the shipped onnxruntime-web, every file checked against it; AtlasError otherwise."""
+    folder = templates_dir() / "static" / "ort"
+    try:
+        record = json.loads((folder / "VENDOR.json").read_text())
+        for name, entry in record["files"].items():
+            if "/" in name or sha256_file(folder / name) != entry["sha256"]:
+                raise ValueError(f"{name} is not the file VENDOR.json names")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise AtlasError(f"the installed onnxruntime-web runtime is damaged ({e}): reinstall ViT Atlas, or render "
+                         "with --live off") from None
+    return record
+
+
+def publish_live(r: Renderer, mode: str) -> list[dict]:
+    """Publish the live models ``mode`` asks for (auto: those at most LIVE_AUTO_BYTES; on: every model's, an error
+    for a model without one; off: none) with the runtime and sample images; returns what the pages need of each."""
+    if mode == "off":
+        return []
+    published = []
+    for model in r.atlas.models:
+        try:
+            live = read_live(r.root, model)
+        except AtlasError as e:
+            if mode == "on":
+                raise
+            print(f"warning: not publishing the live model of {model}: {e}")
+            continue
+        if live is None:
+            if mode == "on":
+                raise AtlasError(f"--live on: {model} has no live model in {r.root}: make it with `vit-atlas live "
+                                 f"--model NAME [--checkpoint FILE | --random-init] --name {model} --out {r.root}`")
+            continue
+        if mode == "auto" and live.published_bytes > LIVE_AUTO_BYTES:
+            print(f"note: the live model of {model} ({human_bytes(live.published_bytes)}) is larger than --live auto "
+                  f"publishes ({human_bytes(LIVE_AUTO_BYTES)}): render with --live on to publish it")
+            continue
+        folder = live_folder(model)
+        for name in [*live.files, RECORD]:
+            r.write(f"{folder}/{name}", (live.folder / name).read_bytes())
+        published.append({"model": model, "record": f"{folder}/{RECORD}", "bytes": live.published_bytes,
+                          "storage": live.record.get("storage"), "check": live.record["check"]})
+    if published:
+        runtime = runtime_record()
+        source = templates_dir() / "static" / "ort"
+        for name in [*runtime["files"], "LICENSE", "VENDOR.json"]:
+            r.write(RUNTIME + name, (source / name).read_bytes())
+    return published
+
+
+def publish_samples(r: Renderer) -> list[str]:
+    """A few dataset images, one per image class, re-encoded as PNG of exactly what the probe decoded (so the
+    live view sees the probe's pixels); website-relative paths. None when the images are not at hand."""
+    d = r.dataset
+    if d is None or r.images_root is None or not r.images_root.is_dir():
+        return []
+    rows, seen = [], set()
+    for row, label in enumerate(np.asarray(d.labels)[:10_000].tolist()):
+        if label not in seen:
+            seen.add(label)
+            rows.append(row)
+        if len(rows) == MAX_SAMPLES:
+            break
+    paths = []
+    for row in rows:
+        try:
+            image = load_rgb(r.images_root / d.paths[row])
+        except ImageError:
+            continue
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        rel = SAMPLES.format(i=len(paths))
+        r.write(rel, buffer.getvalue())
+        paths.append(rel)
+    return paths

@@ -1,0 +1,143 @@
+"""The live view (issue 32) in a real browser: headless Chromium over nginx and Python's http.server, a tiny ViT's
+atlas with its live model. An image chosen in the page (the file input, as a reader does) is prepared exactly as
+timm's eval transform prepares it, for PNG images of several sizes and aspect ratios; every unit's mean on it is
+what timm's own modules give (forward hooks, computed here); a click opens the unit; the unit view's "try it on
+your image" leads to the live view with that unit highlighted; from disk the page says in one line why it cannot
+run. The demo's live view (with its SAE) and ViT-B/16's are checked in test_demo.py and benchmarks/live_speed.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import build
+from atlas.website import render
+from tests.conftest import TINY_MODEL, TINY_VIT
+from tests.helpers import chromium, image_folder, nginx, plain_http, wait_for
+
+pytestmark = pytest.mark.slow
+
+NAME = "vit_tiny_patch16_224"
+SIZES = [(45, 45), (90, 37), (31, 77), (300, 200)]      # square, wide, tall, larger than the model's input
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The atlas (ffn layers 0-2 and attn layer 1, all units) with its live model, rendered, served by nginx and
+    by http.server, and the test images (on disk, for the file input)."""
+    base = tmp_path_factory.mktemp("live-browser")
+    images = image_folder(base / "images", ("a", "b"), 4, 36)
+    out = base / "atlas"
+    for site, layers in (("ffn", "0-2"), ("attn", "1")):
+        assert build.main(["probe", *TINY_MODEL, "--site", site, "--images", str(images), "--layers", layers, "--k", "2",
+                           "--workers", "0", "--out", str(out)]) == 0
+    assert build.main(["live", *TINY_MODEL, "--out", str(out)]) == 0
+    render(out, progress=False)
+    rng = np.random.default_rng(1)
+    tests = []
+    for w, h in SIZES:
+        y, x = np.mgrid[0:h, 0:w]
+        pixels = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), rng.integers(0, 256, (h, w))], -1)
+        path = base / f"test-{w}x{h}.png"
+        Image.fromarray(pixels.astype(np.uint8)).save(path)
+        tests.append(path)
+    with nginx(out, tmp_path_factory.mktemp("nginx")) as ranged, plain_http(out) as plain:
+        yield {"nginx": ranged + "site/", "plain": plain + "site/", "out": out, "images": tests}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = chromium(1280, 2000)
+    yield driver
+    driver.quit()
+
+
+def state(driver) -> str:
+    return driver.execute_script("return document.getElementById('live-view').getAttribute('data-state')")
+
+
+def open_live(driver, url: str) -> None:
+    driver.get(url)
+    assert wait_for(lambda: state(driver) in ("ready", "error", "unavailable"), 60)
+    assert state(driver) == "ready", driver.find_element("id", "live-status").text
+
+
+def choose(driver, path) -> dict:
+    """Choose ``path`` with the page's file input, as a reader does; what the page computed."""
+    driver.find_element("id", "live-file").send_keys(str(path))
+    assert wait_for(lambda: state(driver) in ("done", "error"), 60)
+    assert state(driver) == "done", driver.find_element("id", "live-status").text
+    return driver.execute_script("""
+      var last = AtlasLive.state.last;
+      return {input: Array.from(last.input.data), width: last.input.width, height: last.input.height,
+              layers: last.layers.map(l => ({site: l.site, layer: l.layer, units: l.units, means: Array.from(l.means),
+                                             maxes: Array.from(l.maxes)}))};""")
+
+
+def timm_reference(path) -> tuple[np.ndarray, dict]:
+    """timm's eval transform of the image file, and each (site, layer)'s per-unit mean and max over the patch tokens,
+    from timm's own modules by forward hooks."""
+    from builder.models import ModelSource, load_model
+    lm = load_model(ModelSource(NAME, random_init=True), **TINY_VIT)
+    x = lm.eval_transform()(Image.open(path).convert("RGB"))[None]
+    got = {}
+    hooks = [lm.model.blocks[i].mlp.act.register_forward_hook(lambda m, a, o, i=i: got.__setitem__(("ffn", i), o))
+             for i in range(3)]
+    hooks.append(lm.model.blocks[1].attn.register_forward_hook(lambda m, a, o: got.__setitem__(("attn", 1), o)))
+    with torch.no_grad():
+        lm.model(x)
+    for h in hooks:
+        h.remove()
+    tokens = {key: value[0, lm.model.num_prefix_tokens:] for key, value in got.items()}
+    return x[0].numpy(), {key: (t.mean(0).numpy(), t.max(0).values.numpy()) for key, t in tokens.items()}
+
+
+@pytest.mark.parametrize("host", ["nginx", "plain"])
+def test_an_image_chosen_in_the_page_gives_what_timm_gives(browser, served, host):
+    open_live(browser, served[host] + "live.html")
+    for path in served["images"]:
+        page = choose(browser, path)
+        want_input, want = timm_reference(path)
+        got_input = np.asarray(page["input"], np.float32).reshape(3, page["height"], page["width"])
+        assert got_input.shape == want_input.shape and np.array_equal(got_input, want_input), path.name  # bit for bit
+        assert {(l["site"], l["layer"]) for l in page["layers"]} == set(want)
+        for layer in page["layers"]:
+            mean, top = want[(layer["site"], layer["layer"])]
+            np.testing.assert_allclose(layer["means"], mean[layer["units"]], atol=1e-4, err_msg=f"{path.name} {layer}")
+            np.testing.assert_allclose(layer["maxes"], top[layer["units"]], atol=1e-4)
+    shown = browser.execute_script("return document.querySelectorAll('#live-results section.live-layer').length")
+    assert shown == 4 and "never leaves this page" in browser.find_element("css selector", ".lede").text
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def test_a_unit_opens_and_the_unit_view_leads_back_to_it_highlighted(browser, served):
+    base = served["nginx"]
+    open_live(browser, base + "live.html")
+    choose(browser, served["images"][0])
+    first = browser.find_element("css selector", "#live-results section[data-output='ffn/L01'] li")
+    uid = first.get_attribute("data-unit")
+    first.find_element("css selector", "a.tile").click()
+    assert wait_for(lambda: browser.find_element("id", "unit-view").get_attribute("data-state") == "ready")
+    assert browser.find_element("id", "unit-view").get_attribute("data-unit") == uid
+    # a unit ranked low on this image: its own page, then "try it on your image"
+    low = f"{NAME}/ffn/L02/U0127"
+    browser.get(base + "unit.html#" + low)
+    assert wait_for(lambda: browser.find_element("id", "unit-view").get_attribute("data-state") == "ready")
+    link = browser.find_element("id", "try-live")
+    assert link.is_displayed() and link.get_attribute("href").endswith("live.html#" + low)
+    link.click()
+    assert wait_for(lambda: state(browser) == "ready", 60)
+    assert "Choose, drop or paste an image" in browser.find_element("id", "live-focus").text
+    choose(browser, served["images"][1])
+    focus = browser.find_element("id", "live-focus")
+    assert low in focus.text and "ranks" in focus.text
+    marked = browser.find_elements("css selector", "#live-results li.focus")
+    assert [m.get_attribute("data-unit") for m in marked] == [low]       # in its layer's list, ranked or added
+
+
+def test_from_disk_the_page_says_why_in_one_line(browser, served):
+    browser.get((served["out"] / "site" / "live.html").as_uri())
+    assert wait_for(lambda: state(browser) == "unavailable")
+    text = browser.find_element("id", "live-status").text
+    assert "served over http(s)" in text and "vit-atlas serve" in text and "\n" not in text
