@@ -14,7 +14,7 @@ Flags (booleans, from the values and the thresholds below; ``THRESHOLDS`` is sto
 
 - ``dead``: no dataset image gives the unit a positive score (``stats/positive == 0``).
 - ``class_selective``: at least half of its top-k images share one class.
-- ``global`` / ``local``: extent at least 0.4 / below it (a live unit with maps is one or the other).
+- ``global`` / ``local``: extent at least 0.4 / below it (a firing unit with maps is one or the other).
   On the demo ViT this calls 81% of layer 0's units local and 61% of the last layer's global.
 - ``outlier_tokens``: concentration at least 0.3 while its top-k images are not of one class (the
   "high-norm token" units of Darcet et al. 2024 fire on a few tokens whatever the image shows).

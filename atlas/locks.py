@@ -1,5 +1,5 @@
 """Locks on an atlas folder: who finalizes a build, writes the manifest, adds a part to a shard or
-computes a shard. They live in ``<atlas>/.locks/`` (docs/FORMAT.md).
+computes a shard. They are kept in ``<atlas>/.locks/`` (docs/FORMAT.md).
 
 A lock named ``N`` is held by whoever published the newest *generation file* ``N.<g>`` and is alive:
 
@@ -113,7 +113,7 @@ class Lock:
 
     # -- acquire / release -----------------------------------------------------------------------
     def acquire(self) -> bool:
-        """Take the lock if it is free or its holder is dead; False when a live process holds it."""
+        """Take the lock if it is free or its holder is dead; False when a running process holds it."""
         self.base.parent.mkdir(parents=True, exist_ok=True)
         gens = self._generations()
         if gens and self._alive(self._file(gens[-1])) is not None:
@@ -231,7 +231,7 @@ def _write_record(fd: int, record: dict) -> None:
 
 def remove_dead_locks(root: str | Path) -> int:
     """Delete the generation files of dead holders under ``<root>/.locks`` (left by killed processes);
-    returns how many. A live holder's file is never touched."""
+    returns how many. A running holder's file is never touched."""
     folder = Path(root) / LOCKS
     removed = 0
     if not folder.is_dir():

@@ -79,7 +79,7 @@ def _check_shard(root: Path, rel: str, entry: dict | None, dataset_rows: int | N
 
 
 def _check_layout(manifest: dict) -> list[Problem]:
-    """Shards of one layer whose unit ranges overlap (a unit must live in exactly one shard)."""
+    """Shards of one layer whose unit ranges overlap (a unit must be in exactly one shard)."""
     problems, by_layer = [], {}
     for e in manifest.get("shards", []):
         by_layer.setdefault((e["model"], e["site"], e["layer"]), []).append(e)

@@ -3,7 +3,7 @@ the unit's best dataset image, and how rough the optimized images are.
 
     python benchmarks/atlas_quality.py atlas-demo [--model vit_atlas_demo] [--site ffn]
 
-Live unit: at least one probe image with a positive score (``stats/positive > 0``). Beats the data:
+Firing unit: at least one probe image with a positive score (``stats/positive > 0``). Beats the data:
 ``viz/activation > stats/max``. Roughness: mean absolute difference of horizontally and vertically
 adjacent pixels of the [0, 1] image (benchmarks/fidelity.py's measure).
 """
@@ -32,7 +32,7 @@ def main():
     p.add_argument("--site", default="ffn")
     p.add_argument("--part", default="viz", help="picture part: viz (the paper's) or fourier")
     args = p.parse_args()
-    by_layer = defaultdict(lambda: {"live": 0, "beat": 0, "rough": []})
+    by_layer = defaultdict(lambda: {"firing": 0, "beat": 0, "rough": []})
     recipe = None
     for path in sorted((Path(args.atlas) / "shards" / args.model / args.site).glob("L*/U*.h5")):
         with h5py.File(path, "r") as f:
@@ -43,19 +43,19 @@ def main():
             stats = by_layer[layer]
             stats["rough"].extend(roughness_of(f[f"{args.part}/image"][:]))
             if "stats" in f:
-                live = f["stats/positive"][:] > 0
-                stats["live"] += int(live.sum())
-                stats["beat"] += int((f[f"{args.part}/activation"][:] > f["stats/max"][:])[live].sum())
+                firing = f["stats/positive"][:] > 0
+                stats["firing"] += int(firing.sum())
+                stats["beat"] += int((f[f"{args.part}/activation"][:] > f["stats/max"][:])[firing].sum())
     print(f"{args.atlas}: {args.model}/{args.site} part {args.part}, recipe {recipe}")
-    print("layer  live units  beat the data  mean roughness")
-    live = beat = 0
+    print("layer  firing units  beat the data  mean roughness")
+    firing = beat = 0
     rough = []
     for layer in sorted(by_layer):
         s = by_layer[layer]
-        live, beat, rough = live + s["live"], beat + s["beat"], rough + s["rough"]
-        share = f"{s['beat'] / s['live']:.1%}" if s["live"] else "-"
-        print(f"{layer:>5}  {s['live']:>10}  {share:>13}  {np.mean(s['rough']):.4f}")
-    print(f"  all  {live:>10}  {beat / max(live, 1):>13.1%}  {np.mean(rough):.4f}")
+        firing, beat, rough = firing + s["firing"], beat + s["beat"], rough + s["rough"]
+        share = f"{s['beat'] / s['firing']:.1%}" if s["firing"] else "-"
+        print(f"{layer:>5}  {s['firing']:>10}  {share:>13}  {np.mean(s['rough']):.4f}")
+    print(f"  all  {firing:>10}  {beat / max(firing, 1):>13.1%}  {np.mean(rough):.4f}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ picture shows what the unit responds to, against the chance level noise gets.
 
     python benchmarks/judge.py atlas-demo [--layers 4,5] [--json out.json]
 
-Also per layer and picture part: the share of live units whose picture beats their best dataset image,
+Also per layer and picture part: the share of firing units whose picture beats their best dataset image,
 the median ratio of the picture's activation to that image's, and the mean roughness (mean absolute
 difference of adjacent pixels on [0, 1], benchmarks/atlas_quality.py's measure).
 """
@@ -65,7 +65,7 @@ def measure(root: str, model_name: str = "vit_atlas_demo", site: str = "ffn", la
                 tuple(lm.input_size[::-1]))) for u in selective]) if selective else np.zeros((0, 1, 1, 3), np.uint8)
             rng = np.random.default_rng(seed + layer)
             noise = rng.integers(0, 256, (len(selective), *lm.input_size, 3), dtype=np.uint8)
-            live = [u for u in units if "probe" in u.parts and u.stats.positive > 0]
+            firing = [u for u in units if "probe" in u.parts and u.stats.positive > 0]
             row = {"units": len(units), "class_selective": len(selective),
                    "best_image": float((judged(judge, lm, best) == want).mean()) if selective else None,
                    "noise": float((judged(judge, lm, noise) == want).mean()) if selective else None, "parts": {}}
@@ -74,7 +74,7 @@ def measure(root: str, model_name: str = "vit_atlas_demo", site: str = "ffn", la
                 chosen = [(u, w) for u, w in zip(selective, want) if part in u.pictures]
                 if not drawn:
                     continue
-                alive = [u for u in live if part in u.pictures]
+                alive = [u for u in firing if part in u.pictures]
                 ratio = [u.picture(part).activation / u.stats.max for u in alive if u.stats.max > 0]
                 pics = np.stack([u.picture(part).image for u, _ in chosen]) if chosen else None
                 row["parts"][part] = {

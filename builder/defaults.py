@@ -1,5 +1,5 @@
 """The builder's defaults, each in one place: argparse, the build spec and the jobs all read them here
-(devices, precisions and compile modes live with their meaning in ``builder.device``)."""
+(devices, precisions and compile modes are kept with their meaning in ``builder.device``)."""
 
 SHARD_UNITS = 256     # units per shard file
 TOP_K = 16            # dataset images kept per unit

@@ -2,7 +2,7 @@
 
 A unit's profile is its per-image scores from the probe's score file, standardized, or (a sketched probe) its
 sketch, the same profile randomly projected: the cosine of two profiles is the correlation of the two units'
-scores (estimated, for sketches). UMAP (umap-learn) places each layer's live units on cosine distances, from
+scores (estimated, for sketches). UMAP (umap-learn) places each layer's firing units on cosine distances, from
 a recorded seed (with a seed, UMAP runs single-threaded and gives the same map again); units that never
 fire (exact scores) or fire the same on every image are set aside (NaN). Positions are scaled into [0, 1]². Each layer's
 trustworthiness (scikit-learn's, its ``TRUST_NEIGHBOURS`` neighbours, against 1 − correlation) is measured
@@ -129,10 +129,10 @@ def run_maps(out: Path, name: str, site: str = "ffn", seed: int = SEED, command:
     layers = sorted(set(layer.tolist()))
     for value in tqdm(layers, desc=f"map {name}/{site}", unit="layer", disable=not progress, dynamic_ncols=True):
         rows = np.flatnonzero(layer == value)
-        live = rows[np.abs(vectors[rows]).sum(1) > 0]                   # a constant unit has no profile
-        points = map_points(vectors[live], seed)
-        xy[live] = points
-        trust[str(value)] = trustworthiness(vectors[live], points)
+        firing = rows[np.abs(vectors[rows]).sum(1) > 0]                 # a constant unit has no profile
+        points = map_points(vectors[firing], seed)
+        xy[firing] = points
+        trust[str(value)] = trustworthiness(vectors[firing], points)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     umap = _umap()
     write_maps(out, name, site, layer, unit, xy, {

@@ -34,7 +34,7 @@ class LayerSummary:
 
     def beats_dataset(self) -> tuple[int, int]:
         """(units whose optimized image activates them more than their best dataset image does,
-        live units having both numbers): how far the optimization got beyond the data."""
+        firing units having both numbers): how far the optimization got beyond the data."""
         both = np.isfinite(self.activation) & np.isfinite(self.data_max) & ~self.dead
         return int((self.activation[both] > self.data_max[both]).sum()), int(both.sum())
 
