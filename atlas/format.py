@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-FORMAT_VERSION = "1.9"
+FORMAT_VERSION = "1.10"
 MANIFEST = "manifest.json"
 DATASET = "dataset.h5"
 RELATED = "related.h5"      # related units of every probed unit (rebuilt after each probe)

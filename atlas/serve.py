@@ -6,7 +6,8 @@ lists). Everything else is 404: the build's private files (``.locks``, ``.cache`
 ``logs``, ``spec.toml``, the quarantine), directory listings, and any path whose real location
 (symbolic links resolved) is not one of those files. Requests must name this machine
 (``Host: 127.0.0.1`` or ``localhost``), which defeats DNS rebinding; every answer carries the website's
-Content-Security-Policy, ``nosniff``, ``no-referrer`` and ``frame-ancestors 'none'``.
+Content-Security-Policy, ``nosniff``, ``no-referrer`` and ``frame-ancestors 'none'``; the live view (``live.html``) and
+its runtime also carry COOP and COEP, so the page is cross-origin isolated and runs threads.
 """
 from __future__ import annotations
 
@@ -20,9 +21,14 @@ from pathlib import Path
 
 from .format import AtlasError, CITATION, MANIFEST, WEBSITE, command
 from .manifest import read_manifest
-from .website.urls import content_security_policy
+from .website.live import RUNTIME
+from .website.urls import LIVE_PAGE, content_security_policy
 
 CSP = content_security_policy(header=True)
+LIVE_CSP = content_security_policy(header=True, wasm=True)
+# the live view and its runtime: WebAssembly may compile there, and the page is cross-origin isolated, so
+# onnxruntime-web runs threads (docs/HOSTING.md "The live view")
+LIVE_PATHS = re.compile(rf"^/{WEBSITE}/(?:{re.escape(LIVE_PAGE)}|{RUNTIME}[^/]+)$")
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 # A unit page of a website rendered before format 1.4: sent on to the unit view (unit.html#<id>).
 OLD_UNIT_PAGE = re.compile(rf"^/{WEBSITE}/(?P<id>[A-Za-z0-9][A-Za-z0-9_.\-]*/[a-z][a-z0-9_\-]*/L\d{{2,}}/U\d{{4,}})\.html$")
@@ -129,7 +135,11 @@ class AtlasRequestHandler(http.server.SimpleHTTPRequestHandler):
         return f
 
     def end_headers(self):
-        self.send_header("Content-Security-Policy", CSP)
+        live = LIVE_PATHS.match(urllib.parse.urlsplit(self.path).path)
+        self.send_header("Content-Security-Policy", LIVE_CSP if live else CSP)
+        if live:
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
         self.send_header("Cross-Origin-Resource-Policy", "same-origin")

@@ -285,3 +285,27 @@ def save_prisma_checkpoint(path, state: dict, config: dict, key: str = "cfg") ->
     finally:
         for name in names:
             del sys.modules[name]
+
+
+def live_state(driver) -> str:
+    """The live view's state: loading, ready, running, done, error or unavailable."""
+    return driver.execute_script("return document.getElementById('live-view').getAttribute('data-state')")
+
+
+def open_live(driver, url: str) -> None:
+    """Open a live view and wait until its model is loaded."""
+    driver.get(url)
+    assert wait_for(lambda: live_state(driver) in ("ready", "error", "unavailable"), 60)
+    assert live_state(driver) == "ready", driver.find_element("id", "live-status").text
+
+
+def choose_live_image(driver, path) -> dict:
+    """Choose ``path`` with the page's file input, as a reader does; what the page computed."""
+    driver.find_element("id", "live-file").send_keys(str(path))
+    assert wait_for(lambda: live_state(driver) in ("done", "error"), 60)
+    assert live_state(driver) == "done", driver.find_element("id", "live-status").text
+    return driver.execute_script("""
+      var last = AtlasLive.state.last;
+      return {input: Array.from(last.input.data), width: last.input.width, height: last.input.height,
+              layers: last.layers.map(l => ({site: l.site, layer: l.layer, units: l.units, means: Array.from(l.means),
+                                             maxes: Array.from(l.maxes)}))};""")

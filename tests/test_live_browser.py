@@ -14,7 +14,7 @@ from PIL import Image
 import build
 from atlas.website import render
 from tests.conftest import TINY_MODEL, TINY_VIT
-from tests.helpers import chromium, image_folder, nginx, plain_http, wait_for
+from tests.helpers import choose_live_image, chromium, image_folder, live_state, nginx, open_live, plain_http, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -53,28 +53,6 @@ def browser():
     driver.quit()
 
 
-def state(driver) -> str:
-    return driver.execute_script("return document.getElementById('live-view').getAttribute('data-state')")
-
-
-def open_live(driver, url: str) -> None:
-    driver.get(url)
-    assert wait_for(lambda: state(driver) in ("ready", "error", "unavailable"), 60)
-    assert state(driver) == "ready", driver.find_element("id", "live-status").text
-
-
-def choose(driver, path) -> dict:
-    """Choose ``path`` with the page's file input, as a reader does; what the page computed."""
-    driver.find_element("id", "live-file").send_keys(str(path))
-    assert wait_for(lambda: state(driver) in ("done", "error"), 60)
-    assert state(driver) == "done", driver.find_element("id", "live-status").text
-    return driver.execute_script("""
-      var last = AtlasLive.state.last;
-      return {input: Array.from(last.input.data), width: last.input.width, height: last.input.height,
-              layers: last.layers.map(l => ({site: l.site, layer: l.layer, units: l.units, means: Array.from(l.means),
-                                             maxes: Array.from(l.maxes)}))};""")
-
-
 def timm_reference(path) -> tuple[np.ndarray, dict]:
     """timm's eval transform of the image file, and each (site, layer)'s per-unit mean and max over the patch tokens,
     from timm's own modules by forward hooks."""
@@ -97,7 +75,7 @@ def timm_reference(path) -> tuple[np.ndarray, dict]:
 def test_an_image_chosen_in_the_page_gives_what_timm_gives(browser, served, host):
     open_live(browser, served[host] + "live.html")
     for path in served["images"]:
-        page = choose(browser, path)
+        page = choose_live_image(browser, path)
         want_input, want = timm_reference(path)
         got_input = np.asarray(page["input"], np.float32).reshape(3, page["height"], page["width"])
         assert got_input.shape == want_input.shape and np.array_equal(got_input, want_input), path.name  # bit for bit
@@ -114,7 +92,7 @@ def test_an_image_chosen_in_the_page_gives_what_timm_gives(browser, served, host
 def test_a_unit_opens_and_the_unit_view_leads_back_to_it_highlighted(browser, served):
     base = served["nginx"]
     open_live(browser, base + "live.html")
-    choose(browser, served["images"][0])
+    choose_live_image(browser, served["images"][0])
     first = browser.find_element("css selector", "#live-results section[data-output='ffn/L01'] li")
     uid = first.get_attribute("data-unit")
     first.find_element("css selector", "a.tile").click()
@@ -127,9 +105,9 @@ def test_a_unit_opens_and_the_unit_view_leads_back_to_it_highlighted(browser, se
     link = browser.find_element("id", "try-live")
     assert link.is_displayed() and link.get_attribute("href").endswith("live.html#" + low)
     link.click()
-    assert wait_for(lambda: state(browser) == "ready", 60)
+    assert wait_for(lambda: live_state(browser) == "ready", 60)
     assert "Choose, drop or paste an image" in browser.find_element("id", "live-focus").text
-    choose(browser, served["images"][1])
+    choose_live_image(browser, served["images"][1])
     focus = browser.find_element("id", "live-focus")
     assert low in focus.text and "ranks" in focus.text
     marked = browser.find_elements("css selector", "#live-results li.focus")
@@ -138,6 +116,6 @@ def test_a_unit_opens_and_the_unit_view_leads_back_to_it_highlighted(browser, se
 
 def test_from_disk_the_page_says_why_in_one_line(browser, served):
     browser.get((served["out"] / "site" / "live.html").as_uri())
-    assert wait_for(lambda: state(browser) == "unavailable")
+    assert wait_for(lambda: live_state(browser) == "unavailable")
     text = browser.find_element("id", "live-status").text
     assert "served over http(s)" in text and "vit-atlas serve" in text and "\n" not in text

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..analyses import analysis_files, parse_analysis
 from ..flags import FLAG_LABELS, FLAG_NAMES
 from ..labels import SOURCE_TITLES, SOURCES
-from ..live import LIVE_CHOICES
+from ..live import LIVE_CHOICES, live_folder
 from ..folder import check_owned_folder, own_folder, remove_recorded
 from ..format import ANALYSES, CITATION, PICTURE_LABELS, WEBSITE, AtlasError, command, parse_unit_id
 from ..reader import Atlas
@@ -41,7 +41,7 @@ from .live import RUNTIME, RUNTIME_LOADER, RUNTIME_SCRIPT, RUNTIME_WASM, publish
 from .listing import read_listing, write_listing
 from .packs import read_header, unit_pack_path
 from .search import render_search
-from .urls import (LIVE_PAGE, MARKER, PAGE_UNITS, RESERVED, UNIT_VIEW, check_url, map_data_path, map_path, page_path,
+from .urls import (LIVE_PAGE, MARKER, PAGE_UNITS, RESERVED, UNIT_VIEW, check_url, content_security_policy, map_data_path, map_path, page_path,
                    write_if_changed)
 
 OFFLINE_LIMIT = 512 * 10**6     # "auto": script twins for pages opened from disk up to this many bytes of shards
@@ -212,6 +212,14 @@ MAP_RELATED = 4       # same-layer related units a map draws as links from the u
 MAP_SOURCES = ("invert", "clip-dissect", "netdissect")
 
 
+def best_labels(summ: LayerSummary):
+    """The label source a layer's views name units by (the first of ``MAP_SOURCES`` the layer has, or None) and a
+    function giving unit row i's best label of it (or None)."""
+    sources = [s for s in MAP_SOURCES if any(x.source == s for i in range(len(summ.units)) for x in summ.best_labels(i))]
+    source = sources[0] if sources else None
+    return source, lambda i: next((b for b in summ.best_labels(i) if b.source == source), None)
+
+
 def map_points(a: Atlas, summ: LayerSummary) -> dict | None:
     """What a layer's map page draws, or None when the atlas has no map of the layer: per unit on the map
     [unit, x, y, flag bits, category index (-1 none), activation, concept index (-1 none), related units], and
@@ -221,13 +229,13 @@ def map_points(a: Atlas, summ: LayerSummary) -> dict | None:
     if found is None:
         return None
     at = {int(u): i for i, u in enumerate(summ.units)}
-    sources = [s for s in MAP_SOURCES if any(x.source == s for i in range(len(summ.units)) for x in summ.best_labels(i))]
+    source, best_of = best_labels(summ)
     categories, concepts, points = [], [], []
     for unit, (x, y) in zip(found.units.tolist(), found.xy.tolist()):
         i = at.get(unit)
         if i is None or not (x == x and y == y):
             continue
-        best = next((b for b in summ.best_labels(i) if sources and b.source == sources[0]), None)
+        best = best_of(i)
         cat = concept = -1
         if best is not None:
             categories += [best.category] if best.category not in categories else []
@@ -239,7 +247,7 @@ def map_points(a: Atlas, summ: LayerSummary) -> dict | None:
         act = float(summ.activation[i])
         points.append([unit, round(x, 4), round(y, 4), bits, cat, round(act, 4) if act == act else None, concept, related])
     return {"points": points, "flags": list(FLAG_NAMES), "categories": categories, "concepts": concepts,
-            "source": sources[0] if sources else None,
+            "source": source,
             "trustworthiness": found.trustworthiness if found.trustworthiness == found.trustworthiness else None,
             "params": {k: found.params.get(k) for k in ("method", "n_neighbors", "min_dist", "seed", "input")}}
 
@@ -335,7 +343,7 @@ def _render_top_pages(r: Renderer, summaries: dict[tuple, LayerSummary], strips:
     r.page("cite.html", "cite.html", cff=citation_cff(r.info, m), atlas_bibtex=atlas_bibtex(r.info, m, r.key),
            paper_bibtex=PAPER_BIBTEX, example=example)
     if r.live:
-        _render_live_page(r)
+        _render_live_page(r, summaries)
     for name, data in analyses.items():
         figures = [{"title": fig["title"],
                     "rows": [{"label": row["label"], "tiles": [{"label": label, "uid": uid, "href": _address(uid)}
@@ -345,9 +353,19 @@ def _render_top_pages(r: Renderer, summaries: dict[tuple, LayerSummary], strips:
                figures=figures)
 
 
-def _render_live_page(r: Renderer) -> None:
+def _render_live_page(r: Renderer, summaries: dict[tuple, LayerSummary]) -> None:
     """live.html: the live view of every published live model (its runtime's script loaded with its SRI hash;
-    WebAssembly compiled, which its Content-Security-Policy alone allows)."""
+    WebAssembly compiled, which its Content-Security-Policy alone allows), and per model the words it shows
+    under each unit: ``live/<model>/labels.json``, each output's best label per unit (as the layer's map names
+    them), in the order of the output's units."""
+    for p in r.live:
+        names = {}
+        for (m, site, layer), summ in summaries.items():
+            if m == p["model"]:
+                source, best_of = best_labels(summ)
+                names[f"{site}/L{layer:02d}"] = {"source": source, "units": {
+                    int(u): best.concept for i, u in enumerate(summ.units) if (best := best_of(i)) is not None}}
+        r.write(f"{live_folder(p['model'])}/labels.json", json.dumps(names, separators=(",", ":")))
     runtime = runtime_record()
     models = [{**p, "size": human_bytes(p["bytes"])} for p in r.live]
     page = {"path": RUNTIME, "version": runtime["version"], "script": RUNTIME_SCRIPT,
@@ -355,7 +373,7 @@ def _render_live_page(r: Renderer) -> None:
             "wasm_sha256": runtime["files"][RUNTIME_WASM]["sha256"]}
     r.page(LIVE_PAGE, LIVE_PAGE, live_models=models, runtime=page, samples=publish_samples(r),
            models_json=json.dumps([{"model": p["model"], "record": p["record"]} for p in r.live]),
-           runtime_json=json.dumps(page), csp=r.csp.replace("script-src 'self'", "script-src 'self' 'wasm-unsafe-eval'"))
+           runtime_json=json.dumps(page), csp=content_security_policy(r.data_url, wasm=True))
 
 
 def _address(uid: str) -> str:

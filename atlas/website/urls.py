@@ -66,15 +66,17 @@ def check_url(url: str, flag: str) -> str:
     return url
 
 
-def content_security_policy(data_url: str = "", header: bool = False) -> str:
+def content_security_policy(data_url: str = "", header: bool = False, wasm: bool = False) -> str:
     """The website's Content-Security-Policy (the pages' meta tag and `build.py serve`'s header): only
     the website's own scripts and styles, images of its own and from packs (``blob:``), data fetched
-    from the website or from ``data_url``'s origin; ``header`` adds what only a header can say."""
+    from the website or from ``data_url``'s origin; ``header`` adds what only a header can say; ``wasm``
+    lets WebAssembly compile (the live view's page and its runtime's files, nothing else)."""
     origin = ""
     if data_url.startswith(("http://", "https://")):
         parts = urllib.parse.urlsplit(data_url)
         origin = f" {parts.scheme}://{parts.netloc}"
-    policy = (f"default-src 'none'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    scripts = "'self' 'wasm-unsafe-eval'" if wasm else "'self'"
+    policy = (f"default-src 'none'; img-src 'self' data: blob:; style-src 'self'; script-src {scripts}; "
               f"connect-src 'self'{origin}; base-uri 'none'; form-action 'self'")
     return policy + ("; frame-ancestors 'none'" if header else "")
 

@@ -16,7 +16,7 @@
   var MAX_PIXELS = 89478485;                     /* Pillow's decompression-bomb bound, which the probe keeps too */
   var models = list(JSON.parse(box.getAttribute("data-models")), 64);
   var runtime = JSON.parse(box.getAttribute("data-runtime"));
-  var state = { model: null, record: null, session: null, last: null, rank: "mean", focus: null,
+  var state = { model: null, record: null, session: null, labels: {}, last: null, rank: "mean", focus: null,
                 timings: { ready_ms: null, run_ms: [] } };
 
   function say(text, s) { status.textContent = text; if (s) { box.setAttribute("data-state", s); } }
@@ -193,7 +193,9 @@
           done += rec.files[n].bytes;
           say("Loading the model " + m.model + ": " + (done / 1e6).toFixed(1) + " of " + (total / 1e6).toFixed(1) + " MB\u2026");
         });
-      })).then(function () {
+      }).concat([fetch(base + "labels.json").then(function (r) { return r.ok ? r.json() : {}; }).then(function (words) {
+        state.labels = words && typeof words === "object" ? words : {};            /* what names each unit, if any */
+      }, function () { state.labels = {}; })])).then(function () {
         var external = names.filter(function (n) { return n !== "model.onnx"; }).map(function (n) { return { path: n, data: files[n] }; });
         return ort.InferenceSession.create(files["model.onnx"], { executionProviders: ["wasm"], graphOptimizationLevel: "all",
                                                                   externalData: external });
@@ -290,6 +292,8 @@
     pics.appendChild(fig);
     a.appendChild(pics);
     a.appendChild(el("span", "uid", "#" + (rank + 1) + " U" + String(layer.units[j]).padStart(4, "0")));
+    var words = state.labels[layer.name], word = words && words.units && words.units[String(layer.units[j])];
+    if (typeof word === "string") { a.appendChild(el("span", "cls live-label", word)); }
     a.appendChild(el("span", "cls", "mean " + num(layer.means[j]) + " \u00b7 max " + num(layer.maxes[j])));
     li.appendChild(a);
     return li;
@@ -306,7 +310,8 @@
       var ranked = order(layer), section = el("section", "live-layer");
       section.setAttribute("data-output", layer.name);
       var h = el("h2", null, layer.site + " \u00b7 layer " + layer.layer);
-      h.appendChild(el("span", "count", " " + layer.units.length + " units"));
+      var named = state.labels[layer.name] && state.labels[layer.name].source;
+      h.appendChild(el("span", "count", " " + layer.units.length + " units" + (typeof named === "string" ? ", named by " + named : "")));
       section.appendChild(h);
       var ol = el("ol", "tiles live-units");
       ranked.slice(0, TOP).forEach(function (j, r) { ol.appendChild(unitItem(layer, j, r, photo)); });
