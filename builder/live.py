@@ -119,7 +119,7 @@ def preprocess_steps(transform) -> list[dict]:
             if size is None or t.max_size is not None or filter_ not in RESAMPLED:
                 raise AtlasError(f"the live view cannot prepare images as {t} does (it follows a resize of the shorter "
                                  f"side with one of {', '.join(RESAMPLED)}): render with --live off")
-            steps.append({"op": "resize_shorter", "size": int(size), "filter": filter_})
+            steps.append({"op": "resize_shorter", "size": int(size), "filter": filter_, "pass_order": pass_order()})
         elif isinstance(t, T.CenterCrop):
             steps.append({"op": "center_crop", "size": [int(s) for s in t.size]})
         elif kind in ("ToTensor", "MaybeToTensor"):
@@ -130,6 +130,14 @@ def preprocess_steps(transform) -> list[dict]:
         else:
             raise AtlasError(f"the live view cannot prepare images as timm's {kind} does: render with --live off")
     return steps
+
+
+def pass_order() -> str:
+    """Which of its two passes the installed Pillow resamples first: ``pillow13`` (from Pillow 13: the vertical pass
+    first when the height shrinks by more than twice as many pixels as the width) or ``horizontal_first`` (before).
+    The two orders round differently, so live.js follows the Pillow that prepared the atlas's images."""
+    import PIL
+    return "pillow13" if int(PIL.__version__.split(".")[0]) >= 13 else "horizontal_first"
 
 
 def storage_for(lm: LoadedModel, storage: str) -> str:

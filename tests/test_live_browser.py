@@ -19,7 +19,8 @@ from tests.helpers import choose_live_image, chromium, image_folder, live_state,
 pytestmark = pytest.mark.slow
 
 NAME = "vit_tiny_patch16_224"
-SIZES = [(45, 45), (90, 37), (31, 77), (300, 200)]      # square, wide, tall, larger than the model's input
+SIZES = [(45, 45), (90, 37), (31, 77), (300, 200), (40, 200)]   # square, wide, tall, larger; the last shrinks
+# its height by over twice the pixels of its width, which Pillow 13 resamples vertically first
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +120,53 @@ def test_from_disk_the_page_says_why_in_one_line(browser, served):
     assert wait_for(lambda: live_state(browser) == "unavailable")
     text = browser.find_element("id", "live-status").text
     assert "served over http(s)" in text and "vit-atlas serve" in text and "\n" not in text
+
+
+def test_a_vit_b_16_atlas_of_a_few_units_a_layer_keeps_every_top_20_in_the_page(tmp_path_factory, browser):
+    """The issue's second model: random-init vit_base_patch16_224, 30 units of every FFN layer, its live model in
+    fp16 storage (published under 180 MB, in files under 25 MiB); over nginx and http.server the page prepares
+    PNG images of several sizes exactly as timm does (bicubic, 248 then 224) and every layer's top-20 units by
+    mean are PyTorch's (fp32 weights, timm's modules by forward hooks)."""
+    from atlas.live import read_live
+    from builder.models import ModelSource, load_model
+    base = tmp_path_factory.mktemp("vit-b")
+    images = image_folder(base / "images", ("a", "b"), 2, (150, 300))
+    out = base / "atlas"
+    model = ["--model", "vit_base_patch16_224", "--random-init"]
+    assert build.main(["probe", *model, "--images", str(images), "--units", "0-29", "--k", "2", "--workers", "0",
+                       "--out", str(out)]) == 0
+    assert build.main(["live", *model, "--out", str(out)]) == 0
+    live = read_live(out, "vit_base_patch16_224")
+    assert live.record["storage"] == "fp16" and live.published_bytes < 180e6
+    assert all(f["bytes"] <= 24 * 2**20 for f in live.files.values()) and len(live.files) > 7
+    render(out, progress=False)                                   # auto publishes it: under 200 MB
+    lm = load_model(ModelSource("vit_base_patch16_224", random_init=True))
+    rng = np.random.default_rng(2)
+    tests = []
+    for w, h in ((224, 224), (500, 300), (260, 611)):
+        path = base / f"vitb-{w}x{h}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        tests.append(path)
+    for server in (nginx(out, base / "nginx"), plain_http(out)):
+        with server as url:
+            open_live(browser, url + "site/live.html")
+            for path in tests:
+                page = choose_live_image(browser, path)
+                x = lm.eval_transform()(Image.open(path).convert("RGB"))
+                got = np.asarray(page["input"], np.float32).reshape(3, page["height"], page["width"])
+                assert np.array_equal(got, x.numpy()), path.name
+                captured = {}
+                hooks = [b.mlp.act.register_forward_hook(lambda m, a, o, i=i: captured.__setitem__(i, o))
+                         for i, b in enumerate(lm.model.blocks)]
+                with torch.no_grad():
+                    lm.model(x[None])
+                for hook in hooks:
+                    hook.remove()
+                assert len(page["layers"]) == 12
+                for layer in page["layers"]:
+                    units = np.asarray(layer["units"])
+                    want = captured[layer["layer"]][0, 1:].mean(0).numpy()[units]
+                    got_means = np.asarray(layer["means"])
+                    top = lambda v: set(units[np.argsort(-v, kind="stable")[:20]].tolist())  # noqa: E731
+                    assert top(got_means) == top(want), (path.name, layer["layer"])
+                    assert np.abs(got_means - want).max() < 5e-3                       # fp16 weights, fp32 sums

@@ -81,10 +81,14 @@
     }
     return out;
   }
-  function resize(img, outW, outH, name) {
+  /* Pillow's ImagingResampleInner: from Pillow 13 ("pillow13") the vertical pass comes first when the height
+     shrinks by more than twice as many pixels as the width; before, the horizontal pass always came first */
+  function resize(img, outW, outH, name, order) {
     var filter = FILTERS[name];
     if (!filter) { throw new Error("no port of Pillow's " + name + " filter"); }
     var px = img.rgb, w = img.width, h = img.height;
+    var verticalFirst = order === "pillow13" && h - outH > 0 && h - outH > (w - outW) * 2;
+    if (verticalFirst) { px = pass(px, w, h, w, outH, coefficients(h, outH, filter), false); h = outH; }
     if (outW !== w) { px = pass(px, w, h, outW, h, coefficients(w, outW, filter), true); w = outW; }
     if (outH !== h) { px = pass(px, w, h, w, outH, coefficients(h, outH, filter), false); h = outH; }
     return { rgb: px, width: w, height: h };
@@ -114,7 +118,8 @@
       if (s.op === "resize_shorter") {
         var short = Math.min(img.width, img.height), long = Math.max(img.width, img.height);
         var newLong = Math.trunc(s.size * long / short);                 /* torchvision: int(size * long / short) */
-        img = img.width <= img.height ? resize(img, s.size, newLong, s.filter) : resize(img, newLong, s.size, s.filter);
+        img = img.width <= img.height ? resize(img, s.size, newLong, s.filter, s.pass_order)
+                                      : resize(img, newLong, s.size, s.filter, s.pass_order);
       } else if (s.op === "center_crop") {
         img = centerCrop(img, s.size[0], s.size[1]);
       } else if (s.op === "to_tensor") {
