@@ -11,6 +11,7 @@ and stored: how often a unit's neighbours on the map are its neighbours in the d
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -79,6 +80,19 @@ def unit_profiles(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
         raise AtlasError(f"{path} is not a score file ({str(e).splitlines()[0][:120]})") from None
     norm = np.linalg.norm(vectors, axis=1, keepdims=True)
     return layer, unit, vectors / np.maximum(norm, 1e-12), what
+
+
+def compile_in_background() -> threading.Thread:
+    """Import umap-learn and compile what a map needs on a thread, while the caller does other work (numba's
+    LLVM work and torch's kernels both run outside the GIL); a map made later waits for nothing it finds
+    compiled. The thread's result is thrown away: it only fills numba's caches."""
+    def warm():
+        rng = np.random.default_rng(0)
+        points = rng.standard_normal((2 * N_NEIGHBOURS + 2, 8))
+        map_points(points / np.linalg.norm(points, axis=1, keepdims=True), 0)
+    thread = threading.Thread(target=warm, name="umap-compile", daemon=True)
+    thread.start()
+    return thread
 
 
 def map_points(vectors: np.ndarray, seed: int, n_neighbours: int = N_NEIGHBOURS,

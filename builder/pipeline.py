@@ -159,9 +159,11 @@ def probe_and_analyze(spec: BuildSpec, device: str, command: str, progress: bool
     from builder.dataset import scan_images
     from builder.labels import LabelJob, run_labels
     from builder.live import LiveJob, make_live, published_bytes
-    from builder.maps import run_maps
+    from builder.maps import compile_in_background, run_maps
     from builder.probe import ProbeJob, run_probe
     index = scan_images(spec.images, spec.labels) if spec.images else None
+    if any(m.probe for m in spec.models) and spec.related != "off":
+        compile_in_background()            # the maps' compiling overlaps the probe and labels
     for m in spec.models:
         if not (m.probe or m.analyses or m.live != "off" and m.visualize):
             continue
