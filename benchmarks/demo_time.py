@@ -70,20 +70,27 @@ def stage_seconds(atlas: Path) -> dict:
     return {k: round(v, 1) for k, v in sorted(seconds.items())}
 
 
-def run_demo(isa: str) -> dict:
+# --without-maps: the same build with the maps' stage taken out (its functions made no-ops in the child), so
+# that the two wall clocks say what the maps add (issue 33); a measurement only, no product switch
+WITHOUT_MAPS = ("import sys, builder.maps as m; m.run_maps = lambda *a, **k: {}; "
+                "m.compile_in_background = lambda: None; import build; sys.exit(build.main(sys.argv[1:]))")
+
+
+def run_demo(isa: str, maps: bool = True) -> dict:
     """Build the demo once under ``isa``'s caps; the wall clock includes the interpreter's start."""
     env = {**os.environ, **ISA_CAPS[isa]}
     with tempfile.TemporaryDirectory(prefix="demo-time-") as tmp:
         atlas = Path(tmp) / "atlas-demo"
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, str(ROOT / "build.py"), "demo", "--out", str(atlas)], env=env,
+        program = [str(ROOT / "build.py")] if maps else ["-c", WITHOUT_MAPS]
+        done = subprocess.run([sys.executable, *program, "demo", "--out", str(atlas)], env=env, cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wall = time.perf_counter() - start
         if done.returncode:
             sys.exit(f"the demo failed under --isa {isa}:\n{done.stderr[-2000:]}")
         stages = stage_seconds(atlas)
     pictures = sum(v for k, v in stages.items() if k.startswith("visualize"))
-    return {"isa": isa, "caps": ISA_CAPS[isa], "aten_capability": capability(env), "wall_s": round(wall, 1),
+    return {"isa": isa, "maps": maps, "caps": ISA_CAPS[isa], "aten_capability": capability(env), "wall_s": round(wall, 1),
             "stages_s": stages, "rest_s": round(wall - pictures - stages.get("probe", 0.0) - stages.get("map", 0.0), 1)}
 
 
@@ -103,6 +110,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--isa", default="native", help=f"comma-separated, of {', '.join(ISA_CAPS)}")
     p.add_argument("--repeat", type=int, default=1, help="runs per --isa value")
+    p.add_argument("--without-maps", action="store_true",
+                   help="also build each time without the maps' stage (alternating), to measure what it adds")
     args = p.parse_args()
     kinds = args.isa.split(",")
     unknown = [k for k in kinds if k not in ISA_CAPS]
@@ -113,9 +122,10 @@ def main():
     rows = []
     for isa in kinds:
         for _ in range(args.repeat):
-            record = run_demo(isa)
-            print(json.dumps(record), flush=True)
-            rows.append(markdown_row(record, cpu))
+            for maps in (True, False) if args.without_maps else (True,):
+                record = run_demo(isa, maps)
+                print(json.dumps(record), flush=True)
+                rows.append(markdown_row(record, cpu))
     print("\n".join(rows))
 
 
