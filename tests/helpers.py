@@ -113,8 +113,9 @@ def plain_http(root: Path):
         server.server_close()
 
 
-def chromium(width: int = 1280, height: int = 3000):
-    """A headless Chromium driven by selenium (Debian's chromium and chromium-driver)."""
+def chromium(width: int = 1280, height: int = 3000, extra: tuple[str, ...] = ()):
+    """A headless Chromium driven by selenium (Debian's chromium and chromium-driver); ``extra``: more switches
+    (``--enable-unsafe-webgpu`` gives it a WebGPU adapter, SwiftShader's, on a machine without a GPU)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     if not (Path(CHROMIUM).exists() and Path(DRIVER).exists()):
@@ -122,7 +123,7 @@ def chromium(width: int = 1280, height: int = 3000):
     options = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-dev-shm-usage", "--disable-component-update", "--no-first-run",
-                f"--window-size={width},{height}"):
+                f"--window-size={width},{height}", *extra):
         options.add_argument(arg)
     options.binary_location = CHROMIUM
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})

@@ -115,6 +115,25 @@ def test_a_unit_opens_and_the_unit_view_leads_back_to_it_highlighted(browser, se
     assert [m.get_attribute("data-unit") for m in marked] == [low]       # in its layer's list, ranked or added
 
 
+def test_with_a_webgpu_adapter_the_page_runs_the_webgpu_build_and_gives_the_same(served):
+    """SwiftShader's WebGPU adapter (no GPU here): the page loads the WebGPU build (its binary joined from its
+    pieces and checked), runs the model on WebGPU and gives what timm gives; `?device=cpu` keeps the wasm build."""
+    driver = chromium(1280, 1200, extra=("--enable-unsafe-webgpu",))
+    try:
+        open_live(driver, served["plain"] + "live.html")
+        assert driver.execute_script("return AtlasLive.state.provider") == "webgpu"
+        assert "WebGPU" in driver.find_element("id", "live-status").text
+        path = served["images"][3]
+        page = choose_live_image(driver, path)
+        _, want = timm_reference(path)
+        for layer in page["layers"]:
+            np.testing.assert_allclose(layer["means"], want[(layer["site"], layer["layer"])][0][layer["units"]], atol=1e-4)
+        open_live(driver, served["plain"] + "live.html?device=cpu")
+        assert driver.execute_script("return AtlasLive.state.provider") == "wasm"
+    finally:
+        driver.quit()
+
+
 def test_from_disk_the_page_says_why_in_one_line(browser, served):
     browser.get((served["out"] / "site" / "live.html").as_uri())
     assert wait_for(lambda: live_state(browser) == "unavailable")

@@ -37,7 +37,7 @@ from .context import Renderer, analysis_charts, example_unit, human_bytes, templ
 from .data import (SCRIPT_SUFFIX, STRIP_UNITS, PackBuilder, script_twin, strip_layers, strips_pack,
                    thumb_pack_jobs, unit_pack_jobs)
 from .check import PACK_LIST
-from .live import RUNTIME, RUNTIME_LOADER, RUNTIME_SCRIPT, RUNTIME_WASM, publish_live, publish_samples, runtime_record
+from .live import publish_live, publish_samples, runtime_page, runtime_record
 from .listing import read_listing, write_listing
 from .packs import read_header, unit_pack_path
 from .search import render_search
@@ -366,11 +366,8 @@ def _render_live_page(r: Renderer, summaries: dict[tuple, LayerSummary]) -> None
                 names[f"{site}/L{layer:02d}"] = {"source": source, "units": {
                     int(u): best.concept for i, u in enumerate(summ.units) if (best := best_of(i)) is not None}}
         r.write(f"{live_folder(p['model'])}/labels.json", json.dumps(names, separators=(",", ":")))
-    runtime = runtime_record()
     models = [{**p, "size": human_bytes(p["bytes"])} for p in r.live]
-    page = {"path": RUNTIME, "version": runtime["version"], "script": RUNTIME_SCRIPT,
-            "sri": runtime["files"][RUNTIME_SCRIPT]["sri"], "loader": RUNTIME_LOADER, "wasm": RUNTIME_WASM,
-            "wasm_sha256": runtime["files"][RUNTIME_WASM]["sha256"]}
+    page = runtime_page(runtime_record())
     r.page(LIVE_PAGE, LIVE_PAGE, live_models=models, runtime=page, samples=publish_samples(r),
            models_json=json.dumps([{"model": p["model"], "record": p["record"]} for p in r.live]),
            runtime_json=json.dumps(page), csp=content_security_policy(r.data_url, wasm=True))

@@ -16,21 +16,24 @@ from ..manifest import sha256_file
 from .context import Renderer, human_bytes, templates_dir
 
 RUNTIME = "assets/ort/"                  # website-relative folder of onnxruntime-web's files
-RUNTIME_SCRIPT = "ort.wasm.min.js"      # the runtime's classic script (the page loads it with its SRI hash) ...
-RUNTIME_LOADER = "ort-wasm-simd-threaded.js"     # ... which imports this module (the package's .mjs, renamed) ...
-RUNTIME_WASM = "ort-wasm-simd-threaded.wasm"     # ... for this binary (live.js fetches and hashes it first)
 SAMPLES = "live/samples/{i}.png"
 MAX_SAMPLES = 6                          # dataset images offered to try: one per image class, the first ones
 
 
 def runtime_record() -> dict:
-    """VENDOR.json of the shipped onnxruntime-web, every file checked against it; AtlasError otherwise."""
+    """VENDOR.json of the shipped onnxruntime-web, every file checked against it; AtlasError otherwise. Its
+    ``builds`` name each build's classic script, the module it imports (the package's .mjs, kept as .js) and the
+    pieces of its binary with the whole binary's sha256: ``wasm`` (CPU) and ``webgpu``."""
     folder = templates_dir() / "static" / "ort"
     try:
         record = json.loads((folder / "VENDOR.json").read_text())
         for name, entry in record["files"].items():
             if "/" in name or sha256_file(folder / name) != entry["sha256"]:
                 raise ValueError(f"{name} is not the file VENDOR.json names")
+        for build in ("wasm", "webgpu"):
+            parts = record["builds"][build]
+            if not {parts["script"], parts["loader"], *parts["wasm"]} <= set(record["files"]):
+                raise ValueError(f"its {build} build names files it does not list")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise AtlasError(f"the installed onnxruntime-web runtime is damaged ({e}): reinstall ViT Atlas, or render "
                          "with --live off") from None
@@ -71,6 +74,13 @@ def publish_live(r: Renderer, mode: str) -> list[dict]:
         for name in [*runtime["files"], "LICENSE", "VENDOR.json"]:
             r.write(RUNTIME + name, (source / name).read_bytes())
     return published
+
+
+def runtime_page(runtime: dict) -> dict:
+    """What live.js needs of the runtime: its folder, version and each build's files, SRI hash and binary sha256."""
+    builds = {name: {**parts, "sri": runtime["files"][parts["script"]]["sri"]}
+              for name, parts in runtime["builds"].items()}
+    return {"path": RUNTIME, "version": runtime["version"], "builds": builds}
 
 
 def publish_samples(r: Renderer) -> list[str]:

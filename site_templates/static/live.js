@@ -16,7 +16,7 @@
   var MAX_PIXELS = 89478485;                     /* Pillow's decompression-bomb bound, which the probe keeps too */
   var models = list(JSON.parse(box.getAttribute("data-models")), 64);
   var runtime = JSON.parse(box.getAttribute("data-runtime"));
-  var state = { model: null, record: null, session: null, labels: {}, last: null, rank: "mean", focus: null,
+  var state = { model: null, provider: null, record: null, session: null, labels: {}, last: null, rank: "mean", focus: null,
                 timings: { ready_ms: null, run_ms: [] } };
 
   function say(text, s) { status.textContent = text; if (s) { box.setAttribute("data-state", s); } }
@@ -202,13 +202,15 @@
         state.labels = words && typeof words === "object" ? words : {};            /* what names each unit, if any */
       }, function () { state.labels = {}; })])).then(function () {
         var external = names.filter(function (n) { return n !== "model.onnx"; }).map(function (n) { return { path: n, data: files[n] }; });
-        return ort.InferenceSession.create(files["model.onnx"], { executionProviders: ["wasm"], graphOptimizationLevel: "all",
-                                                                  externalData: external });
+        return ort.InferenceSession.create(files["model.onnx"], {
+          executionProviders: state.provider === "webgpu" ? ["webgpu", "wasm"] : ["wasm"],
+          graphOptimizationLevel: "all", externalData: external });
       }).then(function (session) {
         state.record = rec; state.session = session;
         state.timings.ready_ms = performance.now();
-        say("Ready (" + (state.timings.ready_ms / 1000).toFixed(1) + " s, " + ort.env.wasm.numThreads +
-            (ort.env.wasm.numThreads === 1 ? " thread" : " threads") + "): choose, drop or paste an image.", "ready");
+        say("Ready (" + (state.timings.ready_ms / 1000).toFixed(1) + " s, " + (state.provider === "webgpu" ? "WebGPU" :
+            ort.env.wasm.numThreads + (ort.env.wasm.numThreads === 1 ? " thread" : " threads")) +
+            "): choose, drop or paste an image.", "ready");
         showFocus();
       });
     });
@@ -358,21 +360,46 @@
     state.focus = f;
     return f;
   }
+  /* the runtime: the WebGPU build where the browser has a WebGPU adapter (live.html?device=cpu opts out), else the
+     wasm build; its script checked by its SRI hash, its binary's pieces joined and checked by their sha256 */
+  function chooseBuild() {
+    var asked = new URLSearchParams(location.search).get("device");
+    if (asked === "cpu" || !navigator.gpu) { return Promise.resolve("wasm"); }
+    return navigator.gpu.requestAdapter().then(function (a) { return a ? "webgpu" : "wasm"; }, function () { return "wasm"; });
+  }
+  function loadRuntime(build) {
+    return new Promise(function (resolve, reject) {
+      var s = document.createElement("script");
+      s.src = root + runtime.path + build.script;
+      s.integrity = build.sri;
+      s.onload = resolve;
+      s.onerror = function () { reject(new Error("the runtime's script " + build.script + " did not load, or is not the published file")); };
+      document.head.appendChild(s);
+    });
+  }
+  function wasmBinary(build, base) {
+    return Promise.all(list(build.wasm, 8).map(function (name) { return fetchChecked(base + name); })).then(function (pieces) {
+      var whole = new Uint8Array(pieces.reduce(function (n, p) { return n + p.byteLength; }, 0)), at = 0;
+      pieces.forEach(function (p) { whole.set(new Uint8Array(p), at); at += p.byteLength; });
+      if (!(window.crypto && crypto.subtle)) { return whole.buffer; }
+      return crypto.subtle.digest("SHA-256", whole).then(function (d) {
+        if (hex(d) !== build.wasm_sha256) { throw new Error("the runtime's binary is not the published one"); }
+        return whole.buffer;
+      });
+    });
+  }
   function start() {
     if (location.protocol === "file:") {
       say("The live view runs only when the website is served over http(s): browsers do not run its WebAssembly " +
           "model from files opened from disk. Run `vit-atlas serve` on the atlas, or open its hosted copy.", "unavailable");
       return Promise.resolve();
     }
-    if (typeof WebAssembly !== "object" || typeof window.ort !== "object" || typeof createImageBitmap !== "function") {
+    if (typeof WebAssembly !== "object" || typeof createImageBitmap !== "function") {
       say("This browser cannot run the live view: it needs WebAssembly and createImageBitmap (any browser of the last " +
-          "few years) and the runtime's script, which did not load.", "unavailable");
+          "few years).", "unavailable");
       return Promise.resolve();
     }
     if (!models.length) { say("This website publishes no live model.", "unavailable"); return Promise.resolve(); }
-    var base = new URL(root + runtime.path, location.href).href;
-    ort.env.wasm.wasmPaths = { mjs: base + runtime.loader, wasm: base + runtime.wasm };
-    ort.env.wasm.numThreads = window.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
     var f = focusFromHash(), index = 0;
     models.forEach(function (m, i) { if (f && m.model === f.model) { index = i; } });
     var select = document.getElementById("live-model");
@@ -380,9 +407,16 @@
       select.value = String(index);
       select.addEventListener("change", function () { load(+select.value).then(function () { clear(results); }); });
     }
-    return fetchChecked(base + runtime.wasm, runtime.wasm_sha256).then(function (binary) {
-      ort.env.wasm.wasmBinary = binary;
-      return load(index);
+    var base = new URL(root + runtime.path, location.href).href;
+    return chooseBuild().then(function (name) {
+      var build = runtime.builds[name];
+      state.provider = name;
+      return Promise.all([loadRuntime(build), wasmBinary(build, base)]).then(function (loaded) {
+        ort.env.wasm.wasmPaths = { mjs: base + build.loader, wasm: base + build.wasm[0] };
+        ort.env.wasm.wasmBinary = loaded[1];
+        ort.env.wasm.numThreads = window.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+        return load(index);
+      });
     }).catch(function (e) { say("The live view could not start: " + (e.message || e) + ".", "error"); });
   }
   function take(file) { if (file) { run(file).catch(function () {}); } }
