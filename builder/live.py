@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from atlas.dataset import Dataset, images_inside
+from atlas.folder import prepare_atlas_folder
 from atlas.format import DATASET, AtlasError, SAE_SITE
 from atlas.images import ImageError, load_rgb
 from atlas.live import GRAPH, LIVE_FILE_BYTES, WEIGHTS, write_live
@@ -251,7 +252,7 @@ def make_live(lm: LoadedModel, job: LiveJob) -> dict:
     """Export, check and write the live model of ``job.name``; returns its record. AtlasError (with the figure)
     when onnxruntime and PyTorch disagree."""
     start = time.perf_counter()
-    root = Path(job.out)
+    root = prepare_atlas_folder(job.out)              # no link anywhere it writes, before any work
     model = lm.model.to("cpu").float().eval()                # traced and checked on the CPU, wherever the probe ran
     layers, units, missing = atlas_layers(lm, root, job.name)
     if not layers:

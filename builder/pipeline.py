@@ -158,6 +158,7 @@ def probe_and_analyze(spec: BuildSpec, device: str, command: str, progress: bool
     from builder.analyses import AnalysisJob, run_analysis
     from builder.dataset import scan_images
     from builder.labels import LabelJob, run_labels
+    from atlas.reader import Atlas
     from builder.live import LiveJob, make_live, published_bytes
     from builder.maps import compile_in_background, run_maps
     from builder.probe import ProbeJob, run_probe
@@ -181,8 +182,9 @@ def probe_and_analyze(spec: BuildSpec, device: str, command: str, progress: bool
                                         device=device, command=command, progress=progress))
             if (spec.out / score_file(m.atlas_name, site)).is_file():          # none with related = "off"
                 run_maps(spec.out, m.atlas_name, site, spec.seed, command, progress)
-        wanted = m.live == "on" or m.live == "auto" and published_bytes(lm, "auto") <= LIVE_AUTO_BYTES
-        if wanted and (m.visualize or m.probe):            # a model with units in the atlas
+        with Atlas(spec.out) as a:
+            in_atlas = m.atlas_name in a.models                           # a model with units in the atlas
+        if in_atlas and (m.live == "on" or m.live == "auto" and published_bytes(lm, "auto") <= LIVE_AUTO_BYTES):
             make_live(lm, LiveJob(out=spec.out, name=m.atlas_name, command=command))
         for analysis in m.analyses:
             job = AnalysisJob(out=spec.out, name=m.atlas_name, index=index,

@@ -69,6 +69,7 @@ def _atlas_writers(a: Path, spec: Path) -> dict[str, list[str]]:
                     "--out", str(a)],
         "label": ["label", *TINY_MODEL, "--classes", "--layers", "0", "--workers", "0", "--out", str(a)],
         "map": ["map", str(a)],
+        "live": ["live", *TINY_MODEL, "--out", str(a)],
         "run": ["run", str(spec)],
         "finalize": ["finalize", str(a)],
         "render": ["render", str(a)],
@@ -77,7 +78,7 @@ def _atlas_writers(a: Path, spec: Path) -> dict[str, list[str]]:
 
 
 # every command that writes: atlas writers above; the others write into a folder of their own (below)
-WRITERS = {"visualize", "probe", "label", "map", "analyze", "run", "finalize", "render", "demo", "export", "train-sae", "make-dataset",
+WRITERS = {"visualize", "probe", "label", "map", "live", "analyze", "run", "finalize", "render", "demo", "export", "train-sae", "make-dataset",
            "train-demo"}
 
 
@@ -86,8 +87,8 @@ def test_every_writing_command_is_enumerated():
     assert commands - READ_ONLY == WRITERS, commands - READ_ONLY ^ WRITERS
 
 
-@pytest.mark.parametrize("command", ["visualize", "probe", "label", "map", "analyze", "run", "finalize", "render",
-                                     "demo"])
+@pytest.mark.parametrize("command", ["visualize", "probe", "label", "map", "live", "analyze", "run", "finalize",
+                                     "render", "demo"])
 @pytest.mark.parametrize("folder", ATLAS_FOLDERS)
 def test_no_atlas_writer_follows_a_linked_folder(command, folder, built, tmp_path):
     a, spec, outside = _copy_with_link(built, tmp_path, folder)
