@@ -234,3 +234,32 @@ def test_the_live_page_is_valid_html5_and_verify_covers_its_files(live_atlas, tm
     runtime.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     code, printed, err = run_cli("verify", str(copy))
     assert code != 0 and "ort-wasm-simd-threaded.wasm" in printed + err
+
+
+def test_serve_isolates_the_live_page_and_its_runtime_only(live_atlas, tmp_path):
+    """`vit-atlas serve`: the live page and its runtime carry COOP and COEP (cross-origin isolated: threads) and a
+    policy that lets WebAssembly compile; every other page keeps the plain policy."""
+    import threading
+    import urllib.request
+    from atlas.serve import make_server
+    out, _ = live_atlas
+    copy = tmp_path / "atlas"
+    shutil.copytree(out, copy)
+    render(copy, progress=False)
+    server = make_server(copy, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/site/"
+        def headers(rel):
+            with urllib.request.urlopen(base + rel) as r:
+                return r.headers
+        for rel in ("live.html", "assets/ort/ort.wasm.min.js", "assets/ort/ort-wasm-simd-threaded.js"):
+            h = headers(rel)
+            assert h["Cross-Origin-Opener-Policy"] == "same-origin" and h["Cross-Origin-Embedder-Policy"] == "require-corp"
+            assert "'wasm-unsafe-eval'" in h["Content-Security-Policy"]
+        for rel in ("index.html", "unit.html", "assets/atlas.js"):
+            h = headers(rel)
+            assert h["Cross-Origin-Embedder-Policy"] is None and "wasm-unsafe-eval" not in h["Content-Security-Policy"]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -134,6 +134,28 @@ def test_with_a_webgpu_adapter_the_page_runs_the_webgpu_build_and_gives_the_same
         driver.quit()
 
 
+def test_under_vit_atlas_serve_the_page_is_isolated_and_runs_threads(browser, served):
+    """`vit-atlas serve` sends COOP and COEP on the live page: cross-origin isolated, onnxruntime runs as many
+    threads as the machine has (up to four), and the means are still timm's."""
+    import threading
+    from atlas.serve import make_server
+    server = make_server(served["out"], 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        open_live(browser, f"http://127.0.0.1:{server.server_address[1]}/site/live.html")
+        assert browser.execute_script("return window.crossOriginIsolated") is True
+        cores = browser.execute_script("return navigator.hardwareConcurrency")
+        assert browser.execute_script("return ort.env.wasm.numThreads") == min(4, cores)
+        path = served["images"][0]
+        page = choose_live_image(browser, path)
+        _, want = timm_reference(path)
+        for layer in page["layers"]:
+            np.testing.assert_allclose(layer["means"], want[(layer["site"], layer["layer"])][0][layer["units"]], atol=1e-4)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_from_disk_the_page_says_why_in_one_line(browser, served):
     browser.get((served["out"] / "site" / "live.html").as_uri())
     assert wait_for(lambda: live_state(browser) == "unavailable")
