@@ -125,9 +125,3 @@ def read_live(root: Path, model: str, verify_files: bool = True) -> LiveRecord |
                     or sha256_file(file) != entry["sha256"]:
                 raise AtlasError(f"{file} is missing or not the file its record names (make it again: vit-atlas live)")
     return LiveRecord(model, folder, record)
-
-
-def live_models(root: Path) -> list[str]:
-    """The models of an atlas that have a live record (not yet checked)."""
-    base = Path(root) / LIVE
-    return sorted(p.parent.name for p in base.glob(f"*/{RECORD}")) if base.is_dir() else []

@@ -42,7 +42,6 @@ FP32_TOLERANCE = 1e-4                # fp32 storage: every unit's mean within th
 TOP = 20                             # fp16 storage: every layer's top-20 units by mean kept
 CHECK_IMAGES = 4
 INLINE_ELEMENTS = 1024               # smaller tensors stay in the graph
-FILTERS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 RESAMPLED = ("bilinear", "bicubic", "box", "hamming", "lanczos")   # Pillow's convolution filters, which live.js ports
 
 
