@@ -106,6 +106,10 @@ def read_live(root: Path, model: str, verify_files: bool = True) -> LiveRecord |
     None when the atlas has none. AtlasError naming what is wrong otherwise."""
     folder = Path(root) / live_folder(model)
     path = folder / RECORD
+    for place in (folder.parent, folder, path):
+        if place.is_symlink():                          # an atlas's live model is its own, never read through a link
+            raise AtlasError(f"{place} is a symbolic link: an atlas's live model is read only from its own folder "
+                             "(replace the link by the files, or make it again: vit-atlas live)")
     if not path.is_file():
         return None
     try:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from atlas.dataset import Dataset, images_inside
+from atlas.dataset import Dataset
 from atlas.folder import prepare_atlas_folder
 from atlas.format import DATASET, AtlasError, SAE_SITE
 from atlas.images import ImageError, load_rgb
@@ -32,6 +32,7 @@ from atlas.live import GRAPH, LIVE_FILE_BYTES, WEIGHTS, write_live
 from atlas.log import append_log
 from atlas.manifest import write_manifest
 from atlas.reader import Atlas
+from atlas.website.context import dataset_images
 
 from .models import LoadedModel
 from .sites import Layer, find_layers, run_to, sae_layer
@@ -207,8 +208,7 @@ def check_images(lm: LoadedModel, root: Path, images: list[Path] | None, seed: i
     paths = images
     if paths is None and (root / DATASET).is_file():
         d = Dataset(root / DATASET)
-        inside = images_inside(root, d)              # the demo's images travel with the atlas
-        folder = root / inside if inside else d.root
+        folder = dataset_images(root, d)
         paths = [folder / p for p in d.paths[:CHECK_IMAGES]] if folder.is_dir() else None
     transform = lm.eval_transform()
     pictures = []

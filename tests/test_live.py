@@ -189,6 +189,17 @@ def test_a_record_cannot_name_where_render_reads_or_writes(live_atlas, tmp_path)
     assert not (copy.parent / "outside.bin").exists()
 
 
+def test_a_live_model_linked_from_elsewhere_is_refused(live_atlas, tmp_path):
+    out, _ = live_atlas
+    copy = tmp_path / "atlas"
+    shutil.copytree(out, copy)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(str(copy / "live" / NAME), str(elsewhere))
+    (copy / "live" / NAME).symlink_to(elsewhere, target_is_directory=True)
+    assert_refused(run_cli("render", str(copy), "--live", "on"), "symbolic link")
+    assert not (copy / "site" / "live").exists()
+
+
 def test_live_needs_the_atlas_model_and_a_transform_it_can_follow(live_atlas, tmp_path):
     out, _ = live_atlas
     assert_refused(run_cli("live", *TINY_MODEL, "--name", "other", "--out", str(out)), "holds no model 'other'")

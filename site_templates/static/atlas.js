@@ -357,9 +357,10 @@
     }
   });
 
-  function loadScript(src) {
+  function loadScript(src, integrity) {                 /* integrity: an SRI hash the script must match */
     return new Promise(function (resolve, reject) {
       var s = document.createElement("script");
+      if (integrity) { s.integrity = integrity; }
       s.src = src; s.onload = resolve; s.onerror = function () { reject(new Error("could not load " + src)); };
       document.body.appendChild(s);
     });

@@ -368,13 +368,8 @@
     return navigator.gpu.requestAdapter().then(function (a) { return a ? "webgpu" : "wasm"; }, function () { return "wasm"; });
   }
   function loadRuntime(build) {
-    return new Promise(function (resolve, reject) {
-      var s = document.createElement("script");
-      s.src = root + runtime.path + build.script;
-      s.integrity = build.sri;
-      s.onload = resolve;
-      s.onerror = function () { reject(new Error("the runtime's script " + build.script + " did not load, or is not the published file")); };
-      document.head.appendChild(s);
+    return A.loadScript(root + runtime.path + build.script, build.sri).catch(function () {
+      throw new Error("the runtime's script " + build.script + " did not load, or is not the published file");
     });
   }
   function wasmBinary(build, base) {
