@@ -115,6 +115,25 @@ def test_a_unit_opens_and_the_unit_view_leads_back_to_it_highlighted(browser, se
     assert [m.get_attribute("data-unit") for m in marked] == [low]       # in its layer's list, ranked or added
 
 
+def test_a_unit_without_a_picture_shows_a_grey_square_not_a_broken_image(browser, served):
+    """This atlas was probed, never visualized: each tile's picture becomes a labelled box, no <img> without a source
+    (which the browser draws as a broken image with its alt text spilling over the tiles)."""
+    open_live(browser, served["plain"] + "live.html")
+    choose_live_image(browser, served["images"][0])
+    first = "#live-results section.live-layer:first-of-type .live-pics "
+    state = f"return [document.querySelectorAll('{first}img.pic').length, " \
+            f"Array.from(document.querySelectorAll('{first}.pic.missing')).map(e => [e.tagName, e.getAttribute('role'), " \
+            "e.getAttribute('aria-label'), e.getBoundingClientRect().width])]"
+    assert wait_for(lambda: browser.execute_script(state)[0] == 0)
+    _, boxes = browser.execute_script(state)
+    shown = browser.execute_script(f"return document.querySelectorAll('{first}').length")
+    assert len(boxes) == shown > 0
+    for tag, role, label, width in boxes:
+        assert tag == "SPAN" and role == "img" and label.startswith("Not in this atlas: Optimized image of unit ")
+        assert width > 20                                    # a square in the tile, beside the map over the image
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+
+
 def test_with_a_webgpu_adapter_the_page_runs_the_webgpu_build_and_gives_the_same(served):
     """SwiftShader's WebGPU adapter (no GPU here): the page loads the WebGPU build (its binary joined from its
     pieces and checked), runs the model on WebGPU and gives what timm gives; `?device=cpu` keeps the wasm build."""

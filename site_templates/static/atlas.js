@@ -199,10 +199,19 @@
       fillTile(e.target);
     });
   }, { rootMargin: "200px" }) : null;
+  /* an image the atlas does not have: a grey square in its place (an <img> without a source gets the browser's
+     broken-image icon); it keeps the image's classes and names what is missing to screen readers */
+  function markMissing(img) {
+    var box = document.createElement("span");
+    box.className = img.className + " noimg missing";
+    box.setAttribute("role", "img");
+    box.setAttribute("aria-label", "Not in this atlas: " + img.alt);
+    if (img.parentNode) { img.parentNode.replaceChild(box, img); }
+  }
   function fillTile(img) {
     tileOf(img.getAttribute("data-tile"), img.getAttribute("data-part")).then(function (b) {
-      if (b) { img.src = blobUrl(b); } else { img.classList.add("missing"); }
-    }, function () { img.classList.add("missing"); });
+      if (b) { img.src = blobUrl(b); } else { markMissing(img); }
+    }, function () { markMissing(img); });
   }
   function lazyTile(img, id, part) {
     img.setAttribute("data-tile", id);
@@ -370,6 +379,6 @@
   window.Atlas = { root: root, layout: layout, THUMB_HEAD: THUMB_HEAD, MAX_BINS: MAX_BINS, whole: whole, list: list,
     header: header, item: item, items: items, record: record, blobUrl: blobUrl, fill: fill, unitId: unitId,
     parseId: parseId, unitPack: unitPack, thumbPack: thumbPack, unitHref: unitHref, layerHref: layerHref,
-    tileOf: tileOf, lazyTile: lazyTile, mapCanvas: mapCanvas, svg: svg, fmt: fmt, LABEL_SOURCES: LABEL_SOURCES,
+    tileOf: tileOf, lazyTile: lazyTile, markMissing: markMissing, mapCanvas: mapCanvas, svg: svg, fmt: fmt, LABEL_SOURCES: LABEL_SOURCES,
     num: num, pct: pct, position: position, el: el, link: link, clear: clear, dd: dd, loadScript: loadScript };
 })();

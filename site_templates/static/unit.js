@@ -264,8 +264,8 @@
         var img = el("img", "photo");
         img.width = 128; img.height = 128; img.decoding = "async";
         img.alt = "Dataset image " + (i + 1) + ": " + (probe.classes[i] || "unlabelled") + " (" + (probe.paths[i] || t[0]) + "), score " + num(t[1]);
-        thumbnail(info.probe.view, t[0]).then(function (b) { if (b) { img.src = blobUrl(b); } else { img.classList.add("missing"); } },
-                                             function () { img.classList.add("missing"); });
+        thumbnail(info.probe.view, t[0]).then(function (b) { if (b) { img.src = blobUrl(b); } else { A.markMissing(img); } },
+                                             function () { A.markMissing(img); });
         fig.appendChild(img);
         fig.appendChild(mapCanvas(maps, grid[0], grid[1], probe.maps_bits, i));
         var cap = el("figcaption");
