@@ -429,6 +429,20 @@ def test_render_with_a_data_url_points_the_pages_at_a_bucket(small_atlas, tmp_pa
         render(out, out=tmp_path / "web2", progress=False, data_url="bucket.example.org/atlas")
 
 
+def test_a_layer_page_says_whether_its_tiles_are_optimized_images(small_atlas, tmp_path):
+    from tests.conftest import TINY_MODEL
+    from tests.helpers import image_folder
+    out, _ = small_atlas
+    assert "Each tile is the image optimized for one unit" in (out / f"site/{MODEL}/ffn/L00/index.html").read_text()
+    probed = tmp_path / "probed"
+    images = image_folder(tmp_path / "images", ("a", "b"), 2, 36)
+    assert build.main(["probe", *TINY_MODEL, "--images", str(images), "--layers", "0", "--units", "0-3", "--k", "2",
+                       "--workers", "0", "--out", str(probed)]) == 0
+    render(probed, progress=False, live="off")
+    page = (probed / f"site/{MODEL}/ffn/L00/index.html").read_text()
+    assert "No unit of this layer has an optimized image yet" in page and "Each tile is the image optimized" not in page
+
+
 def test_render_refuses_an_empty_atlas(tmp_path):
     (tmp_path / "empty").mkdir()
     assert build.main(["render", str(tmp_path / "empty")]) == 2
