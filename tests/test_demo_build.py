@@ -313,7 +313,8 @@ def _walk_labels(browser, site: str, demo) -> None:
     first = section.find_element(By.CSS_SELECTOR, '.label-source[data-source="netdissect"] li a')
     assert first.get_attribute("href").endswith("search.html?q=" + first.text)
     # search by concept: the units with the word among their three best concepts of any source, best ranks first
-    for word in ("stripes", "red", "star"):
+    # ("ring" is also a class of the demo)
+    for word in ("stripes", "red", "star", "ring"):
         described = {f"{m}/{s}/L{layer:02d}/U{u:04d}" for (m, s, layer), units in labels.items() for u, xs in units.items()
                      for x in xs if x.concept == word and 0 <= x.rank < 3}
         browser.get(site + "search.html?q=" + word)
@@ -323,6 +324,11 @@ def _walk_labels(browser, site: str, demo) -> None:
         concept_ids = [i for i, li in zip(ids, items) if li.find_element(By.CSS_SELECTOR, ".meta").text.startswith(word + ":")]
         assert ids[:len(concept_ids)] == concept_ids and concept_ids[0] in described, word      # concepts come first
         assert set(concept_ids) <= described and len(concept_ids) == min(len(described), 200), word
+        # a unit matching both the concept and the class is one unit: the word named once, a count of units or a bound
+        status = browser.find_element(By.ID, "search-status").text
+        assert status.count(word) == 1, status
+        if "strongest loaded" not in status and len(ids) < 200:
+            assert status.startswith(f"{len(set(ids))} units "), status
     # the layer page's filter: exactly the units whose best netdissect concept is a colour
     layer_key = (VIT, "ffn", 5)
     want = sum(any(x.source == "netdissect" and x.rank == 0 and x.category == "color" for x in xs)

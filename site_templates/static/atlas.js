@@ -199,6 +199,15 @@
       fillTile(e.target);
     });
   }, { rootMargin: "200px" }) : null;
+  /* a unit id as code that wraps after its slashes, not inside a word (CSS: code.uid-code) */
+  function idCode(id) {
+    var code = el("code", "uid-code"), parts = String(id).split("/");
+    parts.forEach(function (part, i) {
+      code.appendChild(document.createTextNode(part + (i < parts.length - 1 ? "/" : "")));
+      if (i < parts.length - 1) { code.appendChild(document.createElement("wbr")); }
+    });
+    return code;
+  }
   /* an image the atlas does not have: a grey square in its place (an <img> without a source gets the browser's
      broken-image icon); it keeps the image's classes and names what is missing to screen readers */
   function markMissing(img) {
@@ -379,6 +388,6 @@
   window.Atlas = { root: root, layout: layout, THUMB_HEAD: THUMB_HEAD, MAX_BINS: MAX_BINS, whole: whole, list: list,
     header: header, item: item, items: items, record: record, blobUrl: blobUrl, fill: fill, unitId: unitId,
     parseId: parseId, unitPack: unitPack, thumbPack: thumbPack, unitHref: unitHref, layerHref: layerHref,
-    tileOf: tileOf, lazyTile: lazyTile, markMissing: markMissing, mapCanvas: mapCanvas, svg: svg, fmt: fmt, LABEL_SOURCES: LABEL_SOURCES,
+    tileOf: tileOf, lazyTile: lazyTile, markMissing: markMissing, idCode: idCode, mapCanvas: mapCanvas, svg: svg, fmt: fmt, LABEL_SOURCES: LABEL_SOURCES,
     num: num, pct: pct, position: position, el: el, link: link, clear: clear, dd: dd, loadScript: loadScript };
 })();

@@ -21,7 +21,7 @@
       img.alt = ""; img.width = 56; img.height = 56;
       lazyTile(img, item.id);
       var text = el("span");
-      text.appendChild(el("code", null, item.id));
+      text.appendChild(A.idCode(item.id));
       text.appendChild(el("span", "meta", item.detail || ""));
       a.appendChild(img); a.appendChild(text); li.appendChild(a); results.appendChild(li);
     });
@@ -109,12 +109,17 @@
       items.sort(function (a, b) { return a.order - b.order || b.score - a.score; });
       var seen = {};
       items = items.filter(function (x) { if (seen[x.id]) { return false; } seen[x.id] = true; return true; });
+      /* a unit can match several terms (the concept "ring" and the class "ring"): count it once where every posting
+         is loaded, else say the sum is an upper bound */
       var total = shown.reduce(function (n, t) { return n + t[2]; }, 0);
-      var named = shown.map(function (t) { return t[1]; }).slice(0, 5).join(", ") + (shown.length > 5 ? ", \u2026" : "");
+      var loaded = parts.reduce(function (n, entries) { return n + entries.length; }, 0);
+      var count = loaded === total ? String(items.length) : shown.length > 1 ? "up to " + total : String(total);
+      var names = shown.map(function (t) { return t[1]; }).filter(function (n, i, all) { return all.indexOf(n) === i; });
+      var named = names.slice(0, 5).join(", ") + (names.length > 5 ? ", \u2026" : "");
       var label = shown[0][0] === "flag" ? "units flagged " + shown[0][1].replace("_", " ") :
         shown[0][0] === "concept" ? "units described as " + named + (shown.some(function (t) { return t[0] === "class"; }) ? " or whose top images are mostly of that class" : "") :
         "units whose top images are mostly " + named;
-      showResults(items, total + " " + label, total > items.length ? "(the " + items.length + " strongest loaded)" : "");
+      showResults(items, count + " " + label, loaded < total ? "(the " + items.length + " strongest loaded)" : "");
     }, function (e) { searchStatus.textContent = String(e.message || e); });
   }
 
