@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .format import LIVE, AtlasError, check_model_name
-from .manifest import sha256_file, write_json
+from .manifest import write_json
 from .shard import write_atomically
 
 GRAPH = "model.onnx"
@@ -50,6 +50,21 @@ class LiveRecord:
     def published_bytes(self) -> int:
         """What the website publishes of this model: every file's bytes."""
         return sum(f["bytes"] for f in self.files.values())
+
+    def read(self, name: str) -> bytes:
+        """The bytes of the record's file ``name``, checked against its size and sha256 (a regular file, never
+        through a link, read no further than its recorded size allows); AtlasError otherwise."""
+        file, entry = self.folder / name, self.files[name]
+        data = b""
+        if file.is_file() and not file.is_symlink():     # no link, no pipe; never more than the record names
+            try:
+                with open(file, "rb") as f:
+                    data = f.read(entry["bytes"] + 1)
+            except OSError:
+                pass
+        if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise AtlasError(f"{file} is missing or not the file its record names (make it again: vit-atlas live)")
+        return data
 
 
 def write_live(root: Path, model: str, graph: bytes, weights: list[bytes], record: dict) -> dict:
@@ -121,11 +136,8 @@ def read_live(root: Path, model: str, verify_files: bool = True) -> LiveRecord |
     except (OSError, ValueError) as e:
         raise AtlasError(f"{path} is not a live record ({str(e).splitlines()[0][:120]}; make it again: "
                          "vit-atlas live)") from None
-    record = _check_record(record, model, path)
+    live = LiveRecord(model, folder, _check_record(record, model, path))
     if verify_files:
-        for name, entry in record["files"].items():
-            file = folder / name
-            if not file.is_file() or file.is_symlink() or file.stat().st_size != entry["bytes"] \
-                    or sha256_file(file) != entry["sha256"]:
-                raise AtlasError(f"{file} is missing or not the file its record names (make it again: vit-atlas live)")
-    return LiveRecord(model, folder, record)
+        for name in live.files:
+            live.read(name)
+    return live

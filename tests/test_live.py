@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 
 import numpy as np
@@ -173,6 +174,27 @@ def test_a_tampered_live_model_is_refused_by_render_and_verify(live_atlas, tmp_p
     assert code == 0 and "not publishing the live model" in err + _ and not (copy / "site" / "live.html").exists()
     code, printed, _ = run_cli("verify", str(copy))
     assert code != 0 and weights.name in printed
+
+
+@pytest.mark.parametrize("how", ["huge", "pipe", "link"])
+def test_a_weights_file_that_is_huge_a_pipe_or_a_link_is_refused_without_reading_it(live_atlas, tmp_path, how):
+    """A 20 GB sparse file is read no further than its recorded size, a named pipe is never opened (it would
+    block), a link is never followed: one line each, and --live auto leaves the model out."""
+    out, _ = live_atlas
+    copy = tmp_path / "atlas"
+    shutil.copytree(out, copy)
+    weights = next((copy / "live" / NAME).glob("weights-*.bin"))
+    weights.unlink()
+    if how == "huge":
+        with open(weights, "wb") as f:
+            f.truncate(20 * 2**30)
+    elif how == "pipe":
+        os.mkfifo(weights)
+    else:
+        weights.symlink_to(next((out / "live" / NAME).glob("weights-*.bin")))     # even to the very same bytes
+    assert_refused(run_cli("render", str(copy), "--live", "on"), "not the file its record names")
+    code, printed, err = run_cli("render", str(copy))
+    assert code == 0 and "not publishing the live model" in printed + err and not (copy / "site" / "live.html").exists()
 
 
 def test_a_record_cannot_name_where_render_reads_or_writes(live_atlas, tmp_path):

@@ -37,7 +37,7 @@ from .context import Renderer, analysis_charts, example_unit, human_bytes, templ
 from .data import (SCRIPT_SUFFIX, STRIP_UNITS, PackBuilder, script_twin, strip_layers, strips_pack,
                    thumb_pack_jobs, unit_pack_jobs)
 from .check import PACK_LIST
-from .live import publish_live, publish_samples, runtime_page, runtime_record
+from .live import publish_live, publish_samples
 from .listing import read_listing, write_listing
 from .packs import read_header, unit_pack_path
 from .search import render_search
@@ -127,7 +127,7 @@ def render(root: str | Path, out: str | Path | None = None, workers: int | None 
     for asset in (templates_dir() / "static").iterdir():
         if asset.is_file():               # the live view's runtime (static/ort/) is published with a live model only
             r.write(f"assets/{asset.name}", asset.read_bytes())
-    r.live = publish_live(r, live)
+    r.live, r.live_runtime = publish_live(r, live)
     cff = citation_cff(r.info, r.manifest)
     if os.access(root, os.W_OK):
         write_if_changed(root / CITATION, cff)
@@ -367,7 +367,7 @@ def _render_live_page(r: Renderer, summaries: dict[tuple, LayerSummary]) -> None
                     int(u): best.concept for i, u in enumerate(summ.units) if (best := best_of(i)) is not None}}
         r.write(f"{live_folder(p['model'])}/labels.json", json.dumps(names, separators=(",", ":")))
     models = [{**p, "size": human_bytes(p["bytes"])} for p in r.live]
-    page = runtime_page(runtime_record())
+    page = r.live_runtime
     r.page(LIVE_PAGE, LIVE_PAGE, live_models=models, runtime=page, samples=publish_samples(r),
            models_json=json.dumps([{"model": p["model"], "record": p["record"]} for p in r.live]),
            runtime_json=json.dumps(page), csp=content_security_policy(r.data_url, wasm=True))

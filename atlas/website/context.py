@@ -90,6 +90,7 @@ class Renderer:
         self.key = bibtex_key(self.info)
         self.csp = content_security_policy(self.data_url)
         self.live: list[dict] = []          # the live models this render publishes (atlas.website.live)
+        self.live_runtime: dict | None = None  # what the live page needs of the runtime published with them
         self.written: set[str] = set()      # website-relative paths this render produced
 
     def page(self, template: str, path: str, **context) -> bool:

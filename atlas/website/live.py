@@ -4,6 +4,7 @@ its VENDOR.json, pinned from the npm registry by scripts/vendor_onnxruntime_web.
 images to try, all published only when a live model is; and what the live page needs to find them."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 
@@ -12,7 +13,6 @@ import numpy as np
 from ..format import AtlasError
 from ..images import ImageError, load_rgb
 from ..live import LIVE_AUTO_BYTES, RECORD, live_folder, read_live
-from ..manifest import sha256_file
 from .context import Renderer, human_bytes, templates_dir
 
 RUNTIME = "assets/ort/"                  # website-relative folder of onnxruntime-web's files
@@ -20,60 +20,69 @@ SAMPLES = "live/samples/{i}.png"
 MAX_SAMPLES = 6                          # dataset images offered to try: one per image class, the first ones
 
 
-def runtime_record() -> dict:
-    """VENDOR.json of the shipped onnxruntime-web, every file checked against it; AtlasError otherwise. Its
-    ``builds`` name each build's classic script, the module it imports (the package's .mjs, kept as .js) and the
-    pieces of its binary with the whole binary's sha256: ``wasm`` (CPU) and ``webgpu``."""
+def load_runtime() -> tuple[dict, dict[str, bytes]]:
+    """VENDOR.json of the shipped onnxruntime-web and the files to publish (every file it lists, checked against it,
+    with LICENSE and VENDOR.json), each read once; AtlasError otherwise. Its ``builds`` name each build's classic
+    script, the module it imports (the package's .mjs, kept as .js) and the pieces of its binary with the whole
+    binary's sha256: ``wasm`` (CPU) and ``webgpu``."""
     folder = templates_dir() / "static" / "ort"
     try:
-        record = json.loads((folder / "VENDOR.json").read_text())
+        vendor = (folder / "VENDOR.json").read_bytes()
+        record = json.loads(vendor)
+        files = {}
         for name, entry in record["files"].items():
-            if "/" in name or sha256_file(folder / name) != entry["sha256"]:
+            data = b"" if "/" in name else (folder / name).read_bytes()
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 raise ValueError(f"{name} is not the file VENDOR.json names")
+            files[name] = data
         for build in ("wasm", "webgpu"):
             parts = record["builds"][build]
-            if not {parts["script"], parts["loader"], *parts["wasm"]} <= set(record["files"]):
+            if not {parts["script"], parts["loader"], *parts["wasm"]} <= set(files):
                 raise ValueError(f"its {build} build names files it does not list")
+        files.update({"LICENSE": (folder / "LICENSE").read_bytes(), "VENDOR.json": vendor})
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise AtlasError(f"the installed onnxruntime-web runtime is damaged ({e}): reinstall ViT Atlas, or render "
                          "with --live off") from None
-    return record
+    return record, files
 
 
-def publish_live(r: Renderer, mode: str) -> list[dict]:
+def publish_live(r: Renderer, mode: str) -> tuple[list[dict], dict | None]:
     """Publish the live models ``mode`` asks for (auto: those at most LIVE_AUTO_BYTES; on: every model's, an error
-    for a model without one; off: none) with the runtime and sample images; returns what the pages need of each."""
+    for a model without one; off: none) with the runtime; returns what the pages need of each model and of the
+    runtime (``runtime_page``; None when no model is published). Every file is read once, checked as it is read."""
     if mode == "off":
-        return []
+        return [], None
     published = []
     for model in r.atlas.models:
         try:
-            live = read_live(r.root, model)
+            live = read_live(r.root, model, verify_files=False)
+            if live is None:
+                if mode == "on":
+                    raise AtlasError(f"--live on: {model} has no live model in {r.root}: make it with `vit-atlas live "
+                                     f"--model NAME [--checkpoint FILE | --random-init] --name {model} --out {r.root}`")
+                continue
+            if mode == "auto" and live.published_bytes > LIVE_AUTO_BYTES:
+                print(f"note: the live model of {model} ({human_bytes(live.published_bytes)}) is larger than --live "
+                      f"auto publishes ({human_bytes(LIVE_AUTO_BYTES)}): render with --live on to publish it")
+                continue
+            files = {name: live.read(name) for name in live.files}
         except AtlasError as e:
             if mode == "on":
                 raise
             print(f"warning: not publishing the live model of {model}: {e}")
             continue
-        if live is None:
-            if mode == "on":
-                raise AtlasError(f"--live on: {model} has no live model in {r.root}: make it with `vit-atlas live "
-                                 f"--model NAME [--checkpoint FILE | --random-init] --name {model} --out {r.root}`")
-            continue
-        if mode == "auto" and live.published_bytes > LIVE_AUTO_BYTES:
-            print(f"note: the live model of {model} ({human_bytes(live.published_bytes)}) is larger than --live auto "
-                  f"publishes ({human_bytes(LIVE_AUTO_BYTES)}): render with --live on to publish it")
-            continue
         folder = live_folder(model)
-        for name in [*live.files, RECORD]:
-            r.write(f"{folder}/{name}", (live.folder / name).read_bytes())
+        for name, data in files.items():
+            r.write(f"{folder}/{name}", data)
+        r.write(f"{folder}/{RECORD}", (live.folder / RECORD).read_bytes())
         published.append({"model": model, "record": f"{folder}/{RECORD}", "bytes": live.published_bytes,
                           "storage": live.record.get("storage"), "check": live.record["check"]})
-    if published:
-        runtime = runtime_record()
-        source = templates_dir() / "static" / "ort"
-        for name in [*runtime["files"], "LICENSE", "VENDOR.json"]:
-            r.write(RUNTIME + name, (source / name).read_bytes())
-    return published
+    if not published:
+        return [], None
+    runtime, files = load_runtime()
+    for name, data in files.items():
+        r.write(RUNTIME + name, data)
+    return published, runtime_page(runtime)
 
 
 def runtime_page(runtime: dict) -> dict:
