@@ -182,6 +182,25 @@ def test_from_disk_the_page_says_why_in_one_line(browser, served):
     assert "served over http(s)" in text and "vit-atlas serve" in text and "\n" not in text
 
 
+@pytest.mark.parametrize("part", ["model", "runtime"])
+def test_a_published_file_changed_on_the_host_is_refused_by_the_page(browser, served, tmp_path, part):
+    """The page hashes what it fetches: a live model's file, or a piece of the runtime's binary, that is not the
+    file the website lists stops the view with one line naming it."""
+    import shutil
+    site = tmp_path / "atlas" / "site"
+    shutil.copytree(served["out"] / "site", site)
+    target = site / "live" / NAME / "model.onnx" if part == "model" else site / "assets" / "ort" / "ort-wasm-simd-threaded.wasm"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with plain_http(tmp_path / "atlas") as base:
+        browser.get(base + "site/live.html")
+        assert wait_for(lambda: live_state(browser) in ("ready", "error", "unavailable"), 60)
+        text = browser.find_element("id", "live-status").text
+    assert live_state(browser) == "error" and "is not the file the website lists" in text and "\n" not in text, text
+    assert (target.name if part == "model" else "binary") in text
+
+
 def test_a_vit_b_16_atlas_of_a_few_units_a_layer_keeps_every_top_20_in_the_page(tmp_path_factory, browser):
     """The issue's second model: random-init vit_base_patch16_224, 30 units of every FFN layer, its live model in
     fp16 storage (published under 180 MB, in files under 25 MiB); over nginx and http.server the page prepares

@@ -1,8 +1,9 @@
 /* ViT Atlas website, the live view (live.html): an image of the reader's through a model of the atlas in this page
    (onnxruntime-web, WebAssembly), and per site and layer the units that fire most on it, each with its optimized
    image and where on the image it fires. The image is prepared exactly as timm's eval transform prepares it:
-   Pillow's resampling is ported below (its filters, its 8-bit fixed-point coefficients, horizontal pass then
-   vertical), then torchvision's crop and float32 normalization. Nothing leaves the page. Uses atlas.js. */
+   Pillow's resampling is ported below (its filters, its fixed-point coefficients with 22 fractional bits, its two
+   passes in the order of the Pillow that made the live model), then torchvision's crop and float32
+   normalization. Nothing leaves the page. Uses atlas.js. */
 (function () {
   "use strict";
   var box = document.getElementById("live-view");
@@ -163,17 +164,20 @@
   function hex(buffer) {
     return Array.prototype.map.call(new Uint8Array(buffer), function (b) { return (b < 16 ? "0" : "") + b.toString(16); }).join("");
   }
+  /* ``buffer`` if its sha256 is ``sha256`` (or either is not to be had: hashing needs https or localhost), else an
+     error naming ``what`` */
+  function checked(buffer, sha256, what) {
+    if (!sha256 || !(window.crypto && crypto.subtle)) { return Promise.resolve(buffer); }
+    return crypto.subtle.digest("SHA-256", buffer).then(function (d) {
+      if (hex(d) !== sha256) { throw new Error(what + " is not the file the website lists"); }
+      return buffer;
+    });
+  }
   function fetchChecked(url, sha256) {
     return fetch(url).then(function (r) {
       if (!r.ok) { throw new Error(url + ": HTTP " + r.status); }
       return r.arrayBuffer();
-    }).then(function (buffer) {
-      if (!sha256 || !(window.crypto && crypto.subtle)) { return buffer; }        /* hashing needs https or localhost */
-      return crypto.subtle.digest("SHA-256", buffer).then(function (d) {
-        if (hex(d) !== sha256) { throw new Error(url + " is not the file the website lists"); }
-        return buffer;
-      });
-    });
+    }).then(function (buffer) { return checked(buffer, sha256, url); });
   }
   function checkRecord(rec) {
     if (!rec || typeof rec !== "object" || !rec.input || !Array.isArray(rec.input.shape) || rec.input.shape.length !== 4 ||
@@ -196,7 +200,9 @@
         return fetchChecked(base + n, rec.files[n].sha256).then(function (b) {
           files[n] = new Uint8Array(b);
           done += rec.files[n].bytes;
-          say("Loading the model " + m.model + ": " + (done / 1e6).toFixed(1) + " of " + (total / 1e6).toFixed(1) + " MB\u2026");
+          if (box.getAttribute("data-state") === "loading") {      /* a file that failed first has said why: keep it */
+            say("Loading the model " + m.model + ": " + (done / 1e6).toFixed(1) + " of " + (total / 1e6).toFixed(1) + " MB\u2026");
+          }
         });
       }).concat([fetch(base + "labels.json").then(function (r) { return r.ok ? r.json() : {}; }).then(function (words) {
         state.labels = words && typeof words === "object" ? words : {};            /* what names each unit, if any */
@@ -376,11 +382,7 @@
     return Promise.all(list(build.wasm, 8).map(function (name) { return fetchChecked(base + name); })).then(function (pieces) {
       var whole = new Uint8Array(pieces.reduce(function (n, p) { return n + p.byteLength; }, 0)), at = 0;
       pieces.forEach(function (p) { whole.set(new Uint8Array(p), at); at += p.byteLength; });
-      if (!(window.crypto && crypto.subtle)) { return whole.buffer; }
-      return crypto.subtle.digest("SHA-256", whole).then(function (d) {
-        if (hex(d) !== build.wasm_sha256) { throw new Error("the runtime's binary is not the published one"); }
-        return whole.buffer;
-      });
+      return checked(whole.buffer, build.wasm_sha256, "the runtime's binary");
     });
   }
   function start() {
